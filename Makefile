@@ -1,0 +1,40 @@
+# Every target creates .venv when it is missing. On the build machines, torch comes from local
+# wheels (the pins below); elsewhere pip resolves a normal torch >= 2.4 from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_PIN ?= $(shell test -d /etc/xdg/pip && echo "torch==2.14.1 torchvision==0.29.1")
+export DS_ACCELERATOR ?= cpu
+export WANDB_MODE ?= offline
+
+.PHONY: setup demo test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN))
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) tools/demo.py
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/model_step.py
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check viclip tools tests bench train.py eval.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
