@@ -1,0 +1,28 @@
+"""ViCLIP model: towers, configs, weights. Imports nothing from training, evaluation or curation."""
+
+from viclip.model.tokenizer import clean_caption, tokenize
+from viclip.model.viclip import (
+    MODEL_CONFIGS,
+    ViCLIP,
+    ViCLIPConfig,
+    create_model,
+    forward_flops,
+    get_config,
+    list_models,
+    zero_shot,
+)
+from viclip.model.weights import (
+    CheckpointError,
+    export_official,
+    export_safetensors,
+    init_from_clip,
+    load_checkpoint_file,
+    load_model,
+    load_weights,
+)
+
+__all__ = [
+    "MODEL_CONFIGS", "CheckpointError", "ViCLIP", "ViCLIPConfig", "clean_caption", "create_model",
+    "export_official", "export_safetensors", "forward_flops", "get_config", "init_from_clip",
+    "list_models", "load_checkpoint_file", "load_model", "load_weights", "tokenize", "zero_shot",
+]

@@ -1,0 +1,172 @@
+"""The ViCLIP video tower: a CLIP ViT with joint attention over every (frame, patch) token.
+
+Parameter names follow the official release (``conv1``, ``class_embedding``,
+``positional_embedding``, ``temporal_positional_embedding``, ``transformer.resblocks.N.{attn,ln_1,
+mlp.c_fc,mlp.c_proj,ln_2}``, ``ln_post``, ``proj``) so official checkpoints load strictly.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class QuickGELU(nn.Module):
+    """CLIP's sigmoid approximation of GELU; the released weights were trained with it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter layout, computed by SDPA.
+
+    SDPA dispatches to FlashAttention / memory-efficient kernels on GPUs (bf16/fp16), so no
+    flash-attn package is needed; on the CPU it falls back to the math kernel.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by heads {num_heads}")
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block with per-sample stochastic depth on both branches."""
+
+    def __init__(self, width: int, heads: int, drop_path: float = 0.0):
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]
+            )
+        )
+        self.ln_2 = nn.LayerNorm(width)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.ln_1(x)))
+        return x + self.drop_path2(self.mlp(self.ln_2(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks on batch-first tokens, with a switch for activation checkpointing."""
+
+    def __init__(self, width: int, layers: int, heads: int, drop_path_rate: float = 0.0):
+        super().__init__()
+        rates = [drop_path_rate * i / max(layers - 1, 1) for i in range(layers)]  # linspace(0, rate)
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, r) for r in rates)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+def random_masking(x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """Keep a random ``L - int(mask_ratio * L)`` tokens of each sample ``[B, L, C]``, in their order.
+
+    Dropped tokens are removed (not zeroed), so attention and MLP cost fall with the ratio; the
+    choice differs per sample (argsort of uniform noise, as MAE and the official code do).
+    """
+    b, length, c = x.shape
+    keep = length - int(mask_ratio * length)
+    ids = torch.rand(b, length, device=x.device).argsort(dim=1)[:, :keep].sort(dim=1).values
+    return x.gather(1, ids.unsqueeze(-1).expand(-1, -1, c))
+
+
+class VisionTransformer(nn.Module):
+    """Spatiotemporal ViT: per-frame (or per-tubelet) patches, 2-D CLIP positions shared by all frames,
+    a learned temporal embedding on patch tokens, one class token, joint attention over all tokens."""
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
+        num_frames: int = 8,
+        tubelet_size: int = 1,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if num_frames % tubelet_size:
+            raise ValueError(f"num_frames {num_frames} is not a multiple of tubelet_size {tubelet_size}")
+        self.image_size, self.patch_size, self.tubelet_size = image_size, patch_size, tubelet_size
+        self.num_frames = num_frames
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.conv1 = nn.Conv3d(3, width, kernel_size=kernel, stride=kernel, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((image_size // patch_size) ** 2 + 1, width))
+        self.temporal_positional_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads, drop_path_rate)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def num_tokens(self, num_frames: int | None = None, mask_ratio: float = 0.0) -> int:
+        """Tokens entering the transformer: kept patch tokens plus the class token."""
+        t = (num_frames or self.num_frames) // self.tubelet_size
+        patches = t * (self.image_size // self.patch_size) ** 2
+        return patches - int(mask_ratio * patches) + 1
+
+    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
+        """``x``: float ``[B, T, 3, H, W]`` (or ``[B, 3, H, W]`` for images) -> ``[B, output_dim]``."""
+        if x.ndim == 4:
+            # An image is a clip of one tubelet of identical frames.
+            x = x.unsqueeze(1).expand(-1, self.tubelet_size, -1, -1, -1)
+        x = self.conv1(x.transpose(1, 2))  # [B, C, T', H', W']
+        x = x.flatten(3).permute(0, 2, 3, 1)  # [B, T', N, C]
+        b, t, n, c = x.shape
+        if n + 1 != self.positional_embedding.shape[0]:
+            raise ValueError(
+                f"input of {n} patches per frame does not match positional_embedding "
+                f"({self.positional_embedding.shape[0] - 1} patches for image_size {self.image_size})"
+            )
+        temporal = self.temporal_positional_embedding
+        if t == 1:
+            # Images: the official code adds the mean temporal embedding (keeps the parameter used).
+            temporal = temporal.mean(1, keepdim=True)
+        elif t != temporal.shape[1]:
+            raise ValueError(
+                f"got {t * self.tubelet_size} frames but the model has a temporal embedding for "
+                f"{self.num_frames}; load weights with a matching num_frames (weights are interpolated)"
+            )
+        x = x + self.positional_embedding[1:].to(x.dtype) + temporal.unsqueeze(2).to(x.dtype)
+        x = x.reshape(b, t * n, c)
+        if mask_ratio > 0:
+            x = random_masking(x, mask_ratio)
+        cls = (self.class_embedding + self.positional_embedding[0]).to(x.dtype).expand(b, 1, c)
+        x = self.ln_pre(torch.cat([cls, x], dim=1))
+        x = self.transformer(x)
+        return self.ln_post(x[:, 0]) @ self.proj

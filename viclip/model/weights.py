@@ -1,0 +1,299 @@
+"""Reading, checking, converting and writing ViCLIP weights.
+
+Every read goes through ``torch.load(..., weights_only=True)`` or safetensors: a checkpoint that
+needs arbitrary unpickling is refused, never executed. Official ``.pth`` files hold the state dict
+under ``'model'`` (DeepSpeed: ``'module'``) with the names of ``official_viclip_keys.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from viclip.model.viclip import MODEL_CONFIGS, ViCLIP, ViCLIPConfig, get_config
+
+StateDict = dict[str, torch.Tensor]
+_TEMPORAL_KEY = "vision_encoder.temporal_positional_embedding"
+_MAX_LISTED = 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely or does not fit the model."""
+
+
+def _read_file(path: Path) -> tuple[object, dict]:
+    """(raw object, metadata) of a .pth/.pt/.bin or .safetensors file."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused: the file needs arbitrary unpickling (objects beyond tensors and plain "
+            f"containers), which could run code. Re-save its state dict with torch.save(state_dict) "
+            f"from a trusted environment. Loader said: {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({e})") from e
+    meta = obj.get("viclip_config") if isinstance(obj, Mapping) else None
+    return obj, {"viclip_config": json.dumps(meta)} if meta else {}
+
+
+def _unwrap(obj: object, path: Path) -> StateDict:
+    """The tensor mapping inside a checkpoint: under 'model', 'module' or 'state_dict', minus 'module.'."""
+    if isinstance(obj, Mapping):
+        for key in ("model", "module", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> StateDict:
+    """The state dict of an official/DeepSpeed ``.pth`` or a ``.safetensors`` file, read safely."""
+    path = Path(path)
+    return _unwrap(_read_file(path)[0], path)
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return f"{shown} (+{len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else shown
+
+
+def _count_blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in sd if (m := pattern.match(k))})
+
+
+def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> ViCLIPConfig:
+    """Rebuild the architecture from tensor shapes; heads come from a registered config of the same
+    geometry, else width // 64 (CLIP's head size), since shapes do not record them."""
+    try:
+        conv = sd["vision_encoder.conv1.weight"]
+        width, _, tubelet, patch, _ = conv.shape
+        geometry = dict(
+            patch_size=patch,
+            tubelet_size=tubelet,
+            width=width,
+            image_size=round((sd["vision_encoder.positional_embedding"].shape[0] - 1) ** 0.5) * patch,
+            num_frames=sd[_TEMPORAL_KEY].shape[1] * tubelet,
+            layers=_count_blocks(sd, "vision_encoder.transformer.resblocks."),
+            embed_dim=sd["vision_encoder.proj"].shape[1],
+            text_width=sd["text_encoder.token_embedding.weight"].shape[1],
+            vocab_size=sd["text_encoder.token_embedding.weight"].shape[0],
+            context_length=sd["text_encoder.positional_embedding"].shape[0],
+            text_layers=_count_blocks(sd, "text_encoder.transformer.resblocks."),
+        )
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"not a ViCLIP state dict: cannot infer the architecture ({e})") from e
+    for cfg in MODEL_CONFIGS.values():
+        if all(getattr(cfg, k) == v for k, v in geometry.items() if k != "num_frames"):
+            return dataclasses.replace(cfg, **geometry)
+    return ViCLIPConfig(**geometry, heads=width // 64, text_heads=geometry["text_width"] // 64)
+
+
+def read_config(path: str | os.PathLike) -> ViCLIPConfig:
+    """The config saved with one of our exports, else the one inferred from the tensors."""
+    path = Path(path)
+    obj, meta = _read_file(path)
+    if "viclip_config" in meta:
+        saved = json.loads(meta["viclip_config"])
+        known = {f.name for f in dataclasses.fields(ViCLIPConfig)}
+        return ViCLIPConfig(**{k: v for k, v in saved.items() if k in known})
+    return config_from_state_dict(_unwrap(obj, path))
+
+
+def interpolate_temporal_embedding(embed: torch.Tensor, length: int) -> torch.Tensor:
+    """Linearly resample ``[1, T, C]`` to ``[1, length, C]`` (the official fine-tuning rule)."""
+    if embed.shape[1] == length:
+        return embed
+    resized = F.interpolate(embed.float().transpose(1, 2), size=length, mode="linear", align_corners=False)
+    return resized.transpose(1, 2).to(embed.dtype)
+
+
+def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise one error listing every missing, unexpected and mis-shaped tensor."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(sd))
+        if sd[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{label} ({len(items)}): {_listing(items)}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
+        if items
+    ]
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
+
+
+def load_weights(model: ViCLIP, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
+    """Load a full ViCLIP state dict strictly, resampling the temporal embedding to the model's frames."""
+    source = "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    sd = dict(checkpoint) if isinstance(checkpoint, Mapping) else load_checkpoint_file(checkpoint)
+    own = model.state_dict()
+    if _TEMPORAL_KEY in sd and sd[_TEMPORAL_KEY].ndim == 3 and sd[_TEMPORAL_KEY].shape != own[_TEMPORAL_KEY].shape:
+        sd[_TEMPORAL_KEY] = interpolate_temporal_embedding(sd[_TEMPORAL_KEY], own[_TEMPORAL_KEY].shape[1])
+    check_state_dict(model, sd, source)
+    model.load_state_dict(sd, strict=True)
+
+
+def load_model(
+    name: str | None = None, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu", **overrides
+) -> ViCLIP:
+    """A ViCLIP in eval mode with weights from ``checkpoint``; the size is read from the file when
+    ``name`` is None. ``overrides`` (e.g. ``num_frames=16``) change the config before loading."""
+    if checkpoint is None:
+        raise ValueError("load_model needs checkpoint=PATH (use create_model for random weights)")
+    if name is None:
+        cfg = dataclasses.replace(read_config(checkpoint), **overrides)
+    else:
+        cfg = get_config(name, **overrides)
+    model = ViCLIP(cfg)
+    load_weights(model, checkpoint)
+    return model.to(device).eval()
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _export_tensors(model: ViCLIP) -> StateDict:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def export_official(model: ViCLIP, path: str | os.PathLike) -> Path:
+    """Write ``{'model': state_dict}`` as the official release does (plus our config, which the
+    official loader ignores), atomically."""
+    payload = {"model": _export_tensors(model), "viclip_config": dataclasses.asdict(model.cfg)}
+    return _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def export_safetensors(model: ViCLIP, path: str | os.PathLike) -> Path:
+    """Write the state dict as safetensors with the config in the metadata, atomically."""
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt", "viclip_config": json.dumps(dataclasses.asdict(model.cfg))}
+    return _atomic_write(path, lambda tmp: save_file(_export_tensors(model), tmp, metadata=meta))
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_from_clip` did with each tensor."""
+
+    copied: list[str] = field(default_factory=list)
+    inflated: list[str] = field(default_factory=list)  # 2-D patch kernel -> 3-D
+    resized: list[str] = field(default_factory=list)  # position tables cut or resampled
+    converted: list[str] = field(default_factory=list)  # logit_scale -> temp
+    new: list[str] = field(default_factory=list)  # left at their initialisation
+    unused: list[str] = field(default_factory=list)  # in the file, not in ViCLIP
+
+    def __str__(self) -> str:
+        parts = [f"{k} {len(v)}" for k, v in dataclasses.asdict(self).items()]
+        details = [f"{k}: {_listing(v)}" for k, v in dataclasses.asdict(self).items() if v and k != "copied"]
+        return "CLIP init: " + ", ".join(parts) + "".join(f"\n  {d}" for d in details)
+
+
+_CLIP_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+
+
+def _clip_to_viclip_name(key: str) -> str | None:
+    if key.startswith("visual."):
+        return "vision_encoder." + key.removeprefix("visual.")
+    if key.startswith(_CLIP_TEXT_KEYS):
+        return "text_encoder." + key
+    return None
+
+
+def _inflate_patch_kernel(weight: torch.Tensor, tubelet: int) -> torch.Tensor:
+    """``[w, 3, p, p]`` -> ``[w, 3, k, p, p]`` with the 2-D kernel on the centre frame (official
+    ``center=True``), so a clip of identical frames embeds like the image did."""
+    out = weight.new_zeros(weight.shape[0], weight.shape[1], tubelet, *weight.shape[2:])
+    out[:, :, tubelet // 2] = weight
+    return out
+
+
+def _resize_grid(pos: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Bicubic resampling of a ``[1 + g*g, C]`` CLIP position table to ``tokens`` rows."""
+    old, new = round((pos.shape[0] - 1) ** 0.5), round((tokens - 1) ** 0.5)
+    grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)])
+
+
+def init_from_clip(model: ViCLIP, path: str | os.PathLike) -> InitReport:
+    """Initialise both towers from a CLIP image-text state dict (OpenAI or open_clip naming)."""
+    path = Path(path)
+    clip = _unwrap(_read_file(path)[0], path)
+    target = model.state_dict()
+    report = InitReport()
+    new_sd: StateDict = {}
+    for key, value in clip.items():
+        if key == "logit_scale":
+            # CLIP learns log(1 / T); ViCLIP keeps T itself, floored like the official clamp.
+            new_sd["temp"] = value.detach().float().neg().exp().clamp(min=model.cfg.temp_min).reshape(())
+            report.converted.append(key)
+            continue
+        name = _clip_to_viclip_name(key)
+        if name is None or name not in target:
+            report.unused.append(key)
+            continue
+        want = target[name].shape
+        if name == "vision_encoder.conv1.weight" and value.ndim == 4:
+            value = _inflate_patch_kernel(value, want[2])
+            report.inflated.append(name)
+        elif name == "vision_encoder.positional_embedding" and value.shape != want:
+            value = _resize_grid(value, want[0])
+            report.resized.append(name)
+        elif name == "text_encoder.positional_embedding" and value.shape != want:
+            rows = want[0]
+            value = value[:rows] if value.shape[0] >= rows else F.pad(value, (0, 0, 0, rows - value.shape[0]))
+            report.resized.append(name)
+        else:
+            report.copied.append(name)
+        if value.shape != want:
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(value.shape)}, ViCLIP {name} needs {tuple(want)}; "
+                f"is this CLIP the same size as the model ({model.cfg.width} wide, patch {model.cfg.patch_size})?"
+            )
+        new_sd[name] = value
+    report.new = sorted(set(target) - set(new_sd))
+    target.update(new_sd)
+    model.load_state_dict(target, strict=True)
+    return report
