@@ -15,6 +15,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import Self
+
 SIZES_FILE = "sizes.json"
 
 
@@ -52,7 +54,8 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         self._tmp_path = self.out_dir / f".{self._name(self.shard)}.tmp"
-        self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.USTAR_FORMAT)
+        # stays open across write() calls; closed in _finish_current or __exit__
+        self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._count = self._bytes = 0
 
     def _finish_current(self) -> None:
@@ -105,7 +108,7 @@ class ShardWriter:
         self._closed = True
         return self.sizes
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -1,0 +1,94 @@
+"""The official ViCLIP clip transforms, applied to uint8 frames with one random draw per clip.
+
+Training: RandomResizedCrop(scale (0.5, 1.0), bicubic) + horizontal flip, the same crop and flip for
+every frame of a clip (a per-frame crop would turn into fake motion); evaluation: resize to a square,
+bicubic. Both end with ``/255`` and mean/std normalisation (ImageNet by default, as released).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchvision.transforms.v2.functional as F
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
+
+
+class VideoTransform:
+    """Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]``, or ``[B, T, H, W, 3]`` -> ``[B, T, 3, S, S]``.
+
+    Random draws use torch's global generator, which DataLoader seeds per worker.
+    """
+
+    def __init__(
+        self,
+        train: bool,
+        image_size: int = 224,
+        mean: str | Sequence[float] = "imagenet",
+        std: Sequence[float] | None = None,
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+    ) -> None:
+        if isinstance(mean, str):
+            if mean not in _NORMS:
+                raise ValueError(f"mean must be one of {sorted(_NORMS)} or three floats, got {mean!r}")
+            if std is not None:
+                raise ValueError("give std only together with an explicit mean, not with a named normalisation")
+            mean, std = _NORMS[mean]
+        elif std is None:
+            raise ValueError("an explicit mean needs an explicit std")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values each, got {mean} and {std}")
+        self.train, self.image_size = train, image_size
+        self.scale, self.ratio, self.hflip = list(scale), list(ratio), hflip
+        std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        # x/255 then (x - mean)/std, folded into one multiply-add
+        self._mul = 1.0 / (255.0 * std_t)
+        self._add = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t
+
+    def _clip(self, frames: torch.Tensor) -> torch.Tensor:
+        """One clip ``[T, 3, H, W]`` uint8 -> resized uint8 ``[T, 3, S, S]``."""
+        size = [self.image_size, self.image_size]
+        if not self.train:
+            return F.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        top, left, h, w = RandomResizedCrop.get_params(frames, self.scale, self.ratio)
+        out = F.resized_crop(frames, top, left, h, w, size, interpolation=InterpolationMode.BICUBIC,
+                             antialias=True)
+        if torch.rand(()) < self.hflip:
+            out = out.flip(-1)
+        return out
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.shape[-1] != 3 \
+                or frames.ndim not in (4, 5):
+            got = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(frames)
+            raise ValueError(f"video_transform expects uint8 [T, H, W, 3] or [B, T, H, W, 3], got {got}")
+        batched = frames.ndim == 5
+        clips = frames if batched else frames[None]
+        clips = clips.permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
+        if self.train:
+            out = torch.stack([self._clip(c) for c in clips])
+        else:  # one call for the whole batch: the resize is the same for every clip
+            b, t = clips.shape[:2]
+            out = self._clip(clips.reshape(b * t, *clips.shape[2:])).reshape(b, t, 3, self.image_size,
+                                                                                 self.image_size)
+        out = out.to(torch.float32, memory_format=torch.contiguous_format).mul_(self._mul).add_(self._add)
+        return out if batched else out[0]
+
+
+def video_transform(
+    train: bool,
+    image_size: int = 224,
+    mean: str | Sequence[float] = "imagenet",
+    std: Sequence[float] | None = None,
+    scale: tuple[float, float] = (0.5, 1.0),
+) -> VideoTransform:
+    """The official train (``train=True``) or evaluation transform; ``mean='clip'`` for CLIP statistics."""
+    return VideoTransform(train, image_size=image_size, mean=mean, std=std, scale=scale)
