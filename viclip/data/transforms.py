@@ -89,6 +89,10 @@ def video_transform(
     mean: str | Sequence[float] = "imagenet",
     std: Sequence[float] | None = None,
     scale: tuple[float, float] = (0.5, 1.0),
+    hflip: float = 0.5,
 ) -> VideoTransform:
-    """The official train (``train=True``) or evaluation transform; ``mean='clip'`` for CLIP statistics."""
-    return VideoTransform(train, image_size=image_size, mean=mean, std=std, scale=scale)
+    """The official train (``train=True``) or evaluation transform; ``mean='clip'`` for CLIP statistics.
+
+    ``hflip=0`` turns the flip off, for data whose captions say left or right (the synthetic demo).
+    """
+    return VideoTransform(train, image_size=image_size, mean=mean, std=std, scale=scale, hflip=hflip)
