@@ -9,6 +9,7 @@ from viclip.model.viclip import (
     forward_flops,
     get_config,
     list_models,
+    vision_tokens,
     zero_shot,
 )
 from viclip.model.weights import (
@@ -24,5 +25,6 @@ from viclip.model.weights import (
 __all__ = [
     "MODEL_CONFIGS", "CheckpointError", "ViCLIP", "ViCLIPConfig", "clean_caption", "create_model",
     "export_official", "export_safetensors", "forward_flops", "get_config", "init_from_clip",
-    "list_models", "load_checkpoint_file", "load_model", "load_weights", "tokenize", "zero_shot",
+    "list_models", "load_checkpoint_file", "load_model", "load_weights", "tokenize", "vision_tokens",
+    "zero_shot",
 ]

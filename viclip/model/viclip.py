@@ -136,15 +136,20 @@ def create_model(name: str = "vit_l14", **overrides) -> ViCLIP:
     return ViCLIP(get_config(name, **overrides))
 
 
+def vision_tokens(cfg: ViCLIPConfig, mask_ratio: float = 0.0) -> int:
+    """Tokens entering the vision blocks: the kept patch tokens plus the class token."""
+    patches = (cfg.num_frames // cfg.tubelet_size) * (cfg.image_size // cfg.patch_size) ** 2
+    return patches - int(mask_ratio * patches) + 1
+
+
 def forward_flops(cfg: ViCLIPConfig, mask_ratio: float = 0.0, text: bool = True) -> int:
     """Analytic forward FLOPs per clip (2 per multiply-add; LayerNorm, softmax, biases ignored).
 
     Per block of width w over n tokens: 24 n w^2 (qkv, out-proj, 4x MLP) + 4 n^2 w (QK^T and AV).
     Backward costs about twice the forward, so a training step is ~3x this (more with recompute).
     """
-    grid = (cfg.image_size // cfg.patch_size) ** 2
-    patches = (cfg.num_frames // cfg.tubelet_size) * grid
-    n = patches - int(mask_ratio * patches) + 1
+    patches = (cfg.num_frames // cfg.tubelet_size) * (cfg.image_size // cfg.patch_size) ** 2
+    n = vision_tokens(cfg, mask_ratio)
     w = cfg.width
     patch_embed = 2 * patches * (3 * cfg.tubelet_size * cfg.patch_size**2) * w  # conv runs before masking
     vision = patch_embed + cfg.layers * (24 * n * w * w + 4 * n * n * w) + 2 * w * cfg.embed_dim

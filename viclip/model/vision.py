@@ -134,12 +134,6 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def num_tokens(self, num_frames: int | None = None, mask_ratio: float = 0.0) -> int:
-        """Tokens entering the transformer: kept patch tokens plus the class token."""
-        t = (num_frames or self.num_frames) // self.tubelet_size
-        patches = t * (self.image_size // self.patch_size) ** 2
-        return patches - int(mask_ratio * patches) + 1
-
     def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
         """``x``: float ``[B, T, 3, H, W]`` (or ``[B, 3, H, W]`` for images) -> ``[B, output_dim]``."""
         if x.ndim == 4:
