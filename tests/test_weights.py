@@ -147,3 +147,15 @@ def test_clip_init_refuses_a_clip_of_another_size(tmp_path):
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=str(Path(tmp_path / "nope.pth"))):
         viclip.load_model("tiny", checkpoint=tmp_path / "nope.pth")
+
+
+def test_convert_checkpoint_tool_round_trip(tmp_path, tiny):
+    import subprocess
+    import sys
+
+    tool = Path(__file__).parents[1] / "tools" / "convert_checkpoint.py"
+    src = export_official(tiny, tmp_path / "tiny.pth")
+    subprocess.run([sys.executable, tool, src, tmp_path / "tiny.safetensors"], check=True, capture_output=True)
+    converted = viclip.load_model(checkpoint=tmp_path / "tiny.safetensors")
+    for a, b in zip(_outputs(tiny), _outputs(converted)):
+        assert torch.equal(a, b)
