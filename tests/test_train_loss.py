@@ -55,7 +55,7 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     out = str(tmp_path / "res")
     mp.spawn(_rank_main, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)
     ranks = [torch.load(f"{out}.{r}") for r in range(WORLD)]
-    for (local_loss, same_video), _ in ranks[0].items():
+    for (local_loss, same_video) in ranks[0]:
         ref_loss, ref_gv, ref_gt = single_process(local_loss, same_video)
         losses = [ranks[r][(local_loss, same_video)][0] for r in range(WORLD)]
         if local_loss:  # each rank holds its rows' share: the mean over ranks is the loss

@@ -1,0 +1,103 @@
+"""Checks of the composed training config, run before any work, with errors that name the field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from viclip.model import get_config
+from viclip.train.logger import LOGGERS
+from viclip.train.loss import SAME_VIDEO_CHOICES
+
+_ENV_DEFAULT_MISSING = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*),\s*'\?\?\?'\}")
+
+
+class ConfigError(ValueError):
+    """A config field is unset or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: its length in epochs, masking and learning-rate schedule."""
+
+    name: str
+    epochs: float
+    mask_ratio: float
+    lr: float
+    warmup_epochs: float
+    min_lr_ratio: float
+
+
+def _walk(node, prefix: str = ""):
+    """(dotted key, unresolved value) for every leaf."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{prefix}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{prefix}{i}.")
+    else:
+        yield prefix[:-1], node
+
+
+def missing_fields(cfg: DictConfig) -> list[str]:
+    """Unset fields: '???' values, and '${oc.env:VAR,'???'}' whose variable is unset; each with how to set it."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    out = []
+    for key, value in _walk(raw):
+        if key.startswith("hydra."):
+            continue
+        if value == "???":
+            out.append(f"{key} (set {key}=...)")
+            continue
+        m = _ENV_DEFAULT_MISSING.fullmatch(str(value)) if isinstance(value, str) else None
+        if m and OmegaConf.select(cfg, key) == "???":
+            out.append(f"{key} (set {key}=... or the environment variable {m.group(1)})")
+    return out
+
+
+def phases_of(cfg: DictConfig) -> list[Phase]:
+    """The phases in config order; those with ``epochs: 0`` are dropped."""
+    phases = []
+    for name, p in cfg.phases.items():
+        for field in ("epochs", "mask_ratio", "lr", "warmup_epochs", "min_lr_ratio"):
+            if field not in p:
+                raise ConfigError(f"phases.{name}.{field} is not set")
+        ph = Phase(name, float(p.epochs), float(p.mask_ratio), float(p.lr), float(p.warmup_epochs),
+                   float(p.min_lr_ratio))
+        if ph.epochs < 0 or ph.lr <= 0 or not 0 <= ph.warmup_epochs <= max(ph.epochs, 0):
+            raise ConfigError(f"phases.{name}: need epochs >= 0, lr > 0 and 0 <= warmup_epochs <= epochs, got "
+                              f"epochs={ph.epochs}, lr={ph.lr}, warmup_epochs={ph.warmup_epochs}")
+        if not 0.0 <= ph.mask_ratio < 1.0:
+            raise ConfigError(f"phases.{name}.mask_ratio must lie in [0, 1), got {ph.mask_ratio}")
+        if ph.epochs > 0:
+            phases.append(ph)
+    if not phases:
+        raise ConfigError("phases: every phase has epochs 0; nothing to train")
+    return phases
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every unset path and the first invalid field; does no work."""
+    missing = missing_fields(cfg)
+    if missing:
+        raise ConfigError("required config field(s) not set: " + "; ".join(missing))
+    try:
+        get_config(cfg.model.name, **OmegaConf.to_container(cfg.model.overrides))
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
+    if cfg.loss.same_video not in SAME_VIDEO_CHOICES:
+        raise ConfigError(f"loss.same_video must be one of {SAME_VIDEO_CHOICES}, got {cfg.loss.same_video!r}")
+    if cfg.logger not in LOGGERS:
+        raise ConfigError(f"logger must be one of {LOGGERS}, got {cfg.logger!r}")
+    if not cfg.data.get("sources"):
+        raise ConfigError("data.sources is empty: name at least one shard set")
+    for name, src in cfg.data.sources.items():
+        if float(src.weight) <= 0:
+            raise ConfigError(f"data.sources.{name}.weight must be > 0, got {src.weight}")
+    for field in ("batch_size", "grad_accum", "max_bad_steps", "log_every", "ckpt_every", "keep_checkpoints"):
+        if int(cfg.train[field]) < 1:
+            raise ConfigError(f"train.{field} must be >= 1, got {cfg.train[field]}")
+    phases_of(cfg)
