@@ -40,7 +40,7 @@ def _read_file(path: Path) -> tuple[object, dict]:
 
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping), dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     try:
@@ -94,19 +94,19 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> ViCLIPConfig:
     try:
         conv = sd["vision_encoder.conv1.weight"]
         width, _, tubelet, patch, _ = conv.shape
-        geometry = dict(
-            patch_size=patch,
-            tubelet_size=tubelet,
-            width=width,
-            image_size=round((sd["vision_encoder.positional_embedding"].shape[0] - 1) ** 0.5) * patch,
-            num_frames=sd[_TEMPORAL_KEY].shape[1] * tubelet,
-            layers=_count_blocks(sd, "vision_encoder.transformer.resblocks."),
-            embed_dim=sd["vision_encoder.proj"].shape[1],
-            text_width=sd["text_encoder.token_embedding.weight"].shape[1],
-            vocab_size=sd["text_encoder.token_embedding.weight"].shape[0],
-            context_length=sd["text_encoder.positional_embedding"].shape[0],
-            text_layers=_count_blocks(sd, "text_encoder.transformer.resblocks."),
-        )
+        geometry = {
+            "patch_size": patch,
+            "tubelet_size": tubelet,
+            "width": width,
+            "image_size": round((sd["vision_encoder.positional_embedding"].shape[0] - 1) ** 0.5) * patch,
+            "num_frames": sd[_TEMPORAL_KEY].shape[1] * tubelet,
+            "layers": _count_blocks(sd, "vision_encoder.transformer.resblocks."),
+            "embed_dim": sd["vision_encoder.proj"].shape[1],
+            "text_width": sd["text_encoder.token_embedding.weight"].shape[1],
+            "vocab_size": sd["text_encoder.token_embedding.weight"].shape[0],
+            "context_length": sd["text_encoder.positional_embedding"].shape[0],
+            "text_layers": _count_blocks(sd, "text_encoder.transformer.resblocks."),
+        }
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"not a ViCLIP state dict: cannot infer the architecture ({e})") from e
     for cfg in MODEL_CONFIGS.values():
