@@ -7,11 +7,12 @@ bicubic. Both end with ``/255`` and mean/std normalisation (ImageNet by default,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torchvision.transforms.v2.functional as F
-from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms import InterpolationMode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,10 +21,38 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 
 
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def random_resized_crop_params(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
+                               generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """(top, left, h, w) drawn as torchvision's RandomResizedCrop does, from an explicit generator."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * _uniform(scale[0], scale[1], generator)
+        aspect = math.exp(_uniform(log_lo, log_hi, generator))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height  # fallback: the largest central crop within the ratio range
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 class VideoTransform:
     """Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]``, or ``[B, T, H, W, 3]`` -> ``[B, T, 3, S, S]``.
 
-    Random draws use torch's global generator, which DataLoader seeds per worker.
+    Random draws come from ``generator`` when given (the training stream passes one seeded per
+    sample, so a resumed run crops as the first one did), else from torch's global generator.
     """
 
     def __init__(
@@ -53,19 +82,20 @@ class VideoTransform:
         self._mul = 1.0 / (255.0 * std_t)
         self._add = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t
 
-    def _clip(self, frames: torch.Tensor) -> torch.Tensor:
+    def _clip(self, frames: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """One clip ``[T, 3, H, W]`` uint8 -> resized uint8 ``[T, 3, S, S]``."""
         size = [self.image_size, self.image_size]
         if not self.train:
             return F.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        top, left, h, w = RandomResizedCrop.get_params(frames, self.scale, self.ratio)
+        top, left, h, w = random_resized_crop_params(frames.shape[-2], frames.shape[-1], self.scale, self.ratio,
+                                                     generator)
         out = F.resized_crop(frames, top, left, h, w, size, interpolation=InterpolationMode.BICUBIC,
                              antialias=True)
-        if torch.rand(()) < self.hflip:
+        if torch.rand((), generator=generator) < self.hflip:
             out = out.flip(-1)
         return out
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.shape[-1] != 3 \
                 or frames.ndim not in (4, 5):
             got = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(frames)
@@ -74,10 +104,10 @@ class VideoTransform:
         clips = frames if batched else frames[None]
         clips = clips.permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
         if self.train:
-            out = torch.stack([self._clip(c) for c in clips])
+            out = torch.stack([self._clip(c, generator) for c in clips])
         else:  # one call for the whole batch: the resize is the same for every clip
             b, t = clips.shape[:2]
-            out = self._clip(clips.reshape(b * t, *clips.shape[2:])).reshape(b, t, 3, self.image_size,
+            out = self._clip(clips.reshape(b * t, *clips.shape[2:]), None).reshape(b, t, 3, self.image_size,
                                                                                  self.image_size)
         out = out.to(torch.float32, memory_format=torch.contiguous_format).mul_(self._mul).add_(self._add)
         return out if batched else out[0]

@@ -118,6 +118,7 @@ def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
     """
     with av.open(src) as container:
         stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # parallelism comes from loader workers; threads cost here
         packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None]
         if not packets:
             raise ValueError("no video frames")
