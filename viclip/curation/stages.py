@@ -1,0 +1,247 @@
+"""Resumable staged runs: a shard of source videos is the unit of work.
+
+For shard ``s`` a stage writes ``{s:05d}.tar`` (kept clips: ``{key}.mp4/.txt/.json`` through
+:class:`viclip.data.shards.ShardWriter`), then ``{s:05d}.parquet`` (every clip row, failed videos
+included), then ``{s:05d}.stats.json``, which marks the shard done. Each file is renamed into place
+when complete, so a killed run leaves at most temporary files, which the next run deletes before it
+redoes that shard; finished shards are skipped. Shards are fixed slices of the source list (the list
+and the config are recorded in ``config.json`` and checked on every rerun), so SLURM array task
+``i`` of ``N`` takes shards ``s`` with ``s % N == i`` and any mix of reruns yields each clip once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from tqdm import tqdm
+
+from viclip.curation.clips import CurationConfig, VideoResult, process_source
+from viclip.curation.sources import Source
+from viclip.curation.table import rows_to_table, write_table
+from viclip.data.shards import SIZES_FILE, ShardWriter
+
+CONFIG_FILE = "config.json"
+STATS_SUFFIX = ".stats.json"
+WORK_DIR = ".work"
+MAX_SHARDS = 100_000  # shard ids are 5 digits in tar names and sample keys
+MAX_CLIPS_PER_SHARD = 999_999  # sample index is 6 digits in keys
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+def stats_path(out_dir: Path, shard: int) -> Path:
+    return out_dir / f"{shard_name(shard)}{STATS_SUFFIX}"
+
+
+def plan_shards(sources: Sequence[Source], videos_per_shard: int) -> list[list[Source]]:
+    """Fixed consecutive slices of the source list."""
+    if videos_per_shard < 1:
+        raise ValueError(f"videos_per_shard must be >= 1, got {videos_per_shard}")
+    shards = [list(sources[i:i + videos_per_shard]) for i in range(0, len(sources), videos_per_shard)]
+    if len(shards) > MAX_SHARDS:
+        raise ValueError(f"{len(shards)} shards exceed {MAX_SHARDS}: raise videos_per_shard")
+    return shards
+
+
+def task_shards(num_shards: int, task: int = 0, num_tasks: int = 1) -> list[int]:
+    """The shards array task ``task`` of ``num_tasks`` owns (round robin, so tasks get equal work)."""
+    if not 0 <= task < num_tasks:
+        raise ValueError(f"task must be in [0, num_tasks), got task={task}, num_tasks={num_tasks}")
+    return list(range(task, num_shards, num_tasks))
+
+
+def _sources_digest(sources: Sequence[Source]) -> str:
+    h = hashlib.sha256()
+    for s in sources:
+        anns = [] if s.annotations is None else [(a.start, a.end, a.caption) for a in s.annotations]
+        h.update(json.dumps([s.video_id, s.uri, anns]).encode())
+    return h.hexdigest()
+
+
+def _atomic_json(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def check_config(out_dir: Path, record: dict) -> None:
+    """Record the run's config and source list, or refuse to resume a directory made with others."""
+    path = out_dir / CONFIG_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != record:
+            keys = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+            raise ValueError(f"{out_dir} was made with a different {', '.join(keys)} ({path}); "
+                             "use a new output directory or the original settings")
+        return
+    _atomic_json(path, record)
+
+
+@dataclass
+class StageSummary:
+    shards: int = 0            # shards owned by this task
+    skipped: int = 0           # already done before this run
+    done: int = 0              # finished by this run
+    videos: int = 0
+    failed: int = 0
+    kept: int = 0
+    seconds: float = 0.0
+
+
+class _ShardState:
+    """Collects one shard's results in source order and writes its outputs when complete."""
+
+    def __init__(self, out_dir: Path, shard: int, num_videos: int) -> None:
+        self.out_dir, self.shard, self.remaining = out_dir, shard, num_videos
+        self.work = out_dir / WORK_DIR / shard_name(shard)
+        shutil.rmtree(self.work, ignore_errors=True)  # leftovers of a killed run
+        self.writer = ShardWriter(self.work, max_samples=MAX_CLIPS_PER_SHARD + 1, max_bytes=1 << 62,
+                                  start_shard=shard)
+        self.rows: list[dict] = []
+        self.kept = 0
+        self.seconds = self.cpu_seconds = 0.0
+        self.tar = f"{shard_name(shard)}.tar"
+
+    def add(self, result: VideoResult) -> None:
+        clips = iter(result.clips)
+        for row in result.rows:
+            row["shard"] = self.shard
+            if row["status"] == "kept":
+                if self.kept >= MAX_CLIPS_PER_SHARD:
+                    raise ValueError(f"shard {self.shard} has more than {MAX_CLIPS_PER_SHARD} clips: "
+                                     "lower videos_per_shard")
+                row["clip_tar"] = self.tar
+                meta = {k: v for k, v in row.items() if v is not None and k != "caption"}
+                row["clip_key"] = self.writer.write(next(clips), row.get("caption") or "", meta)
+                self.kept += 1
+            self.rows.append(row)
+        self.remaining -= 1
+        self.seconds += result.seconds
+        self.cpu_seconds += result.cpu_seconds
+
+    def finish(self) -> dict:
+        self.writer.close()
+        kept = [r for r in self.rows if r["status"] == "kept"]
+        if kept:  # ShardWriter opens no tar for a shard without clips
+            os.replace(self.work / self.tar, self.out_dir / self.tar)
+        write_table(rows_to_table(self.rows), self.out_dir / f"{shard_name(self.shard)}.parquet")
+        videos = {r["video_id"] for r in self.rows}
+        stats = {
+            "shard": self.shard,
+            "videos": len(videos),
+            "failed": sum(r["status"] == "failed" for r in self.rows),
+            "clips": sum(r["status"] != "failed" for r in self.rows),
+            "kept": len(kept),
+            "dropped": dict(Counter(r["reason"] for r in self.rows if r["status"] == "dropped")),
+            "source_seconds": sum({r["video_id"]: r.get("source_duration") or 0.0 for r in self.rows}.values()),
+            "kept_seconds": sum(r["duration"] for r in kept),
+            "tar": self.tar if kept else None,
+            "video_seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+        }
+        _atomic_json(stats_path(self.out_dir, self.shard), stats)  # last: marks the shard done
+        shutil.rmtree(self.work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.work.parent.rmdir()  # only when no other shard is in progress
+        return stats
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only contend
+
+
+def write_sizes_if_complete(out_dir: Path, num_shards: int) -> bool:
+    """Write ``sizes.json`` once every shard of the plan is done (any task may be the last one)."""
+    stats = []
+    for s in range(num_shards):
+        p = stats_path(out_dir, s)
+        if not p.exists():
+            return False
+        stats.append(json.loads(p.read_text()))
+    _atomic_json(out_dir / SIZES_FILE, {st["tar"]: st["kept"] for st in stats if st["tar"]})
+    return True
+
+
+def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: CurationConfig | None = None,
+              videos_per_shard: int = 100, task: int = 0, num_tasks: int = 1, workers: int = 1,
+              progress: bool = True) -> StageSummary:
+    """Process the shards this task owns that are not done yet; ``workers=0`` runs in this process."""
+    cfg = cfg or CurationConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = plan_shards(sources, videos_per_shard)
+    check_config(out_dir, {"config": dataclasses.asdict(cfg), "videos_per_shard": videos_per_shard,
+                           "num_sources": len(sources), "sources_sha256": _sources_digest(sources)})
+    mine = task_shards(len(shards), task, num_tasks)
+    pending = [s for s in mine if not stats_path(out_dir, s).exists()]
+    summary = StageSummary(shards=len(mine), skipped=len(mine) - len(pending))
+    jobs = [(s, src) for s in pending for src in shards[s]]
+    work = partial(process_source, cfg=cfg)
+    started = time.time()
+    bar = tqdm(total=len(jobs), unit="video", disable=not progress, smoothing=0.1,
+               desc=f"task {task}/{num_tasks}: {len(pending)} shards ({summary.skipped} done before)")
+
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 0 else None
+    try:
+        states: dict[int, _ShardState] = {}
+        for shard, result in _ordered_results(jobs, work, pool, window=max(2, 2 * workers)):
+            if shard not in states:
+                states[shard] = _ShardState(out_dir, shard, len(shards[shard]))
+            state = states[shard]
+            state.add(result)
+            summary.videos += 1
+            summary.failed += result.failed
+            summary.kept += len(result.clips)
+            elapsed = max(time.time() - started, 1e-9)
+            bar.update(1)
+            bar.set_postfix({"videos/s": f"{summary.videos / elapsed:.2f}",
+                             "clips/s": f"{summary.kept / elapsed:.1f}", "failed": summary.failed}, refresh=False)
+            if state.remaining == 0:
+                stats = states.pop(shard).finish()
+                summary.done += 1
+                bar.write(f"shard {shard_name(shard)} done: {stats['videos']} videos, {stats['kept']} clips kept, "
+                          f"{stats['failed']} failed, dropped {stats['dropped']}, {stats['cpu_seconds']:.1f} CPU s")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    summary.seconds = time.time() - started
+    write_sizes_if_complete(out_dir, len(shards))
+    return summary
+
+
+def _ordered_results(jobs: list[tuple[int, Source]], work, pool: ProcessPoolExecutor | None,
+                     window: int) -> Iterator[tuple[int, VideoResult]]:
+    """Results in job order with at most ``window`` videos in flight (memory stays bounded)."""
+    if pool is None:
+        for shard, src in jobs:
+            yield shard, work(src)
+        return
+    queue: deque[tuple[int, Future]] = deque()
+    it = iter(jobs)
+    for shard, src in it:
+        queue.append((shard, pool.submit(work, src)))
+        if len(queue) >= window:
+            break
+    while queue:
+        shard, fut = queue.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append((nxt[0], pool.submit(work, nxt[1])))
+        yield shard, fut.result()

@@ -1,0 +1,87 @@
+"""The clip table: one parquet row per candidate clip (kept or dropped) and per failed video.
+
+Every stage shard writes one table with this schema, so tables concatenate and later stages
+(captioning, scoring, subsets, ``make_shards``) add columns or select rows. ``status`` is ``kept``,
+``dropped`` (``reason`` says why: ``still``, ``dynamic``, ``too_short``, ``too_long``, ``empty``) or
+``failed`` (``error`` holds the exception; the row stands for the whole video). Kept clips live in
+the shard's tar under ``clip_tar``/``clip_key``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CLIP_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("source", pa.string()),
+    ("clip_id", pa.string()),
+    ("clip_index", pa.int32()),
+    ("status", pa.string()),
+    ("reason", pa.string()),
+    ("error", pa.string()),
+    ("start", pa.float64()),
+    ("end", pa.float64()),
+    ("duration", pa.float64()),
+    ("frames", pa.int32()),
+    ("fps", pa.float32()),
+    ("motion_mean", pa.float32()),
+    ("motion_std", pa.float32()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("bytes", pa.int64()),
+    ("source_duration", pa.float64()),
+    ("source_fps", pa.float32()),
+    ("source_width", pa.int32()),
+    ("source_height", pa.int32()),
+    ("shard", pa.int32()),
+    ("clip_tar", pa.string()),
+    ("clip_key", pa.string()),
+    ("caption", pa.string()),
+    ("aesthetic", pa.float32()),
+    ("clip_text_sim", pa.float32()),
+    ("extra", pa.string()),
+])
+STATUSES = ("kept", "dropped", "failed")
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with any subset of the schema's columns) as a table with the full schema."""
+    unknown = {k for r in rows for k in r} - set(CLIP_SCHEMA.names)
+    if unknown:
+        raise KeyError(f"clip rows have columns outside CLIP_SCHEMA: {sorted(unknown)}")
+    return pa.Table.from_pylist(list(rows), schema=CLIP_SCHEMA)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write parquet atomically: a killed job leaves no half-written table under the final name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def read_tables(paths: Sequence[str | os.PathLike]) -> pa.Table:
+    """Concatenate clip tables: parquet files, or stage directories (their finished shards only)."""
+    return pa.concat_tables([pq.read_table(f) for f in table_files(paths)], promote_options="default")
+
+
+def table_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The parquet files behind ``paths`` in order: files as given, a directory's finished shards sorted."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            done = sorted(p.glob("*.stats.json"))
+            files += [s.with_name(s.name.replace(".stats.json", ".parquet")) for s in done]
+        elif p.exists():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"clip table not found: {p}")
+    if not files:
+        raise FileNotFoundError(f"no finished clip tables in {[str(p) for p in paths]}")
+    return files
