@@ -8,6 +8,7 @@ DistributedSampler habit that double-counts a few videos in the metrics).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -30,7 +31,15 @@ def init_from_env(device: torch.device) -> bool:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
+        atexit.register(_shutdown)
     return True
+
+
+def _shutdown() -> None:
+    # barrier first: a rank that tears gloo down while another still sends can abort the job
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> list[int]:

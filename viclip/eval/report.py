@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 SCHEMA = "viclip.eval/1"
 REQUIRED_KEYS = ("schema", "name", "task", "kind", "dataset", "metrics", "protocol", "checkpoint", "data",
                  "world_size", "time_s", "created")
@@ -117,3 +119,21 @@ def _retrieval_detail(results: list[dict]) -> str:
         rows.append([f"{r['dataset']}  {row_label(r)}",
                      *[f"{m[f'{d}_{k}']:.1f}" for d in ("t2v", "v2t") for k in RETRIEVAL_DETAIL]])
     return _grid("Retrieval detail", headers, sub, rows)
+
+
+class CombinedTable(Callback):
+    """Hydra callback: after ``eval.py -m ...``, one table over every job's results in the sweep
+    directory (also written there as ``table.txt``). Printed by rank 0 only."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if os.environ.get("RANK", "0") != "0":
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        results = load_results(sweep_dir)
+        if not results:
+            return
+        table = format_table(results)
+        tmp = sweep_dir / f".table.txt.tmp{os.getpid()}"
+        tmp.write_text(table + "\n")
+        os.replace(tmp, sweep_dir / "table.txt")
+        print("\n" + table, flush=True)

@@ -1,0 +1,127 @@
+"""eval.py end to end on the synthetic sets with a tiny random-weight ViCLIP (the real architecture
+at test size; no trained weights exist here, so these tests check the pipeline, not accuracy)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from viclip.data.synthetic import make_synthetic
+from viclip.eval.report import REQUIRED_KEYS
+from viclip.eval.runner import evaluate
+from viclip.model import create_model, export_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+N_EVAL = 13  # odd: two ranks hold 7 and 6 videos, so padding duplicates would show in the counts
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    ckpt = export_safetensors(create_model("tiny"), tmp / "tiny.safetensors")
+    synthetic = make_synthetic(tmp / "synthetic", n_train=1, n_eval=N_EVAL, size=32)
+    return {"tmp": tmp, "ckpt": ckpt, "synthetic": synthetic}
+
+
+def _common(setup, tag: str) -> list[str]:
+    tmp = setup["tmp"]
+    return [f"checkpoint={setup['ckpt']}", f"task.synthetic.root={setup['synthetic'].root}",
+            f"task.synthetic.n_eval={N_EVAL}", "task.synthetic.size=32", f"cache_dir={tmp / ('cache_' + tag)}",
+            "num_workers=0", "batch_size=4"]
+
+
+def _evaluate(overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return evaluate(compose("eval", overrides=overrides))
+
+
+def _run(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, str(ROOT / "eval.py"), *args], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_sweep_writes_schema_and_one_combined_table(setup):
+    out = setup["tmp"] / "sweep"
+    proc = _run(["-m", "task=synthetic_zeroshot,synthetic_retrieval", "dual_softmax=false,true",
+                 f"output_root={out}", *_common(setup, "sweep")], [sys.executable])
+    files = sorted(out.rglob("*.json"))
+    results = {r["name"]: r for r in (json.loads(f.read_text()) for f in files)}
+    assert set(results) == {"synthetic_zeroshot", "synthetic_zeroshot+dsl", "synthetic_retrieval",
+                            "synthetic_retrieval+dsl"}
+    for r in results.values():
+        assert set(REQUIRED_KEYS) <= set(r)
+        assert r["data"] | {"listed": N_EVAL, "evaluated": N_EVAL, "skipped": 0} == r["data"]
+        assert r["checkpoint"]["model"] == "tiny" and len(r["checkpoint"]["sha256"]) == 64
+        assert r["protocol"]["num_frames"] == 8 and r["protocol"]["sampling"] == "middle"
+    zs = results["synthetic_zeroshot"]
+    assert set(zs["metrics"]) == {"top1", "top5", "avg"} and zs["data"]["num_classes"] == 4
+    assert zs["protocol"]["templates"] == "kinetics" and zs["protocol"]["templates_reduce"] == "sim"
+    assert zs["data"]["num_templates"] == 16
+    ret = results["synthetic_retrieval"]
+    assert {"t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_meanr", "v2t_r1", "v2t_medr"} <= set(ret["metrics"])
+    assert ret["data"]["num_texts"] == 2 * N_EVAL
+    assert results["synthetic_retrieval+dsl"]["protocol"]["dual_softmax"] is True
+    # One combined table after the sweep (also saved), every variant a row.
+    table = (next(out.rglob("table.txt"))).read_text()
+    assert table.strip() in proc.stdout
+    assert "Zero-shot action recognition" in table and "Zero-shot video-text retrieval" in table
+    assert "tiny tiny.safetensors+dsl" in table
+
+
+def test_two_ranks_equal_one_rank(setup):
+    out = setup["tmp"] / "dist"
+    args = ["-m", "task=synthetic_zeroshot,synthetic_retrieval", f"output_root={out}", "embedding_cache=false",
+            *_common(setup, "dist")]
+    _run(args, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])
+    two = {r["name"]: r for r in (json.loads(f.read_text()) for f in out.rglob("*.json"))}
+    for task in ("synthetic_zeroshot", "synthetic_retrieval"):
+        one = _evaluate([f"task={task}", f"output_dir={setup['tmp'] / 'one'}", "embedding_cache=false",
+                         *_common(setup, "one")])
+        assert two[task]["world_size"] == 2 and one["world_size"] == 1
+        assert two[task]["data"] == one["data"]  # each video counted once: 13 listed, 13 evaluated
+        for key, value in one["metrics"].items():
+            assert two[task]["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_missing_and_corrupt_videos_are_counted_and_excluded(setup, tmp_path):
+    syn = setup["synthetic"]
+    items = json.loads(syn.retrieval_annotations.read_text())
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00not a video" * 50)
+    bad = [{"video": str(tmp_path / "absent.mp4"), "caption": "a red circle moving up"},
+           {"video": str(tmp_path / "corrupt.mp4"), "caption": ["a blue square moving down", "a square"]}]
+    with_bad = items[:5] + bad[:1] + items[5:9] + bad[1:] + items[9:]  # in the middle: alignment must hold
+    (tmp_path / "bad.json").write_text(json.dumps(with_bad))
+    (tmp_path / "clean.json").write_text(json.dumps(items))
+    results = {}
+    for name in ("bad", "clean"):
+        results[name] = _evaluate([
+            "task=synthetic_retrieval", f"task.annotation={tmp_path / (name + '.json')}",
+            f"task.video_root={syn.retrieval_root}", f"output_dir={tmp_path / name}", *_common(setup, "bad")])
+    assert results["bad"]["data"]["skipped"] == 2 and results["bad"]["data"]["listed"] == N_EVAL + 2
+    assert results["bad"]["data"]["evaluated"] == N_EVAL == results["clean"]["data"]["evaluated"]
+    assert results["bad"]["data"]["num_texts"] == results["clean"]["data"]["num_texts"]
+    assert results["bad"]["metrics"] == pytest.approx(results["clean"]["metrics"])
+    assert (tmp_path / "bad" / "synthetic_retrieval.json").is_file()
+
+
+def test_missing_paths_fail_at_once_naming_the_field(setup, tmp_path):
+    base = [f"checkpoint={setup['ckpt']}", f"data_root={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"]
+    with pytest.raises(FileNotFoundError, match=r"task\.annotation=.*kinetics400.*expected a Kinetics CSV"):
+        _evaluate(["task=zeroshot_k400", *base])
+    with pytest.raises(FileNotFoundError, match=r"task\.annotation=.*msrvtt_test1k.json.*JSON list"):
+        _evaluate(["task=retrieval_msrvtt", *base])
+    (tmp_path / "val.csv").write_text("label,youtube_id,time_start,time_end,split\n")
+    with pytest.raises(FileNotFoundError, match=r"task\.train_annotation="):
+        _evaluate(["task=linear_k400", f"task.annotation={tmp_path / 'val.csv'}", f"task.video_root={tmp_path}",
+                   *base])
+    with pytest.raises(ValueError, match="checkpoint= is required"):
+        _evaluate(["task=synthetic_zeroshot", f"output_dir={tmp_path}"])

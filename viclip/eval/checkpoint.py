@@ -1,0 +1,87 @@
+"""Which weights to evaluate: resolve ``checkpoint=``, fingerprint it, build the model, wise-ft.
+
+``checkpoint=`` takes an official ``.pth``, a ``.safetensors`` file, or a training run directory
+(its newest exported weights). The model size is read from the file (saved config, else tensor
+shapes); ``model=NAME`` forces a registered size instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from viclip.model import MODEL_CONFIGS, ViCLIP, ViCLIPConfig, init_from_clip, load_model
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth")
+_GEOMETRY = ("image_size", "patch_size", "tubelet_size", "width", "layers", "embed_dim", "text_width", "text_layers")
+
+
+def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
+    """The weights file behind ``checkpoint=``: the file itself, or the newest (by modification time)
+    ``*.safetensors`` / ``*.pth`` under a run directory."""
+    if path is None or str(path) == "":
+        raise ValueError("checkpoint= is required: an official .pth, a .safetensors file or a training run directory")
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        found = [f for f in p.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file() and not f.name.startswith(".")]
+        if not found:
+            raise FileNotFoundError(f"checkpoint={p}: a directory without exported weights "
+                                    f"(no {' or '.join('*' + s for s in WEIGHT_SUFFIXES)} below it)")
+        return max(found, key=lambda f: (f.stat().st_mtime_ns, str(f)))
+    raise FileNotFoundError(f"checkpoint={p}: no such file or directory "
+                            "(expected an official .pth, a .safetensors file or a training run directory)")
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a weights file (memoised per path, size and mtime: a sweep hashes it once)."""
+    st = os.stat(path)
+    return _sha256(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+def model_name_of(cfg: ViCLIPConfig) -> str:
+    """A short name for the architecture: the registered name of the same geometry, else its sizes."""
+    for name, reg in MODEL_CONFIGS.items():
+        if all(getattr(reg, f) == getattr(cfg, f) for f in _GEOMETRY):
+            return name
+    return f"vit_w{cfg.width}_l{cfg.layers}_p{cfg.patch_size}"
+
+
+def build_model(weights: Path, model: str | None, num_frames: int, device: torch.device) -> ViCLIP:
+    """The model in eval mode with ``weights`` loaded; ``num_frames`` is the evaluation protocol's (the
+    temporal embedding is resampled by the loader if the checkpoint was trained with another count)."""
+    return load_model(model, checkpoint=weights, device=device, num_frames=num_frames)
+
+
+@torch.no_grad()
+def wise_ft(model: ViCLIP, clip_weights: str | os.PathLike, alpha: float) -> None:
+    """Blend in place: ``(1 - alpha) * CLIP-initialised ViCLIP + alpha * model`` (Wortsman et al. 2022).
+
+    The zero-shot end is ViCLIP initialised from ``clip_weights`` exactly as training starts
+    (``init_from_clip``), so tensors CLIP lacks (the temporal embedding) take their init values.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"wise_ft.alpha must be in [0, 1], got {alpha}")
+    path = Path(clip_weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"wise_ft.clip={path}: not found (expected CLIP weights, OpenAI or open_clip naming)")
+    init = ViCLIP(model.cfg)
+    init_from_clip(init, path)
+    init_sd = init.state_dict()
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            tensor.mul_(alpha).add_(init_sd[name].to(tensor), alpha=1.0 - alpha)

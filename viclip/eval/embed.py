@@ -1,0 +1,92 @@
+"""Video and text embeddings for a whole evaluation set, split across ranks and gathered back.
+
+Each rank embeds its strided shard (see :mod:`viclip.eval.distributed`); rows come back in
+dataset order on every rank. Unreadable videos keep a zero row and ``ok = False``, so indices stay
+aligned with the annotation file and the caller decides how to exclude and count them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from viclip.data.annotations import VideoText, VideoTextDataset
+from viclip.data.transforms import video_transform
+from viclip.eval.distributed import gather_rows, shard_indices, world
+from viclip.model import ViCLIP, tokenize
+
+
+@dataclass(frozen=True)
+class VideoProtocol:
+    """How videos become model input: the official evaluation protocol by default."""
+
+    num_frames: int = 8
+    sampling: str = "middle"
+    image_size: int = 224
+    mean: str = "imagenet"
+    backend: str = "auto"
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked for (GPU evaluation), else full precision."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def embed_videos(
+    model: ViCLIP, records: Sequence[VideoText], protocol: VideoProtocol, device: torch.device,
+    batch_size: int = 32, num_workers: int = 4, precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embeddings [N, D] float32 on the CPU, ok [N] bool)`` in the order of ``records``."""
+    rank, world_size = world()
+    mine = shard_indices(len(records), rank, world_size)
+    dataset = VideoTextDataset(
+        [records[i] for i in mine], num_frames=protocol.num_frames, sampling=protocol.sampling,
+        transform=video_transform(False, image_size=protocol.image_size, mean=protocol.mean),
+        backend=protocol.backend,
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                        collate_fn=VideoTextDataset.collate, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    local = torch.zeros(len(mine), model.cfg.embed_dim)
+    ok = torch.zeros(len(mine), dtype=torch.bool)
+    for batch in loader:
+        if batch["video"] is None:
+            continue
+        with autocast(device, precision):
+            emb = model.encode_video(batch["video"].to(device, non_blocking=True))
+        local[batch["index"]] = emb.float().cpu()
+        ok[batch["index"]] = True
+    return _gather(local, len(records), device), _gather(ok, len(records), device)
+
+
+@torch.no_grad()
+def embed_texts(
+    model: ViCLIP, texts: Sequence[str], device: torch.device, batch_size: int = 256, precision: str = "fp32",
+    official_cleaning: bool = True,
+) -> torch.Tensor:
+    """``[N, D]`` float32 on the CPU, in the order of ``texts``; tokenised with the official cleaning."""
+    rank, world_size = world()
+    mine = shard_indices(len(texts), rank, world_size)
+    local = torch.zeros(len(mine), model.cfg.embed_dim)
+    for start in range(0, len(mine), batch_size):
+        chunk = [texts[i] for i in mine[start:start + batch_size]]
+        tokens = tokenize(chunk, context_length=model.cfg.context_length, official_cleaning=official_cleaning)
+        with autocast(device, precision):
+            local[start:start + len(chunk)] = model.encode_text(tokens.to(device)).float().cpu()
+    return _gather(local, len(texts), device)
+
+
+def _gather(local: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    # NCCL gathers CUDA tensors only; gloo and the single-process path stay on the CPU.
+    if world()[1] > 1 and device.type == "cuda":
+        return gather_rows(local.to(device), n).cpu()
+    return gather_rows(local, n)

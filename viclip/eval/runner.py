@@ -1,0 +1,226 @@
+"""One evaluation job: ``eval.py task=... checkpoint=...`` composes a config and calls :func:`evaluate`.
+
+The flow is linear: check the task's paths, resolve and fingerprint the checkpoint, build the
+model (optionally wise-ft blended), embed videos and texts (cached, split over ranks), score by
+the task's kind, then rank 0 writes the results JSON and prints the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from viclip.eval import linear_probe as lp
+from viclip.eval.cache import EmbeddingCache, cache_key
+from viclip.eval.checkpoint import build_model, file_sha256, model_name_of, resolve_checkpoint, wise_ft
+from viclip.eval.distributed import broadcast_object, init_from_env, world
+from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
+from viclip.eval.metrics import retrieval_metrics, topk_accuracy
+from viclip.eval.report import SCHEMA, format_table, write_results
+from viclip.eval.scoring import dual_softmax
+from viclip.eval.tasks import EvalSplit, load_task
+from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
+
+log = logging.getLogger(__name__)
+DEFAULT_FRAMES = 8
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: this rank's GPU (``LOCAL_RANK``) when there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def variant_suffix(cfg: DictConfig, kind: str) -> str:
+    """Non-default protocol options, in the results' name: ``zeroshot_k400+embed+dsl``."""
+    parts = []
+    if cfg.protocol.num_frames != DEFAULT_FRAMES:
+        parts.append(f"f{cfg.protocol.num_frames}")
+    if cfg.protocol.sampling != "middle":
+        parts.append(cfg.protocol.sampling)
+    if not cfg.protocol.official_cleaning:
+        parts.append("rawtext")
+    if kind == "zeroshot":
+        if cfg.templates.set != "kinetics":
+            parts.append(f"tpl-{cfg.templates.set}")
+        if cfg.templates.reduce != "sim":
+            parts.append(cfg.templates.reduce)
+    if kind != "linear" and cfg.dual_softmax:
+        parts.append("dsl")
+    if cfg.wise_ft.clip:
+        parts.append(f"wiseft{cfg.wise_ft.alpha:g}")
+    if cfg.precision != "fp32":
+        parts.append(cfg.precision)
+    return "".join(f"+{p}" for p in parts)
+
+
+def _model_choice(cfg: DictConfig) -> str | None:
+    # `model=NAME` selects configs/model/NAME.yaml (a group shared with training): use its name only.
+    if cfg.get("model") is None:
+        return None
+    return cfg.model if isinstance(cfg.model, str) else cfg.model.name
+
+
+class Evaluator:
+    """Holds the model and the caching context for one job."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, weights: Path, sha: str):
+        self.cfg, self.device = cfg, device
+        self.model = build_model(weights, _model_choice(cfg), cfg.protocol.num_frames, device)
+        self.wise = None
+        if cfg.wise_ft.clip:
+            wise_ft(self.model, cfg.wise_ft.clip, cfg.wise_ft.alpha)
+            self.wise = {"clip": str(cfg.wise_ft.clip), "sha256": file_sha256(cfg.wise_ft.clip),
+                         "alpha": cfg.wise_ft.alpha}
+        self.protocol = VideoProtocol(num_frames=cfg.protocol.num_frames, sampling=cfg.protocol.sampling,
+                                      image_size=self.model.cfg.image_size, backend=cfg.protocol.backend)
+        self.cache = EmbeddingCache(cfg.cache_dir if cfg.embedding_cache else None)
+        self.model_key = {"checkpoint": sha, "wise_ft": self.wise, "precision": cfg.precision,
+                          "config": dataclasses.asdict(self.model.cfg)}
+        self.timings = {"video": 0.0, "text": 0.0}
+
+    def _cached(self, kind: str, key: str, compute) -> dict[str, torch.Tensor]:
+        # Rank 0 decides hit or miss for all ranks, so a cache on a non-shared disk cannot split them.
+        hit = broadcast_object(self.cache.load(kind, key) if world()[0] == 0 else None)
+        if hit is not None:
+            return hit
+        out = compute()
+        if world()[0] == 0:
+            self.cache.save(kind, key, out)
+        return out
+
+    def videos(self, split: EvalSplit) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        key = cache_key(**self.model_key, protocol=dataclasses.asdict(self.protocol), videos=split.videos)
+
+        def compute():
+            emb, ok = embed_videos(self.model, split.records, self.protocol, self.device,
+                                   batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                   precision=self.cfg.precision)
+            return {"embeddings": emb, "ok": ok}
+
+        out = self._cached("video", key, compute)
+        self.timings["video"] += time.perf_counter() - start
+        return out["embeddings"], out["ok"]
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        start = time.perf_counter()
+        cleaning = self.cfg.protocol.official_cleaning
+        key = cache_key(**self.model_key, official_cleaning=cleaning, texts=texts)
+
+        def compute():
+            return {"embeddings": embed_texts(self.model, texts, self.device, precision=self.cfg.precision,
+                                              official_cleaning=cleaning)}
+
+        out = self._cached("text", key, compute)
+        self.timings["text"] += time.perf_counter() - start
+        return out["embeddings"]
+
+    @property
+    def temp(self) -> float:
+        return float(self.model.temp)
+
+    def zeroshot(self, split: EvalSplit) -> tuple[dict, dict]:
+        templates = get_templates(self.cfg.templates.set)
+        video, ok = self.videos(split)
+        prompts = expand(split.class_names, templates)
+        protos = class_prototypes(self.texts(prompts), len(templates), self.cfg.templates.reduce)
+        scores = class_scores(video[ok], protos)
+        if self.cfg.dual_softmax:
+            scores = dual_softmax(scores / self.temp)
+        labels = torch.tensor([r.label for r in split.records])[ok]
+        info = {"num_classes": len(split.class_names), "num_templates": len(templates)}
+        return topk_accuracy(scores, labels), {**_counts(ok), **info}
+
+    def retrieval(self, split: EvalSplit) -> tuple[dict, dict]:
+        paragraph = bool(self.cfg.task.get("paragraph", False))
+        video, ok = self.videos(split)
+        kept = [r for r, good in zip(split.records, ok.tolist()) if good]
+        # Paragraph mode (DiDeMo, ActivityNet): a video's captions joined into one text, in order.
+        texts = [[" ".join(r.captions)] if paragraph else list(r.captions) for r in kept]
+        flat = [t for group in texts for t in group]
+        text_to_video = torch.tensor([v for v, group in enumerate(texts) for _ in group])
+        sims = F.normalize(video[ok], dim=-1) @ F.normalize(self.texts(flat), dim=-1).T  # [V, T] cosine
+        if self.cfg.dual_softmax:
+            t2v, v2t = dual_softmax(sims.T / self.temp), dual_softmax(sims / self.temp)
+        else:
+            t2v, v2t = sims.T, sims
+        return retrieval_metrics(t2v, v2t, text_to_video), {**_counts(ok), "num_texts": len(flat),
+                                                            "paragraph": paragraph}
+
+    def linear(self, train: EvalSplit, val: EvalSplit) -> tuple[dict, dict]:
+        train_x, train_ok = self.videos(train)
+        val_x, val_ok = self.videos(val)
+        labels = {name: torch.tensor([r.label for r in s.records]) for name, s in (("train", train), ("val", val))}
+        p = self.cfg.linear_probe
+        metrics = lp.linear_probe(
+            train_x[train_ok].to(self.device), labels["train"][train_ok].to(self.device),
+            val_x[val_ok].to(self.device), labels["val"][val_ok].to(self.device), len(val.class_names),
+            l2_grid=tuple(p.l2_grid), holdout=p.holdout, seed=p.seed, max_iter=p.max_iter)
+        info = {**_counts(val_ok), "num_classes": len(val.class_names),
+                "train": {"annotation": train.annotation, "video_root": train.video_root, **_counts(train_ok)}}
+        return metrics, info
+
+
+def _counts(ok: torch.Tensor) -> dict:
+    return {"listed": int(ok.numel()), "evaluated": int(ok.sum()), "skipped": int((~ok).sum())}
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Run the task in ``cfg`` and return its results (every rank returns them; rank 0 writes them)."""
+    start = time.perf_counter()
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    init_from_env(device)
+    rank, world_size = world()
+    weights = resolve_checkpoint(cfg.checkpoint)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    splits = load_task(task, cache_dir=cfg.cache_dir)  # fails on a bad path before any model is built
+    sha = broadcast_object(file_sha256(weights) if rank == 0 else None)
+    evaluator = Evaluator(cfg, device, weights, sha)
+    loaded = time.perf_counter()
+
+    kind = task["kind"]
+    if kind == "zeroshot":
+        metrics, data = evaluator.zeroshot(splits["eval"])
+    elif kind == "retrieval":
+        metrics, data = evaluator.retrieval(splits["eval"])
+    else:
+        metrics, data = evaluator.linear(splits["train"], splits["eval"])
+
+    protocol = {
+        **dataclasses.asdict(evaluator.protocol), "transform": "resize to a square, bicubic; mean/std normalised",
+        "official_cleaning": cfg.protocol.official_cleaning, "dual_softmax": bool(cfg.dual_softmax),
+        "wise_ft": evaluator.wise, "precision": cfg.precision,
+    }
+    if kind == "zeroshot":
+        protocol.update(templates=cfg.templates.set, templates_reduce=cfg.templates.reduce)
+    results = {
+        "schema": SCHEMA,
+        "name": task["name"] + variant_suffix(cfg, kind),
+        "task": task["name"], "kind": kind, "dataset": task["dataset"],
+        "metrics": metrics, "protocol": protocol,
+        "checkpoint": {"path": str(weights), "sha256": sha, "model": model_name_of(evaluator.model.cfg)},
+        "data": {"annotation": splits["eval"].annotation, "video_root": splits["eval"].video_root, **data},
+        "world_size": world_size,
+        "time_s": {"load": round(loaded - start, 3), "video": round(evaluator.timings["video"], 3),
+                   "text": round(evaluator.timings["text"], 3), "total": round(time.perf_counter() - start, 3)},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if rank == 0:
+        path = write_results(results, cfg.output_dir)
+        log.info("results: %s", path)
+        print(format_table([results]), flush=True)
+    return results
