@@ -66,13 +66,8 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def read_tables(paths: Sequence[str | os.PathLike]) -> pa.Table:
-    """Concatenate clip tables: parquet files, or stage directories (their finished shards only)."""
-    return pa.concat_tables([pq.read_table(f) for f in table_files(paths)], promote_options="default")
-
-
 def table_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """The parquet files behind ``paths`` in order: files as given, a directory's finished shards sorted."""
+    """Parquet files named directly, plus the finished shards (those with a stats file) of stage directories."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -85,3 +80,8 @@ def table_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no finished clip tables in {[str(p) for p in paths]}")
     return files
+
+
+def read_tables(paths: Sequence[str | os.PathLike]) -> pa.Table:
+    """Concatenate clip tables: parquet files, or stage directories (their finished shards only)."""
+    return pa.concat_tables([pq.read_table(f) for f in table_files(paths)], promote_options="default")
