@@ -113,11 +113,12 @@ def format_table(results: Iterable[dict]) -> str:
 def _retrieval_detail(results: list[dict]) -> str:
     headers = ["text-to-video", "video-to-text"]
     sub = ["R@1", "R@5", "R@10", "MdR", "MnR"] * 2
-    rows = []
+    rows = {}  # a repeated (dataset, row) keeps the last result, as the main table does
     for r in results:
         m = r["metrics"]
-        rows.append([f"{r['dataset']}  {row_label(r)}",
-                     *[f"{m[f'{d}_{k}']:.1f}" for d in ("t2v", "v2t") for k in RETRIEVAL_DETAIL]])
+        label = f"{r['dataset']}  {row_label(r)}"
+        rows[label] = [label, *[f"{m[f'{d}_{k}']:.1f}" for d in ("t2v", "v2t") for k in RETRIEVAL_DETAIL]]
+    rows = list(rows.values())
     return _grid("Retrieval detail", headers, sub, rows)
 
 

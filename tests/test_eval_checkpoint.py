@@ -1,0 +1,81 @@
+"""checkpoint= resolution, architecture naming, wise-ft blending and option naming."""
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from viclip.eval.checkpoint import model_name_of, resolve_checkpoint, wise_ft
+from viclip.eval.runner import variant_suffix
+from viclip.model import ViCLIP, create_model, export_official, export_safetensors, init_from_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_resolve_file_and_newest_export_of_a_run_directory(tmp_path):
+    model = create_model("tiny")
+    old = export_official(model, tmp_path / "run" / "exports" / "pretrain.pth")
+    new = export_safetensors(model, tmp_path / "run" / "exports" / "unmasked.safetensors")
+    past = time.time() - 100
+    os.utime(old, (past, past))
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    assert resolve_checkpoint(old) == old
+    assert resolve_checkpoint(tmp_path / "run") == new
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="without exported weights"):
+        resolve_checkpoint(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        resolve_checkpoint(tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match="checkpoint= is required"):
+        resolve_checkpoint(None)
+
+
+def test_model_name_from_geometry():
+    cfg = create_model("tiny").cfg
+    assert model_name_of(cfg) == "tiny"
+    assert model_name_of(dataclasses.replace(cfg, num_frames=4)) == "tiny"  # frames are a protocol choice
+    assert model_name_of(dataclasses.replace(cfg, layers=3)) == "vit_w64_l3_p8"
+
+
+def _clip_state_dict(model: ViCLIP) -> dict[str, torch.Tensor]:
+    """A CLIP-named state dict (OpenAI layout) of the same size as ``model``."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("vision_encoder.") and "temporal" not in k:
+            out["visual." + k.removeprefix("vision_encoder.")] = v[:, :, 0] if k.endswith("conv1.weight") else v
+        elif k.startswith("text_encoder."):
+            out[k.removeprefix("text_encoder.")] = v
+    out["logit_scale"] = torch.tensor(4.0)
+    return out
+
+
+def test_wise_ft_blends_with_the_clip_initialisation(tmp_path):
+    torch.manual_seed(0)
+    clip_path = tmp_path / "clip.pt"
+    torch.save(_clip_state_dict(create_model("tiny")), clip_path)
+    torch.manual_seed(1)
+    finetuned = create_model("tiny")
+    before = {k: v.clone() for k, v in finetuned.state_dict().items()}
+    zero_shot_end = ViCLIP(finetuned.cfg)
+    init_from_clip(zero_shot_end, clip_path)
+    wise_ft(finetuned, clip_path, alpha=0.5)
+    after = finetuned.state_dict()
+    for name, value in zero_shot_end.state_dict().items():
+        torch.testing.assert_close(after[name], 0.5 * value + 0.5 * before[name], msg=name)
+    assert not torch.equal(after["vision_encoder.conv1.weight"], before["vision_encoder.conv1.weight"])
+    with pytest.raises(ValueError, match="alpha"):
+        wise_ft(finetuned, clip_path, alpha=1.5)
+
+
+def test_non_default_options_are_named():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        default = compose("eval", overrides=["output_dir=."])
+        custom = compose("eval", overrides=["output_dir=.", "templates.reduce=embed", "dual_softmax=true",
+                                            "wise_ft.clip=/w/clip.pt", "protocol.num_frames=16"])
+    assert variant_suffix(default, "zeroshot") == ""
+    assert variant_suffix(custom, "zeroshot") == "+f16+embed+dsl+wiseft0.5"
+    assert variant_suffix(custom, "retrieval") == "+f16+dsl+wiseft0.5"  # template options do not apply
