@@ -1,0 +1,97 @@
+"""Clip extraction: exact frames by time, size, keyframe spacing, stream copy, audio."""
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from viclip.curation import testvideos as tv
+from viclip.curation.extract import ExtractConfig, extract_clips, output_size
+
+FPS = 25
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    """10 s of frames that carry their own index, keyframe every second."""
+    path = tmp_path_factory.mktemp("extract") / "indexed.mp4"
+    tv.write_video(path, tv.index_frames(10 * FPS, 192, 96), FPS, gop=FPS)
+    return path
+
+
+def decode(mp4: bytes) -> tuple[list[int], list[float], list[bool], tuple[int, int]]:
+    with av.open(io.BytesIO(mp4)) as c:
+        frames = list(c.decode(video=0))
+        return ([tv.read_index(f.to_ndarray(format="rgb24")) for f in frames], [float(f.time) for f in frames],
+                [f.key_frame for f in frames], (frames[0].width, frames[0].height))
+
+
+def test_reencode_spans_hold_exactly_the_frames_in_them(indexed):
+    spans = [(1.0, 2.5), (0.5, 1.2), (8.5, 30.0), (3.01, 3.02), (40.0, 41.0)]  # unsorted, overlapping, empty
+    clips = extract_clips(indexed, spans, ExtractConfig(short_side=48))
+    idx, times, _, size = decode(clips[0].mp4)
+    assert idx == list(range(25, 63)) and times[0] == 0.0 and size == (96, 48)
+    assert (clips[0].start, clips[0].end, clips[0].frames) == (1.0, 2.52, 38)
+    assert decode(clips[1].mp4)[0] == list(range(13, 30))  # 0.5 s falls between frames 12 and 13
+    assert decode(clips[2].mp4)[0] == list(range(213, 250)) and clips[2].end == pytest.approx(10.0)
+    assert clips[3] is None and clips[4] is None
+
+
+def test_keyframe_interval_allows_cheap_8_frame_sampling(indexed):
+    clip = extract_clips(indexed, [(0.0, 8.0)], ExtractConfig(short_side=48, keyframe_interval=1.0))[0]
+    keys = np.flatnonzero(decode(clip.mp4)[2])
+    assert keys[0] == 0 and np.diff(keys).max() <= FPS  # at most one second to decode after a seek
+    short = extract_clips(indexed, [(0.0, 2.0)], ExtractConfig(short_side=48))[0]
+    assert np.diff(np.flatnonzero(decode(short.mp4)[2])).max() <= 2 * FPS // 8  # 8 keyframes in a 2 s clip
+
+
+def test_never_upscales_and_keeps_even_sizes():
+    assert output_size(1280, 720, 256) == (456, 256)
+    assert output_size(720, 1280, 256) == (256, 456)
+    assert output_size(320, 180, 256) == (320, 180)
+    assert all(abs(a - b) <= 1 and a % 2 == 0 for a, b in zip(output_size(101, 51, 256), (101, 51)))
+
+
+def test_stream_copy_takes_whole_gops_inside_the_span(indexed):
+    source_keys = np.flatnonzero(decode(indexed.read_bytes())[2])  # x264 adds keyframes of its own
+    first = source_keys[source_keys >= 1.5 * FPS][0]
+    stop = source_keys[source_keys <= 6.2 * FPS][-1]
+    clip = extract_clips(indexed, [(1.5, 6.2)], ExtractConfig(copy=True))[0]
+    idx, times, keys, size = decode(clip.mp4)
+    assert idx == list(range(first, stop)) and keys[0] and size == (192, 96)
+    assert (clip.start, clip.end, clip.frames) == (first / FPS, stop / FPS, stop - first)
+    gap = next(k for k in zip(source_keys, source_keys[1:]) if k[1] - k[0] > 2)  # a span inside one GOP
+    assert extract_clips(indexed, [((gap[0] + 1) / FPS, (gap[1] - 1) / FPS)], ExtractConfig(copy=True)) == [None]
+
+
+def test_audio_is_kept_when_asked(tmp_path):
+    path = tmp_path / "av.mp4"
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=FPS)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("aac", rate=16000)
+        with av.open("sine=frequency=440:sample_rate=16000:duration=3", format="lavfi") as sine:
+            for frame in sine.decode(audio=0):
+                for p in a.encode(frame):
+                    out.mux(p)
+        for p in a.encode():
+            out.mux(p)
+        for i, frame in enumerate(tv.pan_frames(3 * FPS, 64, 48, 1.0)):
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, FPS)
+            for p in v.encode(vf):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+    with_audio = extract_clips(path, [(0.5, 2.0)], ExtractConfig(audio=True))[0]
+    without = extract_clips(path, [(0.5, 2.0)], ExtractConfig())[0]
+    with av.open(io.BytesIO(with_audio.mp4)) as c:
+        assert len(c.streams.audio) == 1
+        audio_seconds = sum(f.samples for f in c.decode(audio=0)) / 16000
+        assert audio_seconds == pytest.approx(1.5, abs=0.1)
+    with av.open(io.BytesIO(without.mp4)) as c:
+        assert len(c.streams.audio) == 0
+    with pytest.raises(ValueError, match="audio"):
+        ExtractConfig(copy=True, audio=True)

@@ -1,0 +1,100 @@
+"""make_shards (clip table or subset -> training tars + sizes.json) and plot_stats on a real stage output."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from viclip.curation import testvideos as tv
+from viclip.curation.sources import list_folder
+from viclip.curation.stages import run_stage
+from viclip.curation.stats import summarize
+from viclip.curation.table import read_tables, write_table
+from viclip.curation.writer import make_shards
+from viclip.data.shards import iter_tar_samples
+from viclip.data.video import read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+W, H, FPS = 96, 64, 25
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    """A split stage over three videos of three moving scenes each, with captions added to its tables."""
+    src = tmp_path_factory.mktemp("src")
+    for i in range(3):
+        scenes = [tv.pan_frames(30, W, H, 0.4, seed=10 * i), tv.lavfi_frames("testsrc2", 1.2, W, H, FPS),
+                  tv.lavfi_frames("mandelbrot", 1.6, W, H, FPS)]
+        tv.write_video(src / f"v{i}.mp4", np.concatenate(scenes), FPS)
+    out = tmp_path_factory.mktemp("stage")
+    run_stage(list_folder(src), out, videos_per_shard=2, workers=0, progress=False)
+    for path in sorted(out.glob("*.parquet")):  # what caption_clips will do: add a caption column
+        t = read_tables([path])
+        captions = [f"clip {c} of {v} with some words" for v, c in zip(t["video_id"].to_pylist(),
+                                                                       t["clip_index"].to_pylist())]
+        write_table(t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(captions)), path)
+    return out
+
+
+def test_subset_to_size_bounded_training_tars(stage, tmp_path):
+    table = read_tables([stage])
+    assert pc.sum(pc.equal(table["status"], "kept")).as_py() == 9
+    subset = table.filter(pc.not_equal(table["clip_id"], "v1_00001"))  # a subset: one clip left out
+    subset_path = tmp_path / "subset.parquet"
+    write_table(subset, subset_path)
+    sizes = make_shards([subset_path], stage, tmp_path / "shards", max_samples=3)
+    assert sizes == {"00000.tar": 3, "00001.tar": 3, "00002.tar": 2}
+    assert json.loads((tmp_path / "shards" / "sizes.json").read_text()) == sizes
+    seen = []
+    for name in sizes:
+        with open(tmp_path / "shards" / name, "rb") as f:
+            for sample in iter_tar_samples(f):
+                meta = json.loads(sample["json"])
+                assert sample["txt"].decode() == meta["caption"] == f"clip {meta['clip_index']} of {meta['video_id']} with some words"
+                frames = read_video(sample["mp4"], num_frames=8, backend="pyav")  # what training reads
+                assert frames.shape == (8, H, W, 3)
+                seen.append(meta["clip_id"])
+    assert sorted(seen) == sorted(r for r in subset["clip_id"].to_pylist() if r) and "v1_00001" not in seen
+    assert make_shards([stage], None, tmp_path / "all") == {"00000.tar": 9}  # a stage dir holds its own tars
+
+
+def test_missing_captions_are_an_error_unless_allowed(stage, tmp_path):
+    table = read_tables([stage]).drop_columns(["caption"])
+    with pytest.raises(ValueError, match="no caption column"):
+        make_shards(table, stage, tmp_path / "a")
+    assert sum(make_shards(table, stage, tmp_path / "b", allow_empty_captions=True).values()) == 9
+    broken = read_tables([stage]).set_column(read_tables([stage]).schema.get_field_index("clip_tar"), "clip_tar",
+                                              pa.array(["nope.tar"] * read_tables([stage]).num_rows))
+    with pytest.raises(FileNotFoundError, match="nope.tar"):
+        make_shards(broken, stage, tmp_path / "c")
+
+
+def test_plot_stats_writes_figures_and_summary(stage, tmp_path, capsys):
+    argv = sys.argv
+    sys.argv = ["plot_stats.py", "--table", str(stage), "--out", str(tmp_path / "stats")]
+    try:
+        runpy.run_path(str(ROOT / "tools" / "plot_stats.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    printed = capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "stats").glob("*.png"))
+    assert names == ["caption_lengths.png", "clip_durations.png", "motion_mean.png", "motion_std.png",
+                     "video_durations.png"]
+    summary = json.loads((tmp_path / "stats" / "summary.json").read_text())
+    assert summary["videos"] == 3 and summary["kept_clips"] == 9 and summary["caption_words_mean"] == 7
+    assert summary["clip_duration_p10_p50_p90_s"][1] == pytest.approx(1.2)
+    assert "kept_clips" in printed and (tmp_path / "stats" / "summary.txt").read_text().startswith("videos")
+
+
+def test_summary_counts_categories_and_scores():
+    table = pa.table({"video_id": ["a", "a", "b"], "status": ["kept", "kept", "kept"], "duration": [4.0, 12.0, 8.0],
+                      "category": ["news", "news", "gaming"], "aesthetic": [4.0, 5.0, None],
+                      "caption": ["one two", "w " * 12, None]})
+    s = summarize(table)
+    assert s["category_counts"] == {"news": 2, "gaming": 1} and s["aesthetic_mean"] == 4.5
+    assert s["clips_0_to_10_s"] == pytest.approx(2 / 3) and s["captions_10_to_20_words"] == 0.5

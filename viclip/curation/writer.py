@@ -1,0 +1,81 @@
+"""Training shards from a clip table (or a subset of it): the last step before ``viclip.data.shards``.
+
+Kept rows are looked up in the stage tars they were written to (``clip_tar``/``clip_key``), read
+one tar at a time in a single sequential pass, and rewritten through
+:class:`~viclip.data.shards.ShardWriter` with the row's caption as ``.txt`` and every column as
+``.json``, into size-bounded tars with a ``sizes.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from viclip.curation.table import read_tables
+from viclip.data.shards import ShardWriter
+
+
+def _json_value(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str | os.PathLike | None,
+                out_dir: str | os.PathLike, max_samples: int = 1000, max_bytes: int = 1 << 30,
+                caption_column: str = "caption", allow_empty_captions: bool = False) -> dict[str, int]:
+    """Write the kept clips of ``tables`` to training tars under ``out_dir``; returns ``{tar: samples}``.
+
+    ``clips_dir`` is the stage directory holding the tars named in ``clip_tar``; by default the one
+    table directory given (a stage directory or the folder of a table file inside it).
+    """
+    if isinstance(tables, pa.Table):
+        table = tables
+    else:
+        table = read_tables(tables)
+        if clips_dir is None:
+            parents = {Path(t) if Path(t).is_dir() else Path(t).parent for t in tables}
+            if len(parents) != 1:
+                raise ValueError("tables from several directories: pass clips_dir (the stage directory with the tars)")
+            clips_dir = parents.pop()
+    if clips_dir is None:
+        raise ValueError("make_shards needs clips_dir when given an in-memory table")
+    missing = [c for c in ("status", "clip_tar", "clip_key") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"clip table lacks column(s) {missing}: is it a split_scenes/fetch_clips table?")
+    if caption_column not in table.column_names and not allow_empty_captions:
+        raise ValueError(f"clip table has no caption column {caption_column!r} (caption the clips first, "
+                         "or pass allow_empty_captions)")
+    table = table.filter(pc.equal(table["status"], "kept"))
+    rows = table.to_pylist()
+    by_tar: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        caption = row.get(caption_column)
+        if not caption and not allow_empty_captions:
+            raise ValueError(f"clip {row.get('clip_id')} has no {caption_column!r}")
+        by_tar.setdefault(row["clip_tar"], {})[row["clip_key"]] = row
+
+    clips_dir = Path(clips_dir)
+    with ShardWriter(out_dir, max_samples=max_samples, max_bytes=max_bytes) as writer:
+        for tar_name, wanted in by_tar.items():
+            path = clips_dir / tar_name
+            if not path.exists():
+                raise FileNotFoundError(f"stage tar {path} (named in clip_tar) not found")
+            found = 0
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    key, _, ext = member.name.partition(".")
+                    if ext != "mp4" or key not in wanted:
+                        continue
+                    row = wanted[key]
+                    meta = {k: _json_value(v) for k, v in row.items() if k != caption_column}
+                    writer.write(tar.extractfile(member).read(), row.get(caption_column) or "", meta)
+                    found += 1
+            if found != len(wanted):
+                raise ValueError(f"{path}: {len(wanted) - found} of the table's clips are missing from the tar")
+    return writer.sizes
