@@ -2,6 +2,7 @@
 
 import io
 from fractions import Fraction
+from itertools import pairwise
 
 import av
 import numpy as np
@@ -59,10 +60,10 @@ def test_stream_copy_takes_whole_gops_inside_the_span(indexed):
     first = source_keys[source_keys >= 1.5 * FPS][0]
     stop = source_keys[source_keys <= 6.2 * FPS][-1]
     clip = extract_clips(indexed, [(1.5, 6.2)], ExtractConfig(copy=True))[0]
-    idx, times, keys, size = decode(clip.mp4)
+    idx, _, keys, size = decode(clip.mp4)
     assert idx == list(range(first, stop)) and keys[0] and size == (192, 96)
     assert (clip.start, clip.end, clip.frames) == (first / FPS, stop / FPS, stop - first)
-    gap = next(k for k in zip(source_keys, source_keys[1:]) if k[1] - k[0] > 2)  # a span inside one GOP
+    gap = next(k for k in pairwise(source_keys) if k[1] - k[0] > 2)  # a span inside one GOP
     assert extract_clips(indexed, [((gap[0] + 1) / FPS, (gap[1] - 1) / FPS)], ExtractConfig(copy=True)) == [None]
 
 

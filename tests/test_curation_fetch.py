@@ -11,8 +11,14 @@ import av
 import pytest
 
 from viclip.curation import testvideos as tv
-from viclip.curation.sources import (annotated_sources, localize, parse_timestamp, read_annotations,
-                                     read_file_list, read_id_map)
+from viclip.curation.sources import (
+    annotated_sources,
+    localize,
+    parse_timestamp,
+    read_annotations,
+    read_file_list,
+    read_id_map,
+)
 from viclip.curation.table import read_tables
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -69,7 +69,7 @@ def test_corrupt_file_is_a_failed_row_and_the_run_goes_on(reference):
     assert stats["failed"] == 1 and stats["kept"] == 0 and stats["tar"] is None
     sizes = json.loads((reference / "sizes.json").read_text())
     assert sum(sizes.values()) == len(kept) and sorted(tar_keys(reference)) == sorted(r["clip_key"] for r in kept)
-    assert len(set(r["clip_key"] for r in kept)) == len(kept)
+    assert len({r["clip_key"] for r in kept}) == len(kept)
 
 
 def test_killed_run_resumes_without_redoing_or_losing_clips(sources, reference, tmp_path):
