@@ -18,13 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_resolve_file_and_newest_export_of_a_run_directory(tmp_path):
     model = create_model("tiny")
-    old = export_official(model, tmp_path / "run" / "exports" / "pretrain.pth")
-    new = export_safetensors(model, tmp_path / "run" / "exports" / "unmasked.safetensors")
+    old = export_official(model, tmp_path / "run" / "weights" / "pretrain.pth")
+    new = export_official(model, tmp_path / "run" / "weights" / "unmasked.pth")
     past = time.time() - 100
     os.utime(old, (past, past))
-    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    export_safetensors(model, tmp_path / "run" / "eval" / "not-an-export.safetensors")  # newer, outside weights/
     assert resolve_checkpoint(old) == old
     assert resolve_checkpoint(tmp_path / "run") == new
+    other = export_safetensors(model, tmp_path / "other_run" / "sub" / "model.safetensors")
+    assert resolve_checkpoint(tmp_path / "other_run") == other
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="without exported weights"):
         resolve_checkpoint(tmp_path / "empty")

@@ -14,20 +14,21 @@ def _clusters(n_per_class: int, num_classes: int, dim: int, seed: int):
 
 
 def test_linear_probe_separates_clusters_and_is_reproducible():
-    train_x, train_y = _clusters(40, 6, 16, seed=0)
+    train_x, train_y = _clusters(30, 6, 16, seed=0)
     val_x, val_y = _clusters(20, 6, 16, seed=1)
-    out = linear_probe(train_x, train_y, val_x, val_y, 6, l2_grid=(1e-4, 1e-2, 10.0), max_iter=40)
+    out = linear_probe(train_x, train_y, val_x, val_y, 6, l2_grid=(1e-3, 10.0), max_iter=25)
     assert out["top1"] > 90 and out["top5"] == 100.0 and out["avg"] == (out["top1"] + out["top5"]) / 2
-    assert out["l2"] != 10.0 and set(out["sweep_top1"]) == {"0.0001", "0.01", "10"}
-    again = linear_probe(train_x, train_y, val_x, val_y, 6, l2_grid=(1e-4, 1e-2, 10.0), max_iter=40)
+    assert set(out["sweep_top1"]) == {"0.001", "10"}
+    assert out["sweep_top1"][f"{out['l2']:g}"] == max(out["sweep_top1"].values())  # the sweep's best
+    again = linear_probe(train_x, train_y, val_x, val_y, 6, l2_grid=(1e-3, 10.0), max_iter=25)
     assert again == out
 
 
 def test_linear_probe_is_near_chance_on_shuffled_labels():
-    train_x, train_y = _clusters(40, 6, 16, seed=0)
+    train_x, train_y = _clusters(30, 6, 16, seed=0)
     val_x, val_y = _clusters(30, 6, 16, seed=1)
     shuffled = train_y[torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))]
-    out = linear_probe(train_x, shuffled, val_x, val_y, 6, l2_grid=(1e-3,), max_iter=40)
+    out = linear_probe(train_x, shuffled, val_x, val_y, 6, l2_grid=(1e-3,), max_iter=25)
     assert out["top1"] < 40  # chance is 16.7 %
 
 

@@ -22,17 +22,20 @@ _GEOMETRY = ("image_size", "patch_size", "tubelet_size", "width", "layers", "emb
 
 def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
     """The weights file behind ``checkpoint=``: the file itself, or the newest (by modification time)
-    ``*.safetensors`` / ``*.pth`` under a run directory."""
+    ``*.safetensors`` / ``*.pth`` under a run directory's ``weights/`` (else anywhere below it)."""
     if path is None or str(path) == "":
         raise ValueError("checkpoint= is required: an official .pth, a .safetensors file or a training run directory")
     p = Path(path).expanduser()
     if p.is_file():
         return p
     if p.is_dir():
-        found = [f for f in p.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file() and not f.name.startswith(".")]
+        # A training run exports each phase to weights/{phase}.pth; DeepSpeed's own files are *.pt.
+        search = p / "weights" if (p / "weights").is_dir() else p
+        found = [f for f in search.rglob("*")
+                 if f.suffix in WEIGHT_SUFFIXES and f.is_file() and not f.name.startswith(".")]
         if not found:
             raise FileNotFoundError(f"checkpoint={p}: a directory without exported weights "
-                                    f"(no {' or '.join('*' + s for s in WEIGHT_SUFFIXES)} below it)")
+                                    f"(no {' or '.join('*' + s for s in WEIGHT_SUFFIXES)} below {search})")
         return max(found, key=lambda f: (f.stat().st_mtime_ns, str(f)))
     raise FileNotFoundError(f"checkpoint={p}: no such file or directory "
                             "(expected an official .pth, a .safetensors file or a training run directory)")
