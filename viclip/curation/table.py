@@ -48,6 +48,7 @@ CLIP_SCHEMA = pa.schema([
     ("extra", pa.string()),
 ])
 STATUSES = ("kept", "dropped", "failed")
+STATS_SUFFIX = ".stats.json"  # written last by a stage: its presence marks the shard's table complete
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
@@ -71,8 +72,8 @@ def table_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            done = sorted(p.glob("*.stats.json"))
-            files += [s.with_name(s.name.replace(".stats.json", ".parquet")) for s in done]
+            done = sorted(p.glob(f"*{STATS_SUFFIX}"))
+            files += [s.with_name(s.name.removesuffix(STATS_SUFFIX) + ".parquet") for s in done]
         elif p.exists():
             files.append(p)
         else:
