@@ -374,7 +374,7 @@ class VideoTextStream(IterableDataset):
             position += n_slots
 
     def _corpus_samples(self, corpus: int, slot: int, skips: _SkipLog) -> Iterator[dict]:
-        empty_run = 0
+        empty = set()  # distinct shards read without a sample since the last sample
         for shard in self._shard_schedule(corpus, slot):
             n = 0
             try:
@@ -385,10 +385,10 @@ class VideoTextStream(IterableDataset):
                         yield sample
             except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
                 skips.add("corrupt_shard", shard, None, f"{type(e).__name__}: {e}")
-            empty_run = 0 if n else empty_run + 1
-            if empty_run >= max(len(self.shards[corpus]), 2):
-                raise RuntimeError(f"corpus {self.names[corpus]}: {empty_run} shards in a row held no "
-                                   f"readable sample (last: {shard})")
+            empty = set() if n else empty | {shard}
+            if len(empty) == len(set(self.shards[corpus])):
+                raise RuntimeError(f"corpus {self.names[corpus]}: none of its {len(empty)} shards holds a "
+                                   f"readable sample (last read: {shard})")
 
     def _buffered_samples(self, slot: int, skips: _SkipLog) -> Iterator[dict]:
         sources = [self._corpus_samples(c, slot, skips) for c in range(len(self.corpora))]
