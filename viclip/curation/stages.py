@@ -19,12 +19,14 @@ import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from viclip.curation.clips import CurationConfig, VideoResult, process_source
@@ -245,3 +247,57 @@ def _ordered_results(jobs: list[tuple[int, Source]], work, pool: ProcessPoolExec
         if nxt is not None:
             queue.append((nxt[0], pool.submit(work, nxt[1])))
         yield shard, fut.result()
+
+@dataclass
+class TableShard:
+    """A finished shard of an earlier stage: its clip rows, and the directory holding its tars."""
+
+    shard: int
+    table: pa.Table
+    clips_dir: Path
+
+
+def clips_dir_of(stage_dir: Path) -> Path:
+    """Where a stage's clips live: its own directory, or the one its table stage recorded."""
+    config = stage_dir / CONFIG_FILE
+    recorded = json.loads(config.read_text()).get("clips_dir") if config.exists() else None
+    return Path(recorded) if recorded else stage_dir.resolve()
+
+
+def run_table_stage(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                    process: Callable[[TableShard], tuple[pa.Table, dict]], record: dict, task: int = 0,
+                    num_tasks: int = 1, progress: bool = True) -> StageSummary:
+    """Map ``process`` over the finished shards of ``in_dir``: a clip table in, a table and stats out.
+
+    Captioning and scoring add columns this way, with the same contract as :func:`run_stage`:
+    ``{s:05d}.parquet`` then ``{s:05d}.stats.json`` (the done mark), reruns skip done shards,
+    ``record`` is checked against ``config.json``, task ``i`` of ``N`` owns shards ``s % N == i``.
+    Shards that ``in_dir`` has not finished yet are left for a later run. The clips stay in the
+    first stage's tars; ``clips_dir`` is recorded so the next table stage finds them too.
+    """
+    if not 0 <= task < num_tasks:
+        raise ValueError(f"task must be in [0, num_tasks), got task={task}, num_tasks={num_tasks}")
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if not in_dir.is_dir():
+        raise FileNotFoundError(f"input stage directory not found: {in_dir}")
+    clips_dir = clips_dir_of(in_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_config(out_dir, {**record, "input": str(in_dir.resolve()), "clips_dir": str(clips_dir)})
+    finished = sorted(int(p.name[:-len(STATS_SUFFIX)]) for p in in_dir.glob(f"*{STATS_SUFFIX}"))
+    mine = [s for s in finished if s % num_tasks == task]
+    pending = [s for s in mine if not stats_path(out_dir, s).exists()]
+    summary = StageSummary(shards=len(mine), skipped=len(mine) - len(pending))
+    started = time.time()
+    for shard in tqdm(pending, unit="shard", disable=not progress,
+                      desc=f"task {task}/{num_tasks} ({summary.skipped} shards done before)"):
+        name = shard_name(shard)
+        for leftover in out_dir.glob(f".{name}.parquet.tmp*"):  # a killed run's partial table
+            leftover.unlink(missing_ok=True)
+        table, stats = process(TableShard(shard, pq.read_table(in_dir / f"{name}.parquet"), clips_dir))
+        write_table(table, out_dir / f"{name}.parquet")
+        _atomic_json(stats_path(out_dir, shard), {"shard": shard, **stats})  # last: marks the shard done
+        summary.done += 1
+        summary.kept += stats.get("clips", 0)
+        summary.failed += stats.get("failed", 0)
+    summary.seconds = time.time() - started
+    return summary

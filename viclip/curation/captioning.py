@@ -1,0 +1,266 @@
+"""Multiscale video captions (paper section 3.2, appendix F.1).
+
+- coarse: an image captioner on the clip's middle frame (BLIP-2 in the paper);
+- fine: the captioner on frames at a low rate (``fine_fps``, 1 fps; Tag2Text in the paper), the
+  frame captions fused into one video caption by a text summariser (T5 in the paper);
+- caption: the summariser over the coarse caption and the frame captions together. These are the
+  "fused captions, combining both coarse- and fine-level ones" of InternVid-2M (F.1), which the
+  language model writes from "frame-wise captions from BLIP2 and tag2text".
+
+All three are kept (``caption_coarse``, ``caption_fine``, ``caption``) with the frame captions
+(``frame_captions``). Models are callables built from a registry by a :class:`ModelSpec`: the
+built-in ``hf`` kinds load any ``transformers`` image-to-text or seq2seq model from a local path or
+a hub id (never downloaded here: pre-fetch them), and ``"package.module:factory"`` plugs in others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
+from viclip.curation.stages import StageSummary, TableShard, run_table_stage
+from viclip.data.video import read_video
+
+# uint8 [H, W, 3] images -> one caption each, same order
+ImageCaptioner = Callable[[Sequence[np.ndarray]], list[str]]
+# texts -> one summary each, same order
+Summariser = Callable[[Sequence[str]], list[str]]
+CAPTION_COLUMNS = ("caption_coarse", "caption_fine", "frame_captions", "caption")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model, and how it generates (all of this changes the output, so it is recorded)."""
+
+    kind: str                     # a registry name or "package.module:factory"
+    path: str                     # local directory or hub id
+    prompt: str = ""              # captioner: text prompt; summariser: task prefix
+    max_new_tokens: int = 30
+    num_beams: int = 1
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    coarse: ModelSpec = ModelSpec("hf", "Salesforce/blip2-opt-2.7b")
+    fine: ModelSpec | None = None  # frame captioner; None: the coarse captioner captions the frames too
+    summariser: ModelSpec = ModelSpec("hf", "google-t5/t5-base", prompt="summarize: ", max_new_tokens=40,
+                                      num_beams=4)
+    fine_fps: float = 1.0
+    max_fine_frames: int = 16     # a 2-minute clip gets 16 frame captions, not 120
+    frame_size: int = 224         # decoded short side; the processors resize again
+    dtype: str = "auto"           # auto: bfloat16 on CUDA, float32 on CPU
+    # how the work is split; not part of the output
+    device: str = "auto"
+    images_per_batch: int = 64
+    texts_per_batch: int = 64
+    clips_per_batch: int = 16
+    workers: int = 4
+
+    def record(self) -> dict:
+        """The fields that decide the captions (checked when a run resumes)."""
+        runtime = {"device", "images_per_batch", "texts_per_batch", "clips_per_batch", "workers"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in runtime}
+
+
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
+    return dev, getattr(torch, dtype)
+
+
+def _chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class HFImageCaptioner:
+    """A ``transformers`` image-to-text model (BLIP-2, BLIP, GIT, ...) with its processor, batched."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, batch_size: int = 64) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.spec, self.device, self.dtype, self.batch_size = spec, device, dtype, batch_size
+        self.processor = AutoProcessor.from_pretrained(spec.path)
+        self.model = AutoModelForImageTextToText.from_pretrained(spec.path, dtype=dtype).to(device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[np.ndarray]) -> list[str]:
+        out: list[str] = []
+        for chunk in _chunks(list(images), self.batch_size):
+            inputs = self.processor(images=list(chunk), text=[self.spec.prompt] * len(chunk), return_tensors="pt")
+            inputs = {k: v.to(self.device, self.dtype if v.is_floating_point() else None) for k, v in inputs.items()}
+            ids = self.model.generate(**inputs, max_new_tokens=self.spec.max_new_tokens,
+                                      num_beams=self.spec.num_beams, do_sample=False)
+            if not self.model.config.is_encoder_decoder:  # decoder-only LMs return the prompt first
+                ids = ids[:, inputs["input_ids"].shape[1]:]
+            out += [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+        return out
+
+
+class HFSummariser:
+    """A ``transformers`` seq2seq model (T5 family) that condenses texts, batched, prompt as task prefix."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, batch_size: int = 64) -> None:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.spec, self.device, self.batch_size = spec, device, batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.path)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(spec.path, dtype=dtype).to(device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, texts: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for chunk in _chunks([self.spec.prompt + t for t in texts], self.batch_size):
+            inputs = self.tokenizer(list(chunk), return_tensors="pt", padding=True, truncation=True, max_length=512)
+            ids = self.model.generate(**inputs.to(self.device), max_new_tokens=self.spec.max_new_tokens,
+                                      num_beams=self.spec.num_beams, do_sample=False)
+            out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return out
+
+
+CAPTIONERS: dict[str, Callable[..., ImageCaptioner]] = {"hf": HFImageCaptioner}
+SUMMARISERS: dict[str, Callable[..., Summariser]] = {"hf": HFSummariser}
+
+
+def build_model(registry: dict[str, Callable], spec: ModelSpec, device: torch.device, dtype: torch.dtype,
+                batch_size: int) -> Callable:
+    """``factory(spec, device, dtype, batch_size)`` from the registry or from ``module:factory``."""
+    if ":" in spec.kind:
+        module, _, name = spec.kind.partition(":")
+        factory = getattr(importlib.import_module(module), name)
+    elif spec.kind in registry:
+        factory = registry[spec.kind]
+    else:
+        raise KeyError(f"unknown model kind {spec.kind!r}: use one of {sorted(registry)} or 'package.module:factory'")
+    return factory(spec, device, dtype, batch_size)
+
+
+def fine_frame_count(duration: float, fps: float, max_frames: int) -> int:
+    """Frames captioned at ``fps`` over the clip (at least one, at most ``max_frames``)."""
+    return int(min(max(round(duration * fps), 1), max_frames))
+
+
+def sample_caption_frames(data: bytes, clip: ClipRef, label: str, fine_fps: float, max_fine_frames: int,
+                          frame_size: int) -> dict[str, torch.Tensor]:
+    """The middle frame (coarse scale) and frames at ``fine_fps`` (fine scale) of one clip."""
+    k = fine_frame_count(clip.duration, fine_fps, max_fine_frames)
+    return {"middle": read_video(data, num_frames=1, sampling="middle", size=frame_size, name=label),
+            "fine": read_video(data, num_frames=k, sampling="middle", size=frame_size, name=label)}
+
+
+def summary_input(captions: Sequence[str]) -> str:
+    """Distinct non-empty captions in order, joined as sentences (frame captions repeat a lot)."""
+    return ". ".join(dict.fromkeys(c.strip().rstrip(".") for c in captions if c and c.strip()))
+
+
+class Captioner:
+    """The caption stage for one shard: decode, caption, summarise, add the caption columns."""
+
+    def __init__(self, cfg: CaptionConfig, coarse: ImageCaptioner, fine: ImageCaptioner | None,
+                 summariser: Summariser) -> None:
+        self.cfg, self.coarse, self.fine, self.summariser = cfg, coarse, fine or coarse, summariser
+
+    @classmethod
+    def from_config(cls, cfg: CaptionConfig) -> Captioner:
+        device, dtype = resolve_device(cfg.device, cfg.dtype)
+        coarse = build_model(CAPTIONERS, cfg.coarse, device, dtype, cfg.images_per_batch)
+        fine = build_model(CAPTIONERS, cfg.fine, device, dtype, cfg.images_per_batch) if cfg.fine else None
+        return cls(cfg, coarse, fine, build_model(SUMMARISERS, cfg.summariser, device, dtype, cfg.texts_per_batch))
+
+    def caption_batch(self, middles: list[np.ndarray], frames: list[list[np.ndarray]]) -> list[tuple]:
+        """(coarse, fine, frame captions, caption) per clip."""
+        coarse = self.coarse(middles)
+        flat = self.fine([f for clip in frames for f in clip])
+        per_clip, start = [], 0
+        for clip in frames:
+            per_clip.append(flat[start:start + len(clip)])
+            start += len(clip)
+        texts = [summary_input(fc) for fc in per_clip] + [summary_input([c, *fc]) for c, fc in zip(coarse, per_clip)]
+        nonempty = [i for i, t in enumerate(texts) if t]
+        summaries = [""] * len(texts)
+        for i, s in zip(nonempty, self.summariser([texts[i] for i in nonempty])):
+            summaries[i] = s
+        n = len(frames)
+        return [(coarse[i], summaries[i], per_clip[i], summaries[n + i]) for i in range(n)]
+
+    def __call__(self, shard: TableShard) -> tuple[pa.Table, dict]:
+        started = time.time()
+        cfg, table = self.cfg, shard.table
+        clips = kept_clips(table)
+        sampler = partial(sample_caption_frames, fine_fps=cfg.fine_fps, max_fine_frames=cfg.max_fine_frames,
+                          frame_size=cfg.frame_size)
+        results: dict[int, tuple] = {}
+        errors: dict[int, str] = {}
+        frames_captioned = 0
+        for batch in iter_batches(ClipFrames(shard.clips_dir, clips, sampler), cfg.clips_per_batch, cfg.workers):
+            ok = [(row, f) for row, f, _ in batch if f is not None]
+            errors.update({row: err for row, f, err in batch if f is None})
+            if not ok:
+                continue
+            middles = [f["middle"][0].numpy() for _, f in ok]
+            frames = [list(f["fine"].numpy()) for _, f in ok]
+            frames_captioned += sum(len(x) for x in frames)
+            results.update(zip([row for row, _ in ok], self.caption_batch(middles, frames)))
+        stats = {"clips": len(clips), "captioned": len(results), "failed": len(errors),
+                 "frames_captioned": frames_captioned, "seconds": time.time() - started}
+        return add_caption_columns(table, results, errors), stats
+
+
+def set_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """Replace the named columns in place, append the new ones."""
+    for name, values in columns.items():
+        i = table.column_names.index(name) if name in table.column_names else -1
+        table = table.set_column(i, name, values) if i >= 0 else table.append_column(name, values)
+    return table
+
+
+def error_column(table: pa.Table, errors: dict[int, str]) -> pa.Array:
+    """``error`` with the decode errors of this stage written over the rows they belong to."""
+    old = table.column("error").to_pylist() if "error" in table.column_names else [None] * len(table)
+    return pa.array([errors.get(i, e) for i, e in enumerate(old)], pa.string())
+
+
+def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict[int, str]) -> pa.Table:
+    """The table with the caption columns set for captioned rows (others keep their caption, if any)."""
+    n = len(table)
+    old = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * n
+    columns = {
+        "caption_coarse": pa.array([results[i][0] if i in results else None for i in range(n)], pa.string()),
+        "caption_fine": pa.array([results[i][1] if i in results else None for i in range(n)], pa.string()),
+        "frame_captions": pa.array([results[i][2] if i in results else None for i in range(n)], pa.list_(pa.string())),
+        "caption": pa.array([results[i][3] if i in results else old[i] for i in range(n)], pa.string()),
+    }
+    if errors:
+        columns["error"] = error_column(table, errors)
+    return set_columns(table, columns)
+
+
+def run_captioning(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: CaptionConfig,
+                   captioner: Captioner | None = None, task: int = 0, num_tasks: int = 1,
+                   progress: bool = True) -> StageSummary:
+    """Caption every finished shard of ``in_dir`` into ``out_dir`` (resumable; see ``run_table_stage``).
+
+    The models load on the first shard that needs them: a finished or mismatched run loads nothing.
+    """
+    built: list[Captioner] = [captioner] if captioner else []
+
+    def process(shard: TableShard) -> tuple[pa.Table, dict]:
+        if not built:
+            built.append(Captioner.from_config(cfg))
+        return built[0](shard)
+
+    return run_table_stage(in_dir, out_dir, process, {"stage": "caption", "config": cfg.record()},
+                           task=task, num_tasks=num_tasks, progress=progress)
