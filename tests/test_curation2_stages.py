@@ -95,6 +95,7 @@ def test_caption_columns_follow_the_multiscale_rule(tmp_path):
         assert r["caption"] == f"S[{summary_input([r['caption_coarse'], *r['frame_captions']])}]"
     corrupt = rows["v1_2"]
     assert "00001000002" in corrupt["error"] and corrupt["caption"] == "released caption"
+    assert (corrupt["status"], corrupt["reason"]) == ("dropped", "undecodable")  # later stages skip it
     assert rows["v0_x"]["caption"] is None and rows["gone0_0"]["error"] == "boom"
     # clips differ in colour, so a mixed-up order would show
     assert len({r["caption_coarse"] for r in rows.values() if r["caption_coarse"]}) >= 6
@@ -333,3 +334,36 @@ def test_score_run_killed_midway_resumes_without_duplicates(tmp_path, tiny_score
     clean = run_scoring(stage, tmp_path / "clean", cfg, scorer, progress=False)
     assert clean.done == 3
     assert read_tables([tmp_path / "score"]).to_pylist() == read_tables([tmp_path / "clean"]).to_pylist()
+
+
+def _run_tool(monkeypatch, module: str, *argv: str) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{module}.py"
+    spec = importlib.util.spec_from_file_location(module, path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr("sys.argv", [str(path), *map(str, argv)])
+    tool.main()
+
+
+def test_tools_chain_split_caption_score_subset_icl(tmp_path, monkeypatch, tiny_hf_models, tiny_scorers):
+    blip, t5 = tiny_hf_models
+    stage = make_stage(tmp_path / "clips")
+    common = ("--device", "cpu", "--workers", "0", "--no-progress")
+    _run_tool(monkeypatch, "caption_clips", "--input", stage, "--out", tmp_path / "cap", "--captioner-model", blip,
+              "--summariser-model", t5, "--max-new-tokens", "4", "--summary-max-new-tokens", "4", *common)
+    _run_tool(monkeypatch, "score_clips", "--input", tmp_path / "cap", "--out", tmp_path / "score",
+              "--clip-model", tiny_scorers["clip_model"], "--clip-weights", tiny_scorers["clip_weights"],
+              "--aesthetic-head", tiny_scorers["head"], "--similarity", "clip", *common)
+    scored = read_tables([tmp_path / "score"])
+    kept = [r for r in scored.to_pylist() if r["aesthetic"] is not None]
+    assert len(kept) == 7 and all(r["caption_coarse"] is not None and r["clip_text_sim"] is not None for r in kept)
+    _run_tool(monkeypatch, "build_subset", tmp_path / "score", "--rule", "aes", "--aesthetic-threshold=-1e9",
+              "--out", tmp_path / "aes.parquet")
+    assert pq.read_table(tmp_path / "aes.parquet").num_rows == 7
+    _run_tool(monkeypatch, "make_icl", tmp_path / "score", "--out", tmp_path / "icl.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "icl.jsonl").read_text().splitlines()]
+    assert {x["id"] for x in lines} == {"v0_0", "v0_1", "v1_0"}  # v1_1 lost its corrupt clip: one clip is too few
+    videos = [i for x in lines for i in x["sequence"] if i["type"] == "video"]
+    assert all(Path(v["tar"]).parent == stage.resolve() for v in videos)

@@ -227,10 +227,17 @@ def set_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
     return table
 
 
-def error_column(table: pa.Table, errors: dict[int, str]) -> pa.Array:
-    """``error`` with the decode errors of this stage written over the rows they belong to."""
-    old = table.column("error").to_pylist() if "error" in table.column_names else [None] * len(table)
-    return pa.array([errors.get(i, e) for i, e in enumerate(old)], pa.string())
+def undecodable_columns(table: pa.Table, errors: dict[int, str]) -> dict[str, pa.Array]:
+    """``status``/``reason``/``error`` with the clips this stage could not decode marked dropped.
+
+    Later stages, subsets, ``make_shards`` and ICL sequences then skip them like any dropped clip.
+    """
+    n = len(table)
+    old = {c: table.column(c).to_pylist() if c in table.column_names else [None] * n
+           for c in ("status", "reason", "error")}
+    return {"status": pa.array(["dropped" if i in errors else s for i, s in enumerate(old["status"])], pa.string()),
+            "reason": pa.array(["undecodable" if i in errors else r for i, r in enumerate(old["reason"])], pa.string()),
+            "error": pa.array([errors.get(i, e) for i, e in enumerate(old["error"])], pa.string())}
 
 
 def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict[int, str]) -> pa.Table:
@@ -244,7 +251,7 @@ def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict
         "caption": pa.array([results[i][3] if i in results else old[i] for i in range(n)], pa.string()),
     }
     if errors:
-        columns["error"] = error_column(table, errors)
+        columns.update(undecodable_columns(table, errors))
     return set_columns(table, columns)
 
 

@@ -27,7 +27,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from viclip.curation.captioning import error_column, resolve_device, set_columns
+from viclip.curation.captioning import resolve_device, set_columns, undecodable_columns
 from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.transforms import video_transform
@@ -254,7 +254,7 @@ def add_score_columns(table: pa.Table, aesthetic: dict[int, np.ndarray], sims: d
         columns["clip_text_sim"] = pa.array([sims.get(i) for i in range(n)], pa.float32())
         columns["clip_text_model"] = pa.array([model_id if i in sims else None for i in range(n)], pa.string())
     if errors:
-        columns["error"] = error_column(table, errors)
+        columns.update(undecodable_columns(table, errors))
     return set_columns(table, columns)
 
 

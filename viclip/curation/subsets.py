@@ -150,28 +150,39 @@ def _numeric(batch: pa.RecordBatch, name: str, path: Path) -> np.ndarray:
 
 
 def _scan(files: Sequence[Path], spec: SubsetSpec) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
-    """Pass 1: the pool's row positions and the rule's columns for the pool only, file by file."""
+    """Pass 1: the pool's row positions and the rule's columns for the pool only, file by file.
+
+    Arrays are sized once from the parquet footers and filled in place (no list of parts to
+    concatenate, which would double the peak).
+    """
     needed = spec.columns()
-    codes: dict[str, int] = {}
-    positions, cols, offset = [], {c: [] for c in needed if c != "status"}, 0
-    for path in files:
-        pf = pq.ParquetFile(path)
+    readers = [pq.ParquetFile(path) for path in files]
+    for path, pf in zip(files, readers):
         missing = [c for c in needed if c not in pf.schema_arrow.names]
         if missing:
             raise KeyError(f"{path}: subset rule {spec.rule!r} needs columns {missing}")
+    total = sum(pf.metadata.num_rows for pf in readers)
+    positions = np.empty(total, dtype=np.int64)
+    cols = {c: np.empty(total, dtype=np.int32 if c == spec.source_column else np.float64)
+            for c in needed if c != "status"}
+    codes: dict[str, int] = {}
+    offset = filled = 0
+    for path, pf in zip(files, readers):
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=needed):
             pool = np.ones(batch.num_rows, dtype=bool)
             if spec.kept_only:
                 pool = pc.equal(batch.column("status"), "kept").fill_null(False).to_numpy(zero_copy_only=False)
-            positions.append(offset + np.flatnonzero(pool))
-            for c, parts in cols.items():
+            rows = np.flatnonzero(pool)
+            positions[filled:filled + len(rows)] = offset + rows
+            for c, out in cols.items():
                 if c == spec.source_column:
-                    parts.append(source_codes(batch.column(c).filter(pa.array(pool)), spec.source_prefix, codes))
+                    values = source_codes(batch.column(c).filter(pa.array(pool)), spec.source_prefix, codes)
                 else:
-                    parts.append(_numeric(batch, c, path)[pool])
+                    values = _numeric(batch, c, path)[pool]
+                out[filled:filled + len(rows)] = values
             offset += batch.num_rows
-    cat = {c: np.concatenate(v) if v else np.zeros(0) for c, v in cols.items()}
-    return offset, (np.concatenate(positions) if positions else np.zeros(0, np.int64)), cat
+            filled += len(rows)
+    return offset, positions[:filled], {c: v[:filled] for c, v in cols.items()}
 
 
 def select(spec: SubsetSpec, pool_size: int, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
@@ -232,14 +243,20 @@ def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, sp
     """
     files = table_files(inputs)
     out = Path(out)
-    rows, positions, cols = _scan(files, spec)
-    chosen, counts = select(spec, len(positions), cols)
-    del cols
-    global_rows = positions[chosen]
-    order = np.argsort(global_rows, kind="stable")
-    _write_rows(files, global_rows[order], order.astype(np.int64), out)  # rank of row order[i] is order[i]
-    report = SubsetReport(spec=asdict(spec), inputs=[str(f) for f in files], rows=rows, pool=len(positions),
-                          selected=len(global_rows), counts=counts)
+    num_rows, positions, cols = _scan(files, spec)
+    pool = len(positions)
+    chosen, counts = select(spec, pool, cols)
+    del cols  # the temporaries below are what bounds memory on a 234M-row table: free as we go
+    rows = positions[chosen]
+    del positions, chosen
+    if spec.rule == "aes":  # a mask: already in input order
+        ranks = np.arange(len(rows), dtype=np.int64)
+    else:
+        ranks = np.argsort(rows, kind="stable")  # the i-th row in input order was drawn ranks[i]-th
+        rows = rows[ranks]
+    _write_rows(files, rows, ranks, out)
+    report = SubsetReport(spec=asdict(spec), inputs=[str(f) for f in files], rows=num_rows, pool=pool,
+                          selected=len(rows), counts=counts)
     tmp = out.with_name(f".{out.name}.json.tmp{os.getpid()}")
     tmp.write_text(json.dumps(asdict(report), indent=1))
     os.replace(tmp, out.with_name(out.name + ".json"))
