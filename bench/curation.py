@@ -93,26 +93,30 @@ def part_motion(tmp: Path, seconds: float) -> None:
         print(f"{name:44s} {len(scan.scenes()):6d} {mean:7.2f} {std:7.2f}  {motion_reason(mean, std, cfg) or 'kept'}")
 
 
-def make_sources(tmp: Path, n_videos: int, seconds: float) -> tuple[Path, list[list[float]]]:
-    """Videos of scenes (pans, lavfi patterns) with a cut every few seconds; returns the true cut times."""
+def make_sources(tmp: Path, n_videos: int, seconds: float, width: int, height: int) -> tuple[Path, list[list[float]]]:
+    """Videos of 2-6 s scenes (pans, lavfi patterns; never the same kind twice in a row); true cut times."""
     folder = tmp / "sources"
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    kinds = ["testsrc2", "mandelbrot", "pan", "pan", "rgbtestsrc", "life=mold=10:ratio=0.1"]
+    kinds = ["testsrc2", "mandelbrot", "pan", "rgbtestsrc", "life=mold=10:ratio=0.1"]
     truth = []
     for v in range(n_videos):
-        scenes, total, cuts = [], 0, []
-        while total < seconds * FPS:
-            length = int(rng.uniform(2, 6) * FPS)
-            kind = kinds[rng.integers(len(kinds))]
-            if kind == "pan":
-                scenes.append(tv.pan_frames(length, W, H, rng.uniform(0.5, 6), seed=int(rng.integers(1 << 30))))
-            else:
-                scenes.append(tv.lavfi_frames(kind, length / FPS, W, H, FPS)[:length])
-            total += len(scenes[-1])
-            cuts.append(total / FPS)
-        (folder / f"v{v}.mp4").write_bytes(write_mp4(np.concatenate(scenes), fps=FPS, crf=23))
-        truth.append(cuts[:-1])
+        lengths = []
+        while sum(lengths) < seconds * FPS:
+            lengths.append(int(rng.uniform(2, 6) * FPS))
+        picks = [int(rng.integers(len(kinds)))]
+        for _ in lengths[1:]:
+            picks.append((picks[-1] + 1 + int(rng.integers(len(kinds) - 1))) % len(kinds))
+
+        def scenes(lengths=lengths, picks=picks):
+            for length, k in zip(lengths, picks):
+                if kinds[k] == "pan":
+                    yield tv.pan_frames(length, width, height, rng.uniform(0.5, 6), seed=int(rng.integers(1 << 30)))
+                else:
+                    yield tv.lavfi_frames(kinds[k], length / FPS, width, height, FPS)[:length]
+
+        tv.write_scenes(folder / f"v{v}.mp4", scenes(), fps=FPS, crf=23)
+        truth.append(list(np.cumsum(lengths)[:-1] / FPS))
     return folder, truth
 
 
@@ -166,6 +170,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "motion", "detect", "e2e"], default="all")
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each benchmark source")
+    parser.add_argument("--size", default="1280x720", help="benchmark source size (InternVid sources are mostly 720p)")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as d:
@@ -173,7 +178,9 @@ def main() -> None:
         if args.part in ("all", "motion"):
             part_motion(tmp, seconds=10.0)
         if args.part in ("all", "detect", "e2e"):
-            folder, truth = make_sources(tmp, args.videos, args.seconds)
+            width, height = map(int, args.size.split("x"))
+            print(f"\nsources: {args.videos} x {args.seconds:.0f} s, {width}x{height}@{FPS}, H.264 crf 23")
+            folder, truth = make_sources(tmp, args.videos, args.seconds, width, height)
             if args.part in ("all", "detect"):
                 part_detect(folder, truth)
             if args.part in ("all", "e2e"):

@@ -22,7 +22,7 @@ def _flag(name: str) -> str:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, seen: set[str]) -> None:
-    """One option per field; a field name shared with an earlier class (decode_threads) sets both."""
+    """One option per field; a field name shared with an earlier class (threads) sets both."""
     group = parser.add_argument_group(title, (cls.__doc__ or "").strip().splitlines()[0])
     for f in dataclasses.fields(cls):
         if f.name in seen:

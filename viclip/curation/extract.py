@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+from av.video.reformatter import VideoReformatter
 
 from viclip.curation.scenes import stream_start
 
@@ -39,7 +40,7 @@ class ExtractConfig:
     keyframe_interval: float = 1.0
     audio: bool = False
     copy: bool = False
-    decode_threads: int = 1
+    threads: int = 1  # decoder and encoder threads per worker process (one process per core)
 
     def __post_init__(self) -> None:
         if self.short_side < 16 or self.keyframe_interval <= 0:
@@ -90,11 +91,13 @@ class _ClipEncoder:
         self.stream.codec_context.time_base = Fraction(src.time_base)  # source pts pass through: VFR stays VFR
         gop = max(1, round(float(rate) * min(cfg.keyframe_interval, duration / 8)))
         self.stream.options = {"crf": str(cfg.crf), "preset": cfg.preset, "g": str(gop)}
+        self.stream.codec_context.thread_count = cfg.threads
         self.audio = None
         if audio is not None:
             self.audio = self.container.add_stream("aac", rate=audio.codec_context.sample_rate)
             self.audio.layout = audio.codec_context.layout
         self.size = size
+        self.scaler = VideoReformatter()  # reused across frames: building a scaler per frame costs more
         self.first_pts: int | None = None
         self.first_time = self.last_end = 0.0
         self.frames = 0
@@ -102,7 +105,8 @@ class _ClipEncoder:
     def add_video(self, frame: av.VideoFrame, pts: int, time: float, end: float) -> None:
         if self.first_pts is None:
             self.first_pts, self.first_time = pts, time
-        out = frame.reformat(width=self.size[0], height=self.size[1], format="yuv420p", interpolation="BICUBIC")
+        out = self.scaler.reformat(frame, width=self.size[0], height=self.size[1], format="yuv420p",
+                                   interpolation="BICUBIC")
         out.pts, out.time_base = pts - self.first_pts, self.stream.codec_context.time_base
         for packet in self.stream.encode(out):
             self.container.mux(packet)
@@ -134,7 +138,7 @@ def _reencode(path: str | os.PathLike, spans: Sequence[tuple[float, float]],
         return results
     with av.open(str(path)) as container:
         vstream = container.streams.video[0]
-        vstream.thread_count = cfg.decode_threads
+        vstream.thread_count = cfg.threads
         astream = container.streams.audio[0] if cfg.audio and container.streams.audio else None
         streams = [s for s in (vstream, astream) if s is not None]
         tb = Fraction(vstream.time_base)

@@ -7,6 +7,7 @@ times, still and noisy segments and frame indices are known exactly.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from fractions import Fraction
 
 import av
@@ -90,6 +91,23 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0, 
     """Write a constant-frame-rate H.264 mp4 (the shared encoder) to ``path``."""
     with open(path, "wb") as f:
         f.write(write_mp4(frames, fps=fps, gop=gop, crf=18))
+
+
+def write_scenes(path: str | os.PathLike, scenes: Iterable[np.ndarray], fps: int = 30, crf: int = 23) -> None:
+    """Encode scenes one after another as a single H.264 mp4 without holding the whole video in memory."""
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = None
+        for frames in scenes:
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fps)
+                stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+                stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(fps)}
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
 
 
 def write_vfr_video(path: str | os.PathLike, frames: np.ndarray, times: np.ndarray, time_base: int = 1000) -> None:
