@@ -129,7 +129,7 @@ class Evaluator:
 
     @property
     def temp(self) -> float:
-        return float(self.model.temp)
+        return float(self.model.temp.detach())
 
     def zeroshot(self, split: EvalSplit) -> tuple[dict, dict]:
         templates = get_templates(self.cfg.templates.set)
