@@ -12,7 +12,7 @@ import pytest
 
 from viclip.curation import testvideos as tv
 from viclip.curation.sources import list_folder
-from viclip.curation.stages import run_stage
+from viclip.curation.stages import TableShard, clips_dir_of, run_stage, run_table_stage
 from viclip.curation.stats import summarize
 from viclip.curation.table import read_tables, write_table
 from viclip.curation.writer import make_shards
@@ -23,22 +23,27 @@ ROOT = Path(__file__).resolve().parents[1]
 W, H, FPS = 96, 64, 25
 
 
+def add_captions(shard: TableShard) -> tuple[pa.Table, dict]:
+    """What caption_clips does, in miniature: a table stage that fills the caption column."""
+    t = shard.table
+    captions = [f"clip {c} of {v} with some words" for v, c in zip(t["video_id"].to_pylist(),
+                                                                   t["clip_index"].to_pylist())]
+    return t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(captions)), {"clips": t.num_rows}
+
+
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
-    """A split stage over three videos of three moving scenes each, with captions added to its tables."""
+    """Split three videos of three moving scenes each, then caption them in a second (table) stage."""
     src = tmp_path_factory.mktemp("src")
     for i in range(3):
         scenes = [tv.pan_frames(30, W, H, 0.4, seed=10 * i), tv.lavfi_frames("testsrc2", 1.2, W, H, FPS),
                   tv.lavfi_frames("mandelbrot", 1.6, W, H, FPS)]
         tv.write_video(src / f"v{i}.mp4", np.concatenate(scenes), FPS)
-    out = tmp_path_factory.mktemp("stage")
-    run_stage(list_folder(src), out, videos_per_shard=2, workers=0, progress=False)
-    for path in sorted(out.glob("*.parquet")):  # what caption_clips will do: add a caption column
-        t = read_tables([path])
-        captions = [f"clip {c} of {v} with some words" for v, c in zip(t["video_id"].to_pylist(),
-                                                                       t["clip_index"].to_pylist())]
-        write_table(t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(captions)), path)
-    return out
+    clips = tmp_path_factory.mktemp("clips")
+    run_stage(list_folder(src), clips, videos_per_shard=2, workers=0, progress=False)
+    captioned = tmp_path_factory.mktemp("captioned")
+    run_table_stage(clips, captioned, add_captions, {"stage": "test captions"}, progress=False)
+    return captioned
 
 
 def test_subset_to_size_bounded_training_tars(stage, tmp_path):
@@ -47,7 +52,7 @@ def test_subset_to_size_bounded_training_tars(stage, tmp_path):
     subset = table.filter(pc.not_equal(table["clip_id"], "v1_00001"))  # a subset: one clip left out
     subset_path = tmp_path / "subset.parquet"
     write_table(subset, subset_path)
-    sizes = make_shards([subset_path], stage, tmp_path / "shards", max_samples=3)
+    sizes = make_shards([subset_path], clips_dir_of(stage), tmp_path / "shards", max_samples=3)
     assert sizes == {"00000.tar": 3, "00001.tar": 3, "00002.tar": 2}
     assert json.loads((tmp_path / "shards" / "sizes.json").read_text()) == sizes
     seen = []
@@ -60,18 +65,19 @@ def test_subset_to_size_bounded_training_tars(stage, tmp_path):
                 assert frames.shape == (8, H, W, 3)
                 seen.append(meta["clip_id"])
     assert sorted(seen) == sorted(r for r in subset["clip_id"].to_pylist() if r) and "v1_00001" not in seen
-    assert make_shards([stage], None, tmp_path / "all") == {"00000.tar": 9}  # a stage dir holds its own tars
+    # a caption stage directory records where the clips are: no clips_dir needed
+    assert make_shards([stage], None, tmp_path / "all") == {"00000.tar": 9}
 
 
 def test_missing_captions_are_an_error_unless_allowed(stage, tmp_path):
     table = read_tables([stage]).drop_columns(["caption"])
     with pytest.raises(ValueError, match="no caption column"):
-        make_shards(table, stage, tmp_path / "a")
-    assert sum(make_shards(table, stage, tmp_path / "b", allow_empty_captions=True).values()) == 9
+        make_shards(table, clips_dir_of(stage), tmp_path / "a")
+    assert sum(make_shards(table, clips_dir_of(stage), tmp_path / "b", allow_empty_captions=True).values()) == 9
     broken = read_tables([stage]).set_column(read_tables([stage]).schema.get_field_index("clip_tar"), "clip_tar",
                                               pa.array(["nope.tar"] * read_tables([stage]).num_rows))
     with pytest.raises(FileNotFoundError, match="nope.tar"):
-        make_shards(broken, stage, tmp_path / "c")
+        make_shards(broken, clips_dir_of(stage), tmp_path / "c")
 
 
 def test_plot_stats_writes_figures_and_summary(stage, tmp_path, capsys):

@@ -31,11 +31,10 @@ from tqdm import tqdm
 
 from viclip.curation.clips import CurationConfig, VideoResult, process_source
 from viclip.curation.sources import Source
-from viclip.curation.table import rows_to_table, write_table
+from viclip.curation.table import STATS_SUFFIX, rows_to_table, write_table
 from viclip.data.shards import SIZES_FILE, ShardWriter
 
 CONFIG_FILE = "config.json"
-STATS_SUFFIX = ".stats.json"
 WORK_DIR = ".work"
 MAX_SHARDS = 100_000  # shard ids are 5 digits in tar names and sample keys
 MAX_CLIPS_PER_SHARD = 999_999  # sample index is 6 digits in keys
@@ -247,6 +246,7 @@ def _ordered_results(jobs: list[tuple[int, Source]], work, pool: ProcessPoolExec
         if nxt is not None:
             queue.append((nxt[0], pool.submit(work, nxt[1])))
         yield shard, fut.result()
+
 
 @dataclass
 class TableShard:

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from viclip.curation.stages import clips_dir_of
 from viclip.curation.table import read_tables
 from viclip.data.shards import ShardWriter
 
@@ -32,17 +33,18 @@ def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str |
     """Write the kept clips of ``tables`` to training tars under ``out_dir``; returns ``{tar: samples}``.
 
     ``clips_dir`` is the stage directory holding the tars named in ``clip_tar``; by default the one
-    table directory given (a stage directory or the folder of a table file inside it).
+    that the given stage directory (or the folder of a table file) is or records, so captioning and
+    scoring stage outputs work directly.
     """
     if isinstance(tables, pa.Table):
         table = tables
     else:
         table = read_tables(tables)
         if clips_dir is None:
-            parents = {Path(t) if Path(t).is_dir() else Path(t).parent for t in tables}
-            if len(parents) != 1:
-                raise ValueError("tables from several directories: pass clips_dir (the stage directory with the tars)")
-            clips_dir = parents.pop()
+            homes = {clips_dir_of(Path(t) if Path(t).is_dir() else Path(t).parent) for t in tables}
+            if len(homes) != 1:
+                raise ValueError("tables from several stages: pass clips_dir (the stage directory with the tars)")
+            clips_dir = homes.pop()
     if clips_dir is None:
         raise ValueError("make_shards needs clips_dir when given an in-memory table")
     missing = [c for c in ("status", "clip_tar", "clip_key") if c not in table.column_names]
