@@ -110,6 +110,8 @@ class _ShardState:
         self.out_dir, self.shard, self.remaining = out_dir, shard, num_videos
         self.work = out_dir / WORK_DIR / shard_name(shard)
         shutil.rmtree(self.work, ignore_errors=True)  # leftovers of a killed run
+        for leftover in out_dir.glob(f".{shard_name(shard)}.*.tmp*"):  # half-written table or stats
+            leftover.unlink(missing_ok=True)
         self.writer = ShardWriter(self.work, max_samples=MAX_CLIPS_PER_SHARD + 1, max_bytes=1 << 62,
                                   start_shard=shard)
         self.rows: list[dict] = []
