@@ -189,7 +189,10 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(sources, videos_per_shard)
-    check_config(out_dir, {"config": dataclasses.asdict(cfg), "videos_per_shard": videos_per_shard,
+    settings = dataclasses.asdict(cfg)
+    for part in ("scenes", "extract"):
+        settings[part].pop("threads")  # how fast, not what: tasks may differ
+    check_config(out_dir, {"config": settings, "videos_per_shard": videos_per_shard,
                            "num_sources": len(sources), "sources_sha256": _sources_digest(sources)})
     mine = task_shards(len(shards), task, num_tasks)
     pending = [s for s in mine if not stats_path(out_dir, s).exists()]
