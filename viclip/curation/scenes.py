@@ -17,8 +17,8 @@ from itertools import pairwise
 
 import av
 import cv2
-from av.video.reformatter import VideoReformatter
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.detectors import ContentDetector
 
