@@ -123,7 +123,8 @@ def load_kinetics(
             raise FileNotFoundError(f"annotation file not found: {path}") from None
         need = {"label", "youtube_id", "time_start", "time_end"}
         if rows and not need <= set(rows[0]):
-            raise ValueError(f"{path}: a Kinetics CSV needs the columns {sorted(need)}, got {sorted(rows[0])}")
+            raise ValueError(f"{path}: a Kinetics CSV needs the columns {sorted(need)}, "
+                             f"got {sorted(rows[0])}")
         if split is not None:
             rows = [r for r in rows if r.get("split", split) == split]
         entries = []

@@ -54,7 +54,8 @@ class ShardWriter:
     def __init__(self, out_dir: str | os.PathLike, max_samples: int = 1000, max_bytes: int = 1 << 30,
                  start_shard: int = 0) -> None:
         if max_samples < 1 or max_bytes < 1:
-            raise ValueError(f"ShardWriter needs max_samples >= 1 and max_bytes >= 1, got {max_samples}, {max_bytes}")
+            raise ValueError(f"ShardWriter needs max_samples >= 1 and max_bytes >= 1, got {max_samples}, "
+                             f"{max_bytes}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_samples, self.max_bytes = max_samples, max_bytes
@@ -304,6 +305,11 @@ class VideoTextStream(IterableDataset):
     Everything a slot does is a function of (seed, epoch, slot, samples taken from the buffer), so
     a restart fast-forwards each worker by reading, not decoding, the samples it had already taken.
     Use it through :class:`VideoTextLoader`, which keeps that state.
+
+    ``transform(frames, generator=...)`` maps uint8 [T, H, W, 3] to float [T, 3, S, S] (default: the
+    official training transform at ``image_size``); the stream passes a generator seeded per sample.
+    ``shuffle_buffer`` holds encoded samples: memory per worker is about buffer x mean sample bytes.
+    ``decode_size`` resizes in the decoder (an int is the short side) before the transform.
     """
 
     def __init__(
@@ -334,7 +340,8 @@ class VideoTextStream(IterableDataset):
         if rank is None or world_size is None:
             dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
             rank = torch.distributed.get_rank() if dist_on else int(os.environ.get("RANK", "0"))
-            world_size = torch.distributed.get_world_size() if dist_on else int(os.environ.get("WORLD_SIZE", "1"))
+            world_size = (torch.distributed.get_world_size() if dist_on
+                          else int(os.environ.get("WORLD_SIZE", "1")))
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.batch_size, self.num_frames, self.epoch_samples = batch_size, num_frames, epoch_samples
@@ -343,7 +350,8 @@ class VideoTextStream(IterableDataset):
         self.tokenizer = tokenizer
         self.transform = transform if transform is not None else video_transform(True, image_size)
         self.sampling, self.decode_size, self.backend = sampling, decode_size, backend
-        self.max_log_lines_per_shard, self.max_consecutive_skips = max_log_lines_per_shard, max_consecutive_skips
+        self.max_log_lines_per_shard = max_log_lines_per_shard
+        self.max_consecutive_skips = max_consecutive_skips
         self.batches_per_rank = epoch_samples // (batch_size * world_size)
         if self.batches_per_rank < 1:
             raise ValueError(f"epoch_samples={epoch_samples} is less than one global batch "
@@ -369,7 +377,8 @@ class VideoTextStream(IterableDataset):
             c = position // len(shards)
             if c != cycle:
                 cycle = c
-                order = np.random.default_rng(_seed(self.seed, self.epoch, corpus, cycle)).permutation(len(shards))
+                rng = np.random.default_rng(_seed(self.seed, self.epoch, corpus, cycle))
+                order = rng.permutation(len(shards))
             yield shards[order[position % len(shards)]]
             position += n_slots
 
@@ -482,8 +491,9 @@ class VideoTextStream(IterableDataset):
                 if item is None:
                     run += 1
                     if run >= self.max_consecutive_skips:
-                        raise RuntimeError(f"{run} samples in a row were unusable (last: "
-                                           f"{sample['__shard__']}:{sample['__key__']}); see the warnings above")
+                        last = f"{sample['__shard__']}:{sample['__key__']}"
+                        raise RuntimeError(f"{run} samples in a row were unusable (last: {last}); "
+                                           "see the warnings above")
                     continue
                 run = 0
                 items.append(item)

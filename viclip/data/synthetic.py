@@ -172,7 +172,8 @@ def make_synthetic(
     if size % 2 or size < 16:
         raise ValueError(f"size must be even and >= 16 (H.264 4:2:0), got {size}")
     if n_train < 1 or n_eval < 4 or num_frames < 2:
-        raise ValueError(f"need n_train >= 1, n_eval >= 4, num_frames >= 2; got {n_train}, {n_eval}, {num_frames}")
+        raise ValueError(f"need n_train >= 1, n_eval >= 4, num_frames >= 2; "
+                         f"got {n_train}, {n_eval}, {num_frames}")
     root = Path(out_dir).resolve()
     paths = _paths(root)
     params = {"n_train": n_train, "n_eval": n_eval, "size": size, "num_frames": num_frames, "seed": seed,

@@ -49,7 +49,7 @@ def random_resized_crop_params(height: int, width: int, scale: Sequence[float], 
 
 
 class VideoTransform:
-    """Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]``, or ``[B, T, H, W, 3]`` -> ``[B, T, 3, S, S]``.
+    """Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]`` (or batched, ``[B, ...]`` -> ``[B, ...]``).
 
     Random draws come from ``generator`` when given (the training stream passes one seeded per
     sample, so a resumed run crops as the first one did), else from torch's global generator.
@@ -69,7 +69,7 @@ class VideoTransform:
             if mean not in _NORMS:
                 raise ValueError(f"mean must be one of {sorted(_NORMS)} or three floats, got {mean!r}")
             if std is not None:
-                raise ValueError("give std only together with an explicit mean, not with a named normalisation")
+                raise ValueError("give std only with an explicit mean, not with a named normalisation")
             mean, std = _NORMS[mean]
         elif std is None:
             raise ValueError("an explicit mean needs an explicit std")
@@ -87,8 +87,8 @@ class VideoTransform:
         size = [self.image_size, self.image_size]
         if not self.train:
             return F.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        top, left, h, w = random_resized_crop_params(frames.shape[-2], frames.shape[-1], self.scale, self.ratio,
-                                                     generator)
+        height, width = frames.shape[-2:]
+        top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, generator)
         out = F.resized_crop(frames, top, left, h, w, size, interpolation=InterpolationMode.BICUBIC,
                              antialias=True)
         if torch.rand((), generator=generator) < self.hflip:
@@ -98,7 +98,8 @@ class VideoTransform:
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.shape[-1] != 3 \
                 or frames.ndim not in (4, 5):
-            got = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(frames)
+            got = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(
+                frames)
             raise ValueError(f"video_transform expects uint8 [T, H, W, 3] or [B, T, H, W, 3], got {got}")
         batched = frames.ndim == 5
         clips = frames if batched else frames[None]

@@ -110,40 +110,55 @@ def _target_size(height: int, width: int, size: int | tuple[int, int] | None) ->
     return int(h), int(w)
 
 
-def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
-    """Seek to the keyframe before each needed frame and decode forward from there only.
+def _decode_pts(ctx, packets: list, wanted: set[int], fmt: dict, out: dict[int, np.ndarray]) -> None:
+    """Feed ``packets`` (decode order) to a flushed decoder, keeping the frames whose pts is wanted."""
+    ctx.flush_buffers()
+    need = wanted - out.keys()
+    for packet in [*packets, None]:  # None drains the frames the decoder still holds
+        for frame in ctx.decode(packet):
+            if frame.pts in need:
+                out[frame.pts] = frame.to_ndarray(**fmt)
+                need.discard(frame.pts)
+        if not need:
+            return
 
-    Frame numbers come from the demuxed packet timestamps (sorted: display order), which needs no
-    decoding; a new seek happens only when the next wanted frame lies beyond the next keyframe.
+
+def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
+    """Demux once, then decode only the groups of pictures that hold a sampled frame.
+
+    Frame numbers come from the packet timestamps (sorted: display order), so nothing is decoded
+    to count frames; each needed GOP is decoded from its keyframe with the packets already in
+    memory, which costs less than seeking the container. Should an open GOP hide a frame from
+    that shortcut, the stream is decoded from its start instead.
     """
     with av.open(src) as container:
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1  # parallelism comes from loader workers; threads cost here
-        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None]
+        ctx = stream.codec_context
+        ctx.thread_count = 1  # parallelism comes from loader workers; codec threads cost CPU here
+        packets = [p for p in container.demux(stream) if p.pts is not None]
         if not packets:
             raise ValueError("no video frames")
-        pts = sorted(p for p, _ in packets)
-        keyframes = sorted(p for p, key in packets if key) or [pts[0]]
+        pts = sorted(p.pts for p in packets)
         indices = sample_indices(len(pts), num_frames, sampling, rng)
         hw = _target_size(stream.height, stream.width, size)
         fmt = {"format": "rgb24"} if hw is None else {
             "format": "rgb24", "height": hw[0], "width": hw[1], "interpolation": "BICUBIC"}
+        starts = [k for k, p in enumerate(packets) if p.is_keyframe] or [0]
+        start_pts = [packets[k].pts for k in starts]
+        by_gop: dict[int, set[int]] = {}
+        for t in {pts[i] for i in indices}:
+            by_gop.setdefault(max(0, bisect.bisect_right(start_pts, t) - 1), set()).add(t)
         frames: dict[int, np.ndarray] = {}
-        decoded, last_pts = None, None
-        for i in sorted(set(indices)):
-            target = pts[i]
-            key = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
-            if decoded is None or last_pts is None or key > last_pts or last_pts >= target:
-                container.seek(key, stream=stream, backward=True)
-                decoded = container.decode(stream)
-            for frame in decoded:
-                last_pts = frame.pts
-                if frame.pts is not None and frame.pts >= target:
-                    frames[i] = frame.to_ndarray(**fmt)
-                    break
-            else:
-                raise ValueError(f"frame {i} (pts {target}) not reached while decoding")
-        return np.stack([frames[i] for i in indices])
+        for g, wanted in sorted(by_gop.items()):
+            end = starts[g + 1] if g + 1 < len(starts) else len(packets)
+            _decode_pts(ctx, packets[starts[g]:end], wanted, fmt, frames)
+        missing = {pts[i] for i in indices} - frames.keys()
+        if missing:
+            _decode_pts(ctx, packets, missing, fmt, frames)
+        if len(frames) < len({pts[i] for i in indices}):
+            lost = sorted(missing - frames.keys())[:3]
+            raise ValueError(f"frames at pts {lost} never came out of the decoder")
+        return np.stack([frames[pts[i]] for i in indices])
 
 
 def _read_decord(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
@@ -170,7 +185,8 @@ def _read_torchcodec(src, num_frames: int, sampling: str, size, rng) -> np.ndarr
     try:
         from torchcodec.decoders import VideoDecoder
     except ImportError as e:  # optional extra: pip install 'viclip[gpu]' (needs FFmpeg libraries)
-        raise ImportError("backend='torchcodec' needs the torchcodec package: pip install 'viclip[gpu]'") from e
+        raise ImportError("backend='torchcodec' needs the torchcodec package: "
+                          "pip install 'viclip[gpu]'") from e
     source = src.getvalue() if isinstance(src, io.BytesIO) else src
     decoder = VideoDecoder(source, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
     n = decoder.metadata.num_frames
@@ -188,13 +204,18 @@ def _read_torchcodec(src, num_frames: int, sampling: str, size, rng) -> np.ndarr
 _READERS = {"pyav": _read_pyav, "decord": _read_decord, "torchcodec": _read_torchcodec}
 
 
-def default_backend() -> str:
-    """decord when installed (the measured default, as in the official code), else PyAV."""
+def auto_backends() -> list[str]:
+    """The order ``backend='auto'`` tries: PyAV, then decord when installed.
+
+    PyAV first because it costs the least CPU per clip in ``bench/data_loader.py`` (decord spends
+    extra threads that a loader with one worker per core pays for); decord is the second try, so a
+    file one decoder rejects can still be read by the other.
+    """
     try:
         import decord  # noqa: F401
     except ImportError:
-        return "pyav"
-    return "decord"
+        return ["pyav"]
+    return ["pyav", "decord"]
 
 
 def read_video(
@@ -211,8 +232,8 @@ def read_video(
     Returns a torch uint8 tensor (so it feeds :func:`viclip.video_transform` and DataLoader
     collation without a copy). ``path_or_bytes`` is a file path or the bytes of a tar member, read
     in memory without a temporary file. ``size`` resizes in the decoder: an int sets the short side
-    (aspect kept), a pair ``(H, W)`` is exact. ``backend='auto'`` uses :func:`default_backend` and
-    retries with PyAV if that fails, so one decoder's quirk does not drop a clip. ``name`` labels
+    (aspect kept), a pair ``(H, W)`` is exact. ``backend='auto'`` tries :func:`auto_backends` in turn,
+    so one decoder's quirk does not drop a clip. ``name`` labels
     bytes in error messages (e.g. ``shard.tar:key``). Raises :class:`VideoDecodeError`.
     """
     if backend not in ("auto", *BACKENDS):
@@ -221,7 +242,7 @@ def read_video(
         raise ValueError(f"sampling must be 'middle' or 'random', got {sampling!r}")
     src, label = _source(path_or_bytes)
     label = name or label
-    order = [backend] if backend != "auto" else list(dict.fromkeys([default_backend(), "pyav"]))
+    order = [backend] if backend != "auto" else auto_backends()
     errors = []
     for b in order:
         if isinstance(src, io.BytesIO):

@@ -1,0 +1,200 @@
+"""Training-loader throughput: tar -> decode 8 frames -> transform -> batch, against the official way.
+
+Prints clips per CPU-second (CPU time of the main process and its DataLoader workers, so the figure
+is per core and holds on a shared machine) and wall-clock clips/s, for:
+
+1. the storage grid: decoding 8 randomly sampled frames from 10 s clips at short side 256 stored at
+   several frame rates and keyframe intervals (and the bytes each costs), which sets curation's
+   defaults;
+2. the full training path (``viclip.data.shards``) on 256p clips stored that way and on 720p clips,
+   with 1 and 2 workers, next to the official path on the same clips (decord ``VideoReader`` per
+   file, ``get_batch`` of the sampled indices, torchvision transforms per clip, default collate).
+
+    python bench/data_loader.py [--clips 8] [--samples 96] [--out /tmp/viclip_bench_data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from viclip.data.shards import ShardWriter, build_train_loader
+from viclip.data.video import read_video, sample_indices, write_mp4
+
+SECONDS, SOURCE_FPS = 10, 24
+# (name, height, width, fps, keyframe interval in frames)
+STORAGE_GRID = [
+    ("256p 24fps gop48 (as downloaded)", 256, 456, 24, 48),
+    ("256p 8fps gop8", 256, 456, 8, 8),
+    ("256p 4fps gop4", 256, 456, 4, 4),
+    ("256p 8fps gop1", 256, 456, 8, 1),
+    ("256p 4fps gop1", 256, 456, 4, 1),
+    ("256p 3fps gop1 (official 3 fps)", 256, 456, 3, 1),
+]
+SOURCE_720P = ("720p 24fps gop48", 720, 1280, 24, 48)
+
+
+def render(height: int, width: int, fps: int, seed: int) -> np.ndarray:
+    """A 10 s scene: a smooth texture panning at a constant speed plus three moving blobs."""
+    rng = np.random.default_rng(seed)
+    grid = torch.from_numpy(rng.integers(0, 255, (3, height // 16 + 4, width // 16 + 4))).float()
+    texture = F.interpolate(grid[None], scale_factor=16, mode="bicubic")[0].clamp(0, 255).byte()
+    texture = texture.permute(1, 2, 0).numpy()
+    n = SECONDS * fps
+    frames = np.empty((n, height, width, 3), np.uint8)
+    blobs = rng.uniform(0, 1, (3, 4))  # x, y, vx, vy
+    yy, xx = np.mgrid[:height, :width]
+    for t in range(n):
+        shift = int(t * width * 0.3 / n)
+        frames[t] = np.roll(texture, (shift // 3, shift), (0, 1))[:height, :width]
+        for x, y, vx, vy in blobs:
+            cx = (x + (vx - 0.5) * t / n) % 1 * width
+            cy = (y + (vy - 0.5) * t / n) % 1 * height
+            frames[t][(xx - cx) ** 2 + (yy - cy) ** 2 < (height / 8) ** 2] = (230, 60, 40)
+    return frames
+
+
+def make_clips(out: Path, n_clips: int) -> dict[str, Path]:
+    """Write each variant as files (for the official path) and one tar set (for ours)."""
+    variants = {name: out / name.split(" (")[0].replace(" ", "_") for name, *_ in [*STORAGE_GRID, SOURCE_720P]}
+    todo = [v for v in [*STORAGE_GRID, SOURCE_720P] if not (variants[v[0]] / "sizes.json").exists()]
+    for h, w in sorted({(v[1], v[2]) for v in todo}):
+        group = [v for v in todo if (v[1], v[2]) == (h, w)]
+        clips = {v[0]: [] for v in group}
+        for i in range(n_clips):
+            frames = render(h, w, SOURCE_FPS, seed=i)  # one scene, re-encoded at each rate and interval
+            for name, _, _, fps, gop in group:
+                clips[name].append(write_mp4(frames[:: SOURCE_FPS // fps], fps=fps, gop=gop))
+        for name, mp4s in clips.items():
+            (variants[name] / "files").mkdir(parents=True, exist_ok=True)
+            with ShardWriter(variants[name], max_samples=n_clips) as writer:
+                for i, mp4 in enumerate(mp4s):
+                    (variants[name] / "files" / f"{i:03d}.mp4").write_bytes(mp4)
+                    writer.write(mp4, f"clip {i}", {"video_id": f"v{i}"})
+    return variants
+
+
+def cpu_seconds() -> float:
+    self_, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self_.ru_utime + self_.ru_stime + children.ru_utime + children.ru_stime
+
+
+def decode_rates(files: list[Path], backends: tuple[str, ...], repeats: int) -> dict[str, float]:
+    """Clips per CPU-second decoding 8 randomly sampled frames, one thread; the backends take turns
+    clip by clip so that a change in the machine's load hits them alike."""
+    data = [f.read_bytes() for f in files]
+    spent = dict.fromkeys(backends, 0.0)
+    for r in range(repeats):
+        for i, mp4 in enumerate(data):
+            for backend in backends:
+                start = cpu_seconds()
+                read_video(mp4, 8, "random", backend=backend, rng=r * 1000 + i)
+                spent[backend] += cpu_seconds() - start
+    return {b: repeats * len(data) / spent[b] for b in backends}
+
+
+class OfficialClips(Dataset):
+    """The official ViCLIP path: decord VideoReader per file, get_batch, torchvision v1 transforms."""
+
+    def __init__(self, files: list[Path], n: int) -> None:
+        import torchvision.transforms as T
+        from torchvision.transforms import InterpolationMode
+
+        self.files, self.n = files, n
+        self.transform = T.Compose([
+            T.RandomResizedCrop(224, scale=(0.5, 1.0), interpolation=InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.Lambda(lambda x: x.float().div(255.0)),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        import decord
+
+        decord.bridge.set_bridge("torch")
+        reader = decord.VideoReader(str(self.files[i % len(self.files)]), num_threads=1)
+        frames = reader.get_batch(sample_indices(len(reader), 8, "random")).permute(0, 3, 1, 2)  # T,C,H,W
+        return self.transform(frames), "caption"
+
+
+def run_loader(make_iter, n_batches: int, batch_size: int) -> tuple[float, float]:
+    """(clips per CPU-second, wall clips/s) for one pass; workers are joined inside."""
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    seen = 0
+    for batch in make_iter():
+        video = batch["video"] if isinstance(batch, dict) else batch[0]
+        assert video.shape[1:] == (8, 3, 224, 224), video.shape
+        seen += video.shape[0]
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    assert seen == n_batches * batch_size
+    return seen / cpu, seen / wall
+
+
+def ours(directory: Path, workers: int, samples: int, batch_size: int, backend: str):
+    loader = build_train_loader(str(directory), lambda texts: torch.zeros(len(texts), 32, dtype=torch.long),
+                                batch_size=batch_size, num_workers=workers, epoch_samples=samples,
+                                shuffle_buffer=8, backend=backend)
+    return run_loader(lambda: iter(loader), len(loader), batch_size)
+
+
+def official(directory: Path, workers: int, samples: int, batch_size: int):
+    files = sorted((directory / "files").glob("*.mp4"))
+    loader = DataLoader(OfficialClips(files, samples), batch_size=batch_size, num_workers=workers,
+                        shuffle=True, drop_last=True)
+    return run_loader(lambda: iter(loader), samples // batch_size, batch_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=8, help="distinct 10 s clips per variant")
+    parser.add_argument("--samples", type=int, default=96, help="clips per loader measurement")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", default="/tmp/viclip_bench_data")
+    parser.add_argument("--samples-720p", type=int, default=32)
+    parser.add_argument("--stored", default="256p 4fps gop1", help="the storage variant the loader runs on")
+    parser.add_argument("--backend", default="auto", help="decoder of our path: auto, decord, pyav")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one core per process, as in DataLoader workers
+    out = Path(args.out)
+    t0 = time.time()
+    variants = make_clips(out, args.clips)
+    print(f"clips ready in {time.time() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+    print("\n1. decode 8 random frames of a 10 s 256p clip: clips per CPU-second (KB per clip)")
+    print(f"{'storage':36s} {'pyav':>7s} {'decord':>7s} {'KB':>6s}")
+    grid = {}
+    for name, *_ in STORAGE_GRID:
+        files = sorted((variants[name] / "files").glob("*.mp4"))
+        kb = np.mean([f.stat().st_size for f in files]) / 1024
+        rates = decode_rates(files, ("pyav", "decord"), repeats=3)
+        grid[name] = rates
+        print(f"{name:36s} {rates['pyav']:7.1f} {rates['decord']:7.1f} {kb:6.0f}", flush=True)
+
+    print(f"\n2. full path, batches of {args.batch_size} x 8 x 3 x 224 x 224: clips per CPU-second | wall clips/s")
+    results = []
+    for name, samples in ((args.stored, args.samples), (SOURCE_720P[0], args.samples_720p)):
+        for workers in (1, 2):
+            ours_cpu, ours_wall = ours(variants[name], workers, samples, args.batch_size, args.backend)
+            ref_cpu, ref_wall = official(variants[name], workers, samples, args.batch_size)
+            results.append({"clips": name, "workers": workers, "ours_per_cpu_s": ours_cpu, "ours_wall": ours_wall,
+                            "official_per_cpu_s": ref_cpu, "official_wall": ref_wall, "ratio": ours_cpu / ref_cpu})
+            print(f"{name:20s} workers {workers}: ours {ours_cpu:6.1f} | {ours_wall:6.1f}   "
+                  f"official {ref_cpu:6.1f} | {ref_wall:6.1f}   ratio {ours_cpu / ref_cpu:4.2f}x", flush=True)
+    (out / "results.json").write_text(json.dumps({"decode_grid": grid, "loader": results}, indent=1))
+    print(f"\nload average now {os.getloadavg()[0]:.1f}; results in {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
