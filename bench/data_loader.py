@@ -159,7 +159,7 @@ def official(directory: Path, workers: int, samples: int, batch_size: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=8, help="distinct 10 s clips per variant")
-    parser.add_argument("--samples", type=int, default=96, help="clips per loader measurement")
+    parser.add_argument("--samples", type=int, default=128, help="clips per loader measurement")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default="/tmp/viclip_bench_data")
     parser.add_argument("--samples-720p", type=int, default=32)
@@ -178,7 +178,7 @@ def main() -> None:
     for name, *_ in STORAGE_GRID:
         files = sorted((variants[name] / "files").glob("*.mp4"))
         kb = np.mean([f.stat().st_size for f in files]) / 1024
-        rates = decode_rates(files, ("pyav", "decord"), repeats=3)
+        rates = decode_rates(files, ("pyav", "decord"), repeats=5)
         grid[name] = rates
         print(f"{name:36s} {rates['pyav']:7.1f} {rates['decord']:7.1f} {kb:6.0f}", flush=True)
 

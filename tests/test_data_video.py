@@ -125,3 +125,12 @@ def test_transform_rejects_float_input():
         video_transform(False)(torch.zeros(2, 8, 8, 3))
     with pytest.raises(ValueError, match="mean"):
         video_transform(False, mean="laion")
+
+
+def test_transform_writes_into_a_given_tensor():
+    clip = torch.from_numpy(_moving_square(t=4))
+    tf = video_transform(True, image_size=16)
+    out = torch.full((4, 3, 16, 16), float("nan"))
+    result = tf(clip, generator=torch.Generator().manual_seed(5), out=out)
+    assert result.data_ptr() == out.data_ptr()
+    assert torch.equal(out, tf(clip, generator=torch.Generator().manual_seed(5)))  # seeded: same crop

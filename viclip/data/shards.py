@@ -29,7 +29,7 @@ from typing_extensions import Self
 from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 
-from viclip.data.transforms import video_transform
+from viclip.data.transforms import VideoTransform, video_transform
 from viclip.data.video import VideoDecodeError, read_video
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,8 @@ class VideoTextStream(IterableDataset):
 
     # -- decoding and batching --
 
-    def _prepare(self, sample: dict, taken: int, slot: int, skips: _SkipLog) -> dict | None:
+    def _prepare(self, sample: dict, taken: int, slot: int, skips: _SkipLog,
+                 out: torch.Tensor | None) -> dict | None:
         shard, key = sample["__shard__"], sample["__key__"]
         meta = {}
         if "json" in sample:
@@ -447,7 +448,7 @@ class VideoTextStream(IterableDataset):
         index = corpus * 10**11 + int(base) if base.isdigit() and len(base) <= 11 else \
             stable_hash64(f"{self.names[corpus]}/{key}") & (2**63 - 1)
         return {
-            "video": self.transform(frames, generator=generator),
+            "video": self.transform(frames, generator=generator, **({} if out is None else {"out": out})),
             "caption": caption.strip(),
             "video_id": stable_hash64(str(meta.get("video_id", f"{self.names[corpus]}/{key}"))),
             "index": index,
@@ -455,10 +456,19 @@ class VideoTextStream(IterableDataset):
             "key": f"{shard}:{key}",
         }
 
-    def _collate(self, items: list[dict]) -> dict:
+    def _video_batch(self, shared: bool) -> torch.Tensor | None:
+        """The batch's video tensor, filled in place by our transform (no stack, and no copy into
+        shared memory when a worker hands it over); None for other transforms, which get stacked."""
+        if not isinstance(self.transform, VideoTransform):
+            return None
+        size = self.transform.image_size
+        video = torch.empty((self.batch_size, self.num_frames, 3, size, size))
+        return video.share_memory_() if shared else video
+
+    def _collate(self, items: list[dict], video: torch.Tensor | None) -> dict:
         captions = [it["caption"] for it in items]
         return {
-            "video": torch.stack([it["video"] for it in items]),
+            "video": video if video is not None else torch.stack([it["video"] for it in items]),
             "text": self.tokenizer(captions),
             "caption": captions,
             "video_id": torch.tensor([it["video_id"] for it in items], dtype=torch.int64),
@@ -484,10 +494,11 @@ class VideoTextStream(IterableDataset):
         skips.pop()  # shards already counted before the restart
         for batch_number in range(done, self.worker_quota(worker)):
             items, run = [], 0
+            video = self._video_batch(shared=info is not None)
             while len(items) < self.batch_size:
                 sample = next(stream)
                 taken += 1
-                item = self._prepare(sample, taken, slot, skips)
+                item = self._prepare(sample, taken, slot, skips, None if video is None else video[len(items)])
                 if item is None:
                     run += 1
                     if run >= self.max_consecutive_skips:
@@ -497,7 +508,7 @@ class VideoTextStream(IterableDataset):
                     continue
                 run = 0
                 items.append(item)
-            batch = self._collate(items)
+            batch = self._collate(items, video)
             skip_delta, shard_delta = skips.pop()
             batch["_state"] = {"worker": worker, "batches": batch_number + 1, "taken": taken,
                                "skips": skip_delta, "shard_skips": shard_delta}

@@ -95,7 +95,10 @@ class VideoTransform:
             out = out.flip(-1)
         return out
 
-    def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out`` (float32, the result's shape) receives the result in place: the training stream
+        passes a slot of a batch tensor in shared memory, which saves two copies per clip."""
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.shape[-1] != 3 \
                 or frames.ndim not in (4, 5):
             got = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(
@@ -105,13 +108,17 @@ class VideoTransform:
         clips = frames if batched else frames[None]
         clips = clips.permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
         if self.train:
-            out = torch.stack([self._clip(c, generator) for c in clips])
+            resized = torch.stack([self._clip(c, generator) for c in clips])
         else:  # one call for the whole batch: the resize is the same for every clip
             b, t = clips.shape[:2]
-            out = self._clip(clips.reshape(b * t, *clips.shape[2:]), None).reshape(b, t, 3, self.image_size,
-                                                                                 self.image_size)
-        out = out.to(torch.float32, memory_format=torch.contiguous_format).mul_(self._mul).add_(self._add)
-        return out if batched else out[0]
+            resized = self._clip(clips.reshape(b * t, *clips.shape[2:]), None).reshape(
+                b, t, 3, self.image_size, self.image_size)
+        resized = resized if batched else resized[0]
+        if out is None:
+            out = resized.to(torch.float32, memory_format=torch.contiguous_format)
+        else:
+            out.copy_(resized)
+        return out.mul_(self._mul).add_(self._add)
 
 
 def video_transform(
