@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ def missing_fields(cfg: DictConfig) -> list[str]:
             out.append(f"{key} (set {key}=...)")
             continue
         m = _ENV_DEFAULT_MISSING.fullmatch(str(value)) if isinstance(value, str) else None
-        if m and OmegaConf.select(cfg, key) == "???":
+        if m and m.group(1) not in os.environ:
             out.append(f"{key} (set {key}=... or the environment variable {m.group(1)})")
     return out
 

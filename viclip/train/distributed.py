@@ -80,6 +80,19 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device)
 
 
+def set_cpu_threads(num_workers: int) -> int:
+    """Share the cores between this node's ranks and their decoding workers, unless OMP_NUM_THREADS says.
+
+    With more compute threads than free cores, OpenMP barriers wait on descheduled threads: on a
+    2-core machine a rank with 2 threads beside a decoding worker ran its step 10-20x slower than
+    with 1 thread.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (local_world * (1 + num_workers))))
+    return torch.get_num_threads()
+
+
 def shutdown() -> None:
     """Barrier, then tear down: ending a gloo group while a peer still talks can abort the peer."""
     if dist.is_available() and dist.is_initialized():

@@ -1,0 +1,50 @@
+#!/bin/bash
+# ViCLIP-L/14, the paper's recipe: 8 nodes x 8 GPUs x 512 clips, 10 masked epochs + 0.5 unmasked.
+#   sbatch slurm/train_l14.sh                        (InternVid-10M-FLT)
+#   EXPERIMENT=viclip_l14_internvid_200m sbatch slurm/train_l14.sh
+# Extra arguments are Hydra overrides: sbatch slurm/train_l14.sh train.ckpt_every=500
+#
+# Paths (environment variables; the job stops at once, naming the one that is unset):
+#   SHARDS      webdataset tars of the experiment's data, brace pattern: /data/ivid_flt/{00000..10647}.tar
+#   CLIP_WEIGHTS OpenAI CLIP ViT-L/14 weights that initialise both towers
+#   OUTPUT_ROOT where runs/<run_name>/ goes (checkpoints, exported weights, metrics.jsonl, config.yaml)
+#   PYTHON      the interpreter of the environment with viclip installed (default: python)
+#SBATCH --job-name=viclip_l14
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --mem=0
+#SBATCH --time=3-00:00:00
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@180
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+cd "${SLURM_SUBMIT_DIR:-.}"  # submit from the repository root
+
+EXPERIMENT=${EXPERIMENT:-viclip_l14_internvid_10m_flt}
+: "${SHARDS:?set SHARDS to the brace pattern of the training tars}"
+: "${CLIP_WEIGHTS:?set CLIP_WEIGHTS to the OpenAI CLIP ViT-L/14 weights}"
+: "${OUTPUT_ROOT:?set OUTPUT_ROOT to the directory that holds the runs}"
+DATA=${EXPERIMENT#viclip_l14_}
+# The configs read these variables (configs/model/vit_l14.yaml, configs/data/<data>.yaml); a variable
+# keeps the brace pattern away from Hydra's override parser.
+export "VICLIP_SHARDS_${DATA^^}=$SHARDS" VICLIP_CLIP_L14="$CLIP_WEIGHTS" VICLIP_OUTPUT="$OUTPUT_ROOT"
+
+# One process per GPU, started by srun: train.py reads SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID.
+export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+export DS_ACCELERATOR=cuda
+export OMP_NUM_THREADS=8
+export NCCL_ASYNC_ERROR_HANDLING=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+export NCCL_IB_DISABLE=${NCCL_IB_DISABLE:-0}
+export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-^lo,docker}
+export WANDB_MODE=${WANDB_MODE:-offline}
+
+# Preemption or time limit: SLURM signals the batch shell 180 s ahead; requeue, and the next start
+# continues from the newest complete checkpoint (resume=auto; a kill mid-save is safe).
+trap 'echo "requeue $SLURM_JOB_ID"; scontrol requeue "$SLURM_JOB_ID"' USR1
+
+srun --kill-on-bad-exit=1 "${PYTHON:-python}" train.py experiment="$EXPERIMENT" resume=auto "$@" &
+wait $!

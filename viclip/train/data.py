@@ -1,0 +1,56 @@
+"""The training side of the data layer: the config's ``data`` group turned into this rank's stream.
+
+Also generates the synthetic demo data when a config asks for it and it is absent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from viclip.data.shards import VideoTextLoader, build_train_loader
+from viclip.data.synthetic import make_synthetic
+from viclip.data.transforms import video_transform
+from viclip.model import ViCLIPConfig, tokenize
+
+
+def prepare(data: DictConfig, is_main: bool) -> None:
+    """Generate the synthetic data (rank 0) if ``data.generate`` is set; a complete directory is kept as is."""
+    if is_main and data.get("generate") is not None:
+        make_synthetic(Path(data.root), **OmegaConf.to_container(data.generate, resolve=True))
+
+
+def build_stream(cfg: DictConfig, model_cfg: ViCLIPConfig, rank: int, world_size: int) -> VideoTextLoader:
+    """This rank's loader: a fixed number of batches per epoch (``len``), resumable by ``state_dict``."""
+    aug = cfg.data.augment
+    tokenizer = functools.partial(tokenize, context_length=model_cfg.context_length)
+    tokenizer(["warm-up"])  # builds the BPE tables (seconds) once here, not in every epoch's forked workers
+    transform = video_transform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip)
+    return build_train_loader(
+        OmegaConf.to_container(cfg.data.sources, resolve=True), tokenizer, int(cfg.train.batch_size), num_workers=int(cfg.data.num_workers),
+        pin_memory=torch.cuda.is_available(), num_frames=model_cfg.num_frames, transform=transform,
+        rank=rank, world_size=world_size, seed=int(cfg.seed), shuffle_buffer=int(cfg.data.shuffle_buffer),
+        backend=cfg.data.backend,
+    )
+
+
+def endless(loader: VideoTextLoader) -> Iterator[dict]:
+    """Epoch after epoch; the loader moves to the next epoch by itself and keeps its position."""
+    while True:
+        yield from loader
+
+
+def positive_keys(batch: dict, loss: DictConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(sample index, source video id) for the loss: rows sharing an index are positives; the video
+    id is only needed when ``loss.same_video`` treats same-video pairs specially."""
+    index = batch["index"].to(device)
+    video_id = batch["video_id"].to(device) if loss.same_video != "negative" else None
+    return index, video_id
+
+
+def skipped_samples(loader: VideoTextLoader) -> int:
+    return sum(loader.skip_counts().values())
