@@ -25,7 +25,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) tools/demo.py
+	$(PY) train.py experiment=demo
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest

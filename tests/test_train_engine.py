@@ -145,6 +145,34 @@ def test_phases_set_masking_and_lr_on_the_model_and_optimizer(tmp_path, data_roo
     assert set(result.exports) == {"pretrain", "unmasked"}
 
 
+def test_nonfinite_losses_are_skipped_counted_and_abort_after_k_in_a_row(tmp_path, data_root, monkeypatch):
+    from viclip.train import engine
+    from viclip.train.loss import ClipLoss
+
+    monkeypatch.setenv("VICLIP_DATA", str(data_root))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    forward, calls = ClipLoss.forward, [0]
+    pattern = [False, True, False, True, True, False, True, True, True]  # True: this call's loss is NaN
+
+    def flaky(self, *args, **kwargs):
+        bad = calls[0] < len(pattern) and pattern[calls[0]]
+        calls[0] += 1
+        loss = forward(self, *args, **kwargs)
+        return loss * float("nan") if bad else loss
+
+    monkeypatch.setattr(ClipLoss, "forward", flaky)
+    cfg = _compose([*SMALL, f"output_root={tmp_path}", "run_name=nan", "train.max_bad_steps=3",
+                    "train.steps_per_epoch=4"])
+    with pytest.raises(engine.NonFiniteLossError, match=r"3 non-finite losses in a row at pretrain step 3"):
+        engine.train(cfg)
+    recs = _records(tmp_path / "nan")
+    # optimizer steps 1-3 used the finite micro-batches 1, 3 and 6; NaN ones were skipped, not stepped
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert [r["nonfinite_steps"] for r in recs] == [0, 1, 3]
+    assert all(r["loss"] is not None for r in recs)
+
+
 def _start(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen([PY, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -235,9 +235,11 @@ def _train(cfg: DictConfig, info: DistInfo) -> TrainResult:
                 window.clear()
             if state.step % int(cfg.train.ckpt_every) == 0 and state.step < total:
                 save()
+        # Export first: a kill between the two redoes the phase's end from the last checkpoint and
+        # writes the same file again; the other order could leave a finished phase unexported.
+        state.exports[phase.name] = export_phase(engine, phase, run_dir, info)
         state.phase, state.step = phase_idx + 1, 0
         save()  # at every phase end, with the state pointing at the next phase
-        state.exports[phase.name] = export_phase(engine, phase, run_dir, info)
     logger.close()
     return TrainResult(run_dir, dict(state.exports), last_loss, info.is_main)
 

@@ -38,7 +38,11 @@ def format_line(m: dict[str, Any]) -> str:
 
 
 class MetricsLogger:
-    """Writes each record as one JSON line (appending, so a resumed run continues the file) and to wandb."""
+    """Writes each record as one JSON line and to wandb.
+
+    The file is appended to, so a resumed run continues it; steps between the checkpoint and the
+    kill appear twice, and the later record of a ``global_step`` is the one that counts.
+    """
 
     def __init__(self, run_dir: Path, logger: str, run_name: str, config: dict, wandb_cfg: dict,
                  enabled: bool) -> None:
