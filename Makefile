@@ -14,8 +14,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN))
 
+# The demo trains with DeepSpeed, so the main install carries the [train] extra.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[train]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
