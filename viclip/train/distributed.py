@@ -93,8 +93,17 @@ def set_cpu_threads(num_workers: int) -> int:
     return torch.get_num_threads()
 
 
-def shutdown() -> None:
-    """Barrier, then tear down: ending a gloo group while a peer still talks can abort the peer."""
+def shutdown(clean: bool = True) -> None:
+    """Tear the process group down; ``clean`` waits for every rank first (ending a gloo group while a
+    peer still talks can abort the peer), which a failing run must not do (a peer may be stuck).
+
+    DeepSpeed caches a clone of the world group; it is dropped too, so that a second run in this
+    process (a local Hydra multirun) builds its groups afresh.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+    from deepspeed.utils import groups
+
+    groups._WORLD_GROUP = None

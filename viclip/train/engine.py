@@ -144,8 +144,7 @@ def train(cfg: DictConfig) -> TrainResult:
     try:
         result = _train(cfg, info)
     except BaseException:
-        if dist.is_initialized():  # no barrier: a peer may be stuck in a collective
-            dist.destroy_process_group()
+        shutdown(clean=False)
         raise
     shutdown()
     return result
