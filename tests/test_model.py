@@ -158,3 +158,9 @@ def test_flop_formula_matches_the_counted_matmuls(mask_ratio):
         model(torch.randn(1, 4, 3, 64, 64), viclip.tokenize(["x"]), mask_ratio=mask_ratio)
     counted = counter.get_total_flops()
     assert abs(forward_flops(cfg, mask_ratio) - counted) / counted < 0.001
+
+
+def test_zero_shot_tokenizes_at_the_model_context_length():
+    model = viclip.create_model("tiny", context_length=16).eval()
+    probs = viclip.zero_shot(model, torch.randn(2, 8, 3, 32, 32), ["left", "right", "up"])
+    assert probs.shape == (2, 3)

@@ -176,6 +176,7 @@ def zero_shot(
     device = next(model.parameters()).device
     v = F.normalize(model.encode_video(videos.to(device)).float(), dim=-1)
     prompts = [tpl.format(name) for name in class_names for tpl in templates]
-    t = F.normalize(model.encode_text(tokenize(prompts, official_cleaning=official_cleaning).to(device)).float(), dim=-1)
+    tokens = tokenize(prompts, context_length=model.cfg.context_length, official_cleaning=official_cleaning)
+    t = F.normalize(model.encode_text(tokens.to(device)).float(), dim=-1)
     sims = (v @ t.T).view(len(videos), len(class_names), len(templates)).mean(-1)
     return (sims / model.temp.float()).softmax(dim=-1)
