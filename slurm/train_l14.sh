@@ -31,20 +31,4 @@ DATA=${EXPERIMENT#viclip_l14_}
 # keeps the brace pattern away from Hydra's override parser.
 export "VICLIP_SHARDS_${DATA^^}=$SHARDS" VICLIP_CLIP_L14="$CLIP_WEIGHTS" VICLIP_OUTPUT="$OUTPUT_ROOT"
 
-# One process per GPU, started by srun: train.py reads SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID.
-export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
-export DS_ACCELERATOR=cuda
-export OMP_NUM_THREADS=8
-export NCCL_ASYNC_ERROR_HANDLING=1
-export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
-export NCCL_IB_DISABLE=${NCCL_IB_DISABLE:-0}
-export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-^lo,docker}
-export WANDB_MODE=${WANDB_MODE:-offline}
-
-# Preemption or time limit: SLURM signals the batch shell 180 s ahead; requeue, and the next start
-# continues from the newest complete checkpoint (resume=auto; a kill mid-save is safe).
-trap 'echo "requeue $SLURM_JOB_ID"; scontrol requeue "$SLURM_JOB_ID"' USR1
-
-srun --kill-on-bad-exit=1 "${PYTHON:-python}" train.py experiment="$EXPERIMENT" resume=auto "$@" &
-wait $!
+source slurm/train_common.sh "$@"
