@@ -115,3 +115,14 @@ def test_rerun_with_other_settings_is_refused(sources, reference):
                   videos_per_shard=1, workers=0, progress=False)
     table = pq.read_table(reference / "00001.parquet")
     assert set(table.column("shard").to_pylist()) == {1}
+
+
+def test_rerun_removes_a_work_dir_left_behind_a_done_shard(sources, tmp_path):
+    out = tmp_path / "run"
+    run_stage(list_folder(sources), out, videos_per_shard=N_VIDEOS, workers=0, progress=False)
+    leftover = out / ".work" / "00000"  # killed after the stats file, before the cleanup
+    leftover.mkdir(parents=True)
+    (leftover / "00000.tar").write_bytes(b"half a tar")
+    summary = run_stage(list_folder(sources), out, videos_per_shard=N_VIDEOS, workers=0, progress=False)
+    assert summary.done == 0 and summary.skipped == summary.shards
+    assert not (out / ".work").exists()

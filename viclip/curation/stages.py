@@ -196,6 +196,8 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
                            "num_sources": len(sources), "sources_sha256": _sources_digest(sources)})
     mine = task_shards(len(shards), task, num_tasks)
     pending = [s for s in mine if not stats_path(out_dir, s).exists()]
+    for s in set(mine) - set(pending):  # a kill between marking a shard done and removing its work dir
+        shutil.rmtree(out_dir / WORK_DIR / shard_name(s), ignore_errors=True)
     summary = StageSummary(shards=len(mine), skipped=len(mine) - len(pending))
     jobs = [(s, src) for s in pending for src in shards[s]]
     work = partial(process_source, cfg=cfg)
@@ -228,6 +230,8 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     summary.seconds = time.time() - started
+    with contextlib.suppress(OSError):
+        (out_dir / WORK_DIR).rmdir()  # only when no shard of another task is in progress
     write_sizes_if_complete(out_dir, len(shards))
     return summary
 
