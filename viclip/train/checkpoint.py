@@ -48,7 +48,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step draws from (masking noise, drop-path, augmentation)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's key array travels as a tensor so the file loads with torch.load(weights_only=True).
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -56,7 +59,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -158,5 +162,5 @@ class Checkpointer:
                                            load_lr_scheduler_states=False)
         if client is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ckpt_dir}")
-        rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
+        rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
         return client["train_state"], rank_state
