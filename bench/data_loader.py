@@ -4,18 +4,23 @@ Prints clips per CPU-second (CPU time of the main process and its DataLoader wor
 is per core and holds on a shared machine) and wall-clock clips/s, for:
 
 1. the storage grid: decoding 8 randomly sampled frames from 10 s clips at short side 256 stored at
-   several frame rates and keyframe intervals (and the bytes each costs), which sets curation's
-   defaults;
-2. the full training path (``viclip.data.shards``) on 256p clips stored that way and on 720p clips,
-   with 1 and 2 workers, next to the official path on the same clips (decord ``VideoReader`` per
-   file, ``get_batch`` of the sampled indices, torchvision transforms per clip, default collate).
+   several frame rates, keyframe intervals and x264 tunes (and the bytes each costs), which sets
+   curation's defaults (``viclip.curation.extract.ExtractConfig``);
+2. the full training path (``viclip.data.shards``) on clips cut by curation's extractor with its
+   default settings out of a 720p 24 fps source, and on that 720p source itself, with 1 and 2
+   workers, next to the official path on the same clips (decord ``VideoReader`` per file,
+   ``get_batch`` of the sampled indices, torchvision transforms per clip, default collate). Ours
+   runs as training runs it: uint8 batches, normalised later on the GPU; "ours f32" normalises in
+   the loader like the official path. Figures are the steady state: the cost of a short epoch
+   (worker start-up, shuffle buffer fill) is subtracted from a long one.
 
     python bench/data_loader.py [--clips 8] [--samples 128] [--out /tmp/viclip_bench_data]
 
-What it showed (2-core shared VM, 2026-11): a keyframe on every frame halves the decode cost of 8
-sampled frames against a 1-4 s interval (each sampled frame decodes alone) for about twice the
-bytes of a 1 s interval at the same frame rate; 4 fps keeps 40 frames of a 10 s clip to sample
-from. Hence the training storage default: short side 256, 4 fps, keyframe interval 1 frame.
+What it showed (2-core VM, 2026-11): a keyframe on every frame halves the decode cost of 8 sampled
+frames against a 1-4 s interval (each sampled frame decodes alone), and x264's fastdecode tune
+(CAVLC, no deblocking) takes off about 40 % more, for about 20 % more bytes; 4 fps keeps 40 frames
+of a 10 s clip to sample from. Hence curation's defaults: short side 256, 4 fps, keyframe interval
+1 frame, fastdecode.
 """
 
 from __future__ import annotations
@@ -32,20 +37,25 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from viclip.curation.extract import extract_clips
 from viclip.data.shards import ShardWriter, build_train_loader
+from viclip.data.transforms import video_transform
 from viclip.data.video import read_video, sample_indices, write_mp4
 
 SECONDS, SOURCE_FPS = 10, 24
-# (name, height, width, fps, keyframe interval in frames)
+# (name, height, width, fps, keyframe interval in frames, x264 tune)
 STORAGE_GRID = [
-    ("256p 24fps gop48 (as downloaded)", 256, 456, 24, 48),
-    ("256p 8fps gop8", 256, 456, 8, 8),
-    ("256p 4fps gop4", 256, 456, 4, 4),
-    ("256p 8fps gop1", 256, 456, 8, 1),
-    ("256p 4fps gop1", 256, 456, 4, 1),
-    ("256p 3fps gop1 (official 3 fps)", 256, 456, 3, 1),
+    ("256p 24fps gop48 (as downloaded)", 256, 456, 24, 48, None),
+    ("256p 8fps gop8", 256, 456, 8, 8, None),
+    ("256p 4fps gop4", 256, 456, 4, 4, None),
+    ("256p 8fps gop1", 256, 456, 8, 1, None),
+    ("256p 4fps gop1", 256, 456, 4, 1, None),
+    ("256p 3fps gop1 (official 3 fps)", 256, 456, 3, 1, None),
+    ("256p 4fps gop4 fastdecode", 256, 456, 4, 4, "fastdecode"),
+    ("256p 4fps gop1 fastdecode", 256, 456, 4, 1, "fastdecode"),
 ]
-SOURCE_720P = ("720p 24fps gop48", 720, 1280, 24, 48)
+SOURCE_720P = ("720p 24fps gop48", 720, 1280, 24, 48, None)
+CURATED = "curation default"  # ExtractConfig() applied to the 720p source
 
 
 def render(height: int, width: int, fps: int, seed: int) -> np.ndarray:
@@ -68,24 +78,36 @@ def render(height: int, width: int, fps: int, seed: int) -> np.ndarray:
     return frames
 
 
+def _dirname(name: str) -> str:
+    return name.split(" (")[0].replace(" ", "_")
+
+
 def make_clips(out: Path, n_clips: int) -> dict[str, Path]:
     """Write each variant as files (for the official path) and one tar set (for ours)."""
-    variants = {name: out / name.split(" (")[0].replace(" ", "_") for name, *_ in [*STORAGE_GRID, SOURCE_720P]}
+    variants = {name: out / _dirname(name) for name, *_ in [*STORAGE_GRID, SOURCE_720P]}
+    variants[CURATED] = out / _dirname(CURATED)
     todo = [v for v in [*STORAGE_GRID, SOURCE_720P] if not (variants[v[0]] / "sizes.json").exists()]
     for h, w in sorted({(v[1], v[2]) for v in todo}):
         group = [v for v in todo if (v[1], v[2]) == (h, w)]
         clips = {v[0]: [] for v in group}
         for i in range(n_clips):
             frames = render(h, w, SOURCE_FPS, seed=i)  # one scene, re-encoded at each rate and interval
-            for name, _, _, fps, gop in group:
-                clips[name].append(write_mp4(frames[:: SOURCE_FPS // fps], fps=fps, gop=gop))
+            for name, _, _, fps, gop, tune in group:
+                clips[name].append(write_mp4(frames[:: SOURCE_FPS // fps], fps=fps, gop=gop, tune=tune))
         for name, mp4s in clips.items():
-            (variants[name] / "files").mkdir(parents=True, exist_ok=True)
-            with ShardWriter(variants[name], max_samples=n_clips) as writer:
-                for i, mp4 in enumerate(mp4s):
-                    (variants[name] / "files" / f"{i:03d}.mp4").write_bytes(mp4)
-                    writer.write(mp4, f"clip {i}", {"video_id": f"v{i}"})
+            write_variant(variants[name], mp4s)
+    if not (variants[CURATED] / "sizes.json").exists():
+        sources = sorted((variants[SOURCE_720P[0]] / "files").glob("*.mp4"))
+        write_variant(variants[CURATED], [extract_clips(f, [(0.0, SECONDS)])[0].mp4 for f in sources])
     return variants
+
+
+def write_variant(directory: Path, mp4s: list[bytes]) -> None:
+    (directory / "files").mkdir(parents=True, exist_ok=True)
+    with ShardWriter(directory, max_samples=len(mp4s)) as writer:
+        for i, mp4 in enumerate(mp4s):
+            (directory / "files" / f"{i:03d}.mp4").write_bytes(mp4)
+            writer.write(mp4, f"clip {i}", {"video_id": f"v{i}"})
 
 
 def cpu_seconds() -> float:
@@ -134,31 +156,43 @@ class OfficialClips(Dataset):
         return self.transform(frames), "caption"
 
 
-def run_loader(make_iter, n_batches: int, batch_size: int) -> tuple[float, float]:
-    """(clips per CPU-second, wall clips/s) for one pass; workers are joined inside."""
+def run_loader(make_iter, n_clips: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one pass over ``n_clips``; workers are joined inside."""
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     seen = 0
     for batch in make_iter():
         video = batch["video"] if isinstance(batch, dict) else batch[0]
         assert video.shape[1:] == (8, 3, 224, 224), video.shape
         seen += video.shape[0]
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    assert seen == n_batches * batch_size
-    return seen / cpu, seen / wall
+    assert seen == n_clips, (seen, n_clips)
+    return cpu_seconds() - cpu0, time.perf_counter() - t0
 
 
-def ours(directory: Path, workers: int, samples: int, batch_size: int, backend: str):
-    loader = build_train_loader(str(directory), lambda texts: torch.zeros(len(texts), 32, dtype=torch.long),
-                                batch_size=batch_size, num_workers=workers, epoch_samples=samples,
-                                shuffle_buffer=8, backend=backend)
-    return run_loader(lambda: iter(loader), len(loader), batch_size)
+def steady(make_iter, samples: int, batch_size: int, workers: int) -> tuple[float, float]:
+    """(clips per CPU-second, wall clips/s) net of start-up: a long pass minus a short one."""
+    short = batch_size * max(1, workers)
+    cpu_s, wall_s = run_loader(lambda: make_iter(short), short)
+    cpu_l, wall_l = run_loader(lambda: make_iter(samples), samples)
+    return (samples - short) / (cpu_l - cpu_s), (samples - short) / (wall_l - wall_s)
+
+
+def ours(directory: Path, workers: int, samples: int, batch_size: int, backend: str, normalize: bool):
+    transform = video_transform(True, normalize=normalize)
+
+    def make_iter(n: int):
+        return iter(build_train_loader(str(directory), lambda texts: torch.zeros(len(texts), 32, dtype=torch.long),
+                                       batch_size=batch_size, num_workers=workers, epoch_samples=n,
+                                       shuffle_buffer=8, backend=backend, transform=transform))
+    return steady(make_iter, samples, batch_size, workers)
 
 
 def official(directory: Path, workers: int, samples: int, batch_size: int):
     files = sorted((directory / "files").glob("*.mp4"))
-    loader = DataLoader(OfficialClips(files, samples), batch_size=batch_size, num_workers=workers,
-                        shuffle=True, drop_last=True)
-    return run_loader(lambda: iter(loader), samples // batch_size, batch_size)
+
+    def make_iter(n: int):
+        return iter(DataLoader(OfficialClips(files, n), batch_size=batch_size, num_workers=workers,
+                               shuffle=True, drop_last=True))
+    return steady(make_iter, samples, batch_size, workers)
 
 
 def main() -> None:
@@ -167,8 +201,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128, help="clips per loader measurement")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default="/tmp/viclip_bench_data")
-    parser.add_argument("--samples-720p", type=int, default=32)
-    parser.add_argument("--stored", default="256p 4fps gop1", help="the storage variant the loader runs on")
+    parser.add_argument("--samples-720p", type=int, default=48)
+    parser.add_argument("--stored", default=CURATED, help="the storage variant the loader runs on")
     parser.add_argument("--backend", default="auto", help="decoder of our path: auto, decord, pyav")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per process, as in DataLoader workers
@@ -180,23 +214,30 @@ def main() -> None:
     print("\n1. decode 8 random frames of a 10 s 256p clip: clips per CPU-second (KB per clip)")
     print(f"{'storage':36s} {'pyav':>7s} {'decord':>7s} {'KB':>6s}")
     grid = {}
-    for name, *_ in STORAGE_GRID:
+    for name in [*(v[0] for v in STORAGE_GRID), CURATED]:
         files = sorted((variants[name] / "files").glob("*.mp4"))
         kb = np.mean([f.stat().st_size for f in files]) / 1024
         rates = decode_rates(files, ("pyav", "decord"), repeats=5)
-        grid[name] = rates
+        grid[name] = {**rates, "kb": kb}
         print(f"{name:36s} {rates['pyav']:7.1f} {rates['decord']:7.1f} {kb:6.0f}", flush=True)
 
-    print(f"\n2. full path, batches of {args.batch_size} x 8 x 3 x 224 x 224: clips per CPU-second | wall clips/s")
+    print(f"\n2. full path, batches of {args.batch_size} x 8 x 3 x 224 x 224, steady state: "
+          "clips per CPU-second | wall clips/s")
     results = []
     for name, samples in ((args.stored, args.samples), (SOURCE_720P[0], args.samples_720p)):
         for workers in (1, 2):
-            ours_cpu, ours_wall = ours(variants[name], workers, samples, args.batch_size, args.backend)
-            ref_cpu, ref_wall = official(variants[name], workers, samples, args.batch_size)
-            results.append({"clips": name, "workers": workers, "ours_per_cpu_s": ours_cpu, "ours_wall": ours_wall,
-                            "official_per_cpu_s": ref_cpu, "official_wall": ref_wall, "ratio": ours_cpu / ref_cpu})
-            print(f"{name:20s} workers {workers}: ours {ours_cpu:6.1f} | {ours_wall:6.1f}   "
-                  f"official {ref_cpu:6.1f} | {ref_wall:6.1f}   ratio {ours_cpu / ref_cpu:4.2f}x", flush=True)
+            row = {"clips": name, "workers": workers}
+            row["ours"] = ours(variants[name], workers, samples, args.batch_size, args.backend, normalize=False)
+            if name == args.stored:
+                row["ours_f32"] = ours(variants[name], workers, samples, args.batch_size, args.backend,
+                                       normalize=True)
+            row["official"] = official(variants[name], workers, samples, args.batch_size)
+            row["ratio"] = row["ours"][0] / row["official"][0]
+            results.append(row)
+            f32 = f"ours f32 {row['ours_f32'][0]:5.1f} | {row['ours_f32'][1]:5.1f}   " if "ours_f32" in row else ""
+            print(f"{name:18s} workers {workers}: ours {row['ours'][0]:5.1f} | {row['ours'][1]:5.1f}   {f32}"
+                  f"official {row['official'][0]:5.1f} | {row['official'][1]:5.1f}   ratio {row['ratio']:4.2f}x",
+                  flush=True)
     (out / "results.json").write_text(json.dumps({"decode_grid": grid, "loader": results}, indent=1))
     print(f"\nload average now {os.getloadavg()[0]:.1f}; results in {out / 'results.json'}")
 

@@ -82,7 +82,8 @@ def worker(args: argparse.Namespace) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(cfg, info.world_size))
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    batches = train_data.endless(train_data.build_stream(cfg, model.cfg, info.rank, info.world_size))
+    stream = train_data.build_stream(cfg, model.cfg, info.rank, info.world_size)
+    batches = train_data.endless(stream)
     gather_time = [0.0]
     gather = loss_mod.gather_with_grad
 
@@ -102,7 +103,7 @@ def worker(args: argparse.Namespace) -> None:
             gather_time[0] = 0.0
             t0 = time.perf_counter()
             batch = next(batches)
-            video = batch["video"].to(info.device, dtype)
+            video = stream.normalize(batch["video"].to(info.device), dtype)
             tokens = batch["text"].to(info.device)
             t1 = time.perf_counter()
             v, t = engine(video, tokens, mask_ratio=mask)

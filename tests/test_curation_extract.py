@@ -1,4 +1,5 @@
-"""Clip extraction: exact frames by time, size, keyframe spacing, stream copy, audio."""
+"""Clip extraction: exact frames by time, frame-rate reduction, size, keyframe spacing, x264 tune,
+stream copy, audio."""
 
 import io
 from fractions import Fraction
@@ -31,7 +32,7 @@ def decode(mp4: bytes) -> tuple[list[int], list[float], list[bool], tuple[int, i
 
 def test_reencode_spans_hold_exactly_the_frames_in_them(indexed):
     spans = [(1.0, 2.5), (0.5, 1.2), (8.5, 30.0), (3.01, 3.02), (40.0, 41.0)]  # unsorted, overlapping, empty
-    clips = extract_clips(indexed, spans, ExtractConfig(short_side=48))
+    clips = extract_clips(indexed, spans, ExtractConfig(short_side=48, fps=0))
     idx, times, _, size = decode(clips[0].mp4)
     assert idx == list(range(25, 63)) and times[0] == 0.0 and size == (96, 48)
     assert (clips[0].start, clips[0].end, clips[0].frames) == (1.0, 2.52, 38)
@@ -40,11 +41,28 @@ def test_reencode_spans_hold_exactly_the_frames_in_them(indexed):
     assert clips[3] is None and clips[4] is None
 
 
+def test_training_default_keeps_one_frame_per_quarter_second_all_keyframes(indexed):
+    default = ExtractConfig()
+    assert (default.short_side, default.fps, default.keyframe_interval, default.tune) == (256, 4.0, 0.0, "fastdecode")
+    clip = extract_clips(indexed, [(1.0, 2.5)], ExtractConfig(short_side=48))[0]
+    idx, times, keys, _ = decode(clip.mp4)
+    # slots at 1.0, 1.25, ... s take the first source frame at or after them (25 fps: 1.28 s is frame 32)
+    assert idx == [25, 32, 38, 44, 50, 57] and clip.frames == 6 and all(keys)
+    assert times == pytest.approx([0.0, 0.28, 0.52, 0.76, 1.0, 1.28])  # source timestamps are kept
+    assert (clip.start, clip.end) == (1.0, 2.52)  # the clip still covers its whole span
+    assert b"cabac=0" in clip.mp4 and b"deblock=0" in clip.mp4  # x264's settings SEI: fastdecode
+    faster = extract_clips(indexed, [(1.0, 2.5)], ExtractConfig(short_side=48, fps=60, tune=""))[0]
+    assert decode(faster.mp4)[0] == list(range(25, 63))  # a rate above the source's keeps every frame
+    assert b"cabac=1" in faster.mp4
+    with pytest.raises(ValueError, match="fps"):
+        ExtractConfig(fps=-1)
+
+
 def test_keyframe_interval_allows_cheap_8_frame_sampling(indexed):
-    clip = extract_clips(indexed, [(0.0, 8.0)], ExtractConfig(short_side=48, keyframe_interval=1.0))[0]
+    clip = extract_clips(indexed, [(0.0, 8.0)], ExtractConfig(short_side=48, fps=0, keyframe_interval=1.0))[0]
     keys = np.flatnonzero(decode(clip.mp4)[2])
     assert keys[0] == 0 and np.diff(keys).max() <= FPS  # at most one second to decode after a seek
-    short = extract_clips(indexed, [(0.0, 2.0)], ExtractConfig(short_side=48))[0]
+    short = extract_clips(indexed, [(0.0, 2.0)], ExtractConfig(short_side=48, fps=0, keyframe_interval=1.0))[0]
     assert np.diff(np.flatnonzero(decode(short.mp4)[2])).max() <= 2 * FPS // 8  # 8 keyframes in a 2 s clip
 
 

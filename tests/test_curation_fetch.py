@@ -63,7 +63,7 @@ def test_jsonl_rebuilds_clips_at_their_timestamps(release):
     out = tmp / "clips"
     run_tool("fetch_clips.py", "--annotations", str(ann), "--id-map", str(id_map),
              "--template", f"{videos}/{{id}}.mp4", "--out", str(out), "--short-side", "48", "--workers", "0",
-             "--no-progress")
+             "--fps", "0", "--no-progress")  # every source frame, to check each one's timestamp
     rows = {(r["video_id"], r["clip_index"]): r for r in read_tables([out]).to_pylist()}
     assert rows[("CCCCCCCCCCC", -1)]["status"] == "failed" and "not found" in rows[("CCCCCCCCCCC", -1)]["error"]
     a0, a1, b0 = rows[("AAAAAAAAAAA", 0)], rows[("AAAAAAAAAAA", 1)], rows[("BBBBBBBBBBB", 0)]

@@ -139,6 +139,12 @@ def test_batch_contents(tmp_path):
         assert caption == f"clip 0 {n}" and int(index) == int(key[-11:])
         assert int(vid) == stable_hash64(f"src0-{n // 2}")  # the json's source video id, hashed
     assert b["video_id"].dtype == torch.int64 and b["index"].dtype == torch.int64
+    # the training setting: uint8 batches (a quarter of the bytes), normalised by the loader afterwards
+    raw = loader_for(root, batch_size=4, transform=video_transform(False, image_size=16, normalize=False))
+    for ours, ref in zip(raw, batches, strict=True):
+        assert ours["video"].dtype == torch.uint8 and ours["key"] == ref["key"]
+        assert torch.equal(raw.normalize(ours["video"]), ref["video"]) and raw.normalize(ours["video"]).is_contiguous()
+    assert raw.normalize(b["video"], torch.bfloat16).dtype == torch.bfloat16  # float batches: a cast
 
 
 def _epoch(loader, videos: dict | None = None) -> list[tuple[str, ...]]:

@@ -134,3 +134,17 @@ def test_transform_writes_into_a_given_tensor():
     result = tf(clip, generator=torch.Generator().manual_seed(5), out=out)
     assert result.data_ptr() == out.data_ptr()
     assert torch.equal(out, tf(clip, generator=torch.Generator().manual_seed(5)))  # seeded: same crop
+
+
+def test_uint8_output_normalised_later_equals_the_float_transform():
+    """The training stream's split (uint8 in the loader, normalize on the device) changes no value."""
+    clip = torch.from_numpy(_moving_square(t=4))
+    for train in (True, False):
+        floats = video_transform(train, image_size=16)(clip, generator=torch.Generator().manual_seed(3))
+        tf = video_transform(train, image_size=16, normalize=False)
+        raw = tf(clip, generator=torch.Generator().manual_seed(3))
+        assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 16, 16)
+        assert torch.equal(tf.normalize(raw), floats)
+        assert tf.normalize(raw[None], torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="uint8"):
+        tf.normalize(floats)

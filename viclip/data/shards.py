@@ -240,7 +240,8 @@ def iter_tar_samples(fileobj: IO[bytes]) -> Iterator[dict[str, bytes | str]]:
     raises ``tarfile.ReadError`` after yielding the samples before the damage.
     """
     current: dict[str, bytes | str] | None = None
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+    # reads of 1 MiB, not tarfile's 10 KiB records: a 1 MB clip then costs a few reads, not a hundred
+    with tarfile.open(fileobj=fileobj, mode="r|*", bufsize=1 << 20) as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -458,11 +459,18 @@ class VideoTextStream(IterableDataset):
 
     def _video_batch(self, shared: bool) -> torch.Tensor | None:
         """The batch's video tensor, filled in place by our transform (no stack, and no copy into
-        shared memory when a worker hands it over); None for other transforms, which get stacked."""
+        shared memory when a worker hands it over); None for other transforms, which get stacked.
+
+        A uint8 batch keeps the decoder's channels-last memory order (shape [B, T, 3, S, S], strides
+        of [B, T, S, S, 3]), so each resized clip is copied in without a transpose; ``normalize``
+        returns a contiguous tensor."""
         if not isinstance(self.transform, VideoTransform):
             return None
-        size = self.transform.image_size
-        video = torch.empty((self.batch_size, self.num_frames, 3, size, size))
+        b, t, s = self.batch_size, self.num_frames, self.transform.image_size
+        if self.transform.out_dtype == torch.uint8:
+            video = torch.empty((b, t, s, s, 3), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
+        else:
+            video = torch.empty((b, t, 3, s, s))
         return video.share_memory_() if shared else video
 
     def _collate(self, items: list[dict], video: torch.Tensor | None) -> dict:
@@ -522,7 +530,8 @@ class VideoTextLoader:
     and then moves to the next, so ``for epoch ...: for batch in loader`` needs no ``set_epoch``.
     ``state_dict()`` records the batches handed out so far (save it after the step that used the
     last one); ``load_state_dict`` makes the next iteration continue that epoch with the batches
-    not yet given, none twice. Each batch is a dict: ``video`` float [B, T, 3, H, W], ``text``
+    not yet given, none twice. Each batch is a dict: ``video`` [B, T, 3, H, W] (float, or uint8 from
+    a transform built with ``normalize=False``: :meth:`normalize` it on the device), ``text``
     LongTensor [B, L], ``caption`` list[str], ``video_id`` int64 (hash of the json's source video
     id), ``index`` int64 (sample id, unique per corpus sample), ``corpus`` int64, ``key`` list[str].
     """
@@ -538,6 +547,13 @@ class VideoTextLoader:
 
     def __len__(self) -> int:
         return self.dataset.batches_per_rank
+
+    def normalize(self, video: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A batch's ``video`` (moved to its device) as the model's input: uint8 batches are
+        normalised there by the stream's transform, float batches only cast."""
+        if video.dtype == torch.uint8 and isinstance(self.dataset.transform, VideoTransform):
+            return self.dataset.transform.normalize(video, dtype)
+        return video.to(dtype)
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch, unless the loaded state is already inside it."""

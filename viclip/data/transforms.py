@@ -3,6 +3,11 @@
 Training: RandomResizedCrop(scale (0.5, 1.0), bicubic) + horizontal flip, the same crop and flip for
 every frame of a clip (a per-frame crop would turn into fake motion); evaluation: resize to a square,
 bicubic. Both end with ``/255`` and mean/std normalisation (ImageNet by default, as released).
+
+With ``normalize=False`` the transform stops at uint8 and :meth:`VideoTransform.normalize` finishes
+the job wherever the batch lands: the training stream works that way, because a float32 batch is 4x
+the bytes through shared memory, pinned memory and PCIe, and writing it cost the loader a third of
+its CPU time (bench/data_loader.py); on the GPU the normalisation is free.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ def random_resized_crop_params(height: int, width: int, scale: Sequence[float], 
 
 
 class VideoTransform:
-    """Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]`` (or batched, ``[B, ...]`` -> ``[B, ...]``).
+    """Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]`` (or batched, ``[B, ...]`` -> ``[B, ...]``);
+    uint8 ``[T, 3, S, S]`` with ``normalize=False``.
 
     Random draws come from ``generator`` when given (the training stream passes one seeded per
     sample, so a resumed run crops as the first one did), else from torch's global generator.
@@ -64,6 +70,7 @@ class VideoTransform:
         scale: tuple[float, float] = (0.5, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
+        normalize: bool = True,
     ) -> None:
         if isinstance(mean, str):
             if mean not in _NORMS:
@@ -75,7 +82,7 @@ class VideoTransform:
             raise ValueError("an explicit mean needs an explicit std")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values each, got {mean} and {std}")
-        self.train, self.image_size = train, image_size
+        self.train, self.image_size, self.normalize_output = train, image_size, normalize
         self.scale, self.ratio, self.hflip = list(scale), list(ratio), hflip
         std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         # x/255 then (x - mean)/std, folded into one multiply-add
@@ -95,10 +102,22 @@ class VideoTransform:
             out = out.flip(-1)
         return out
 
+    @property
+    def out_dtype(self) -> torch.dtype:
+        return torch.float32 if self.normalize_output else torch.uint8
+
+    def normalize(self, video: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 ``[..., 3, H, W]`` in any memory order, on any device -> contiguous ``dtype``, scaled
+        and normalised (in float32)."""
+        if video.dtype != torch.uint8 or video.ndim < 3 or video.shape[-3] != 3:
+            raise ValueError(f"normalize expects uint8 [..., 3, H, W], got {video.dtype} {tuple(video.shape)}")
+        mul, add = self._mul.to(video.device), self._add.to(video.device)
+        return video.to(torch.float32, memory_format=torch.contiguous_format).mul_(mul).add_(add).to(dtype)
+
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
-        """``out`` (float32, the result's shape) receives the result in place: the training stream
-        passes a slot of a batch tensor in shared memory, which saves two copies per clip."""
+        """``out`` (of :attr:`out_dtype` and the result's shape) receives the result in place: the
+        training stream passes a slot of a batch tensor in shared memory, which saves two copies."""
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.shape[-1] != 3 \
                 or frames.ndim not in (4, 5):
             got = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(
@@ -115,10 +134,10 @@ class VideoTransform:
                 b, t, 3, self.image_size, self.image_size)
         resized = resized if batched else resized[0]
         if out is None:
-            out = resized.to(torch.float32, memory_format=torch.contiguous_format)
+            out = resized.to(self.out_dtype, memory_format=torch.contiguous_format)
         else:
             out.copy_(resized)
-        return out.mul_(self._mul).add_(self._add)
+        return out.mul_(self._mul).add_(self._add) if self.normalize_output else out
 
 
 def video_transform(
@@ -128,9 +147,12 @@ def video_transform(
     std: Sequence[float] | None = None,
     scale: tuple[float, float] = (0.5, 1.0),
     hflip: float = 0.5,
+    normalize: bool = True,
 ) -> VideoTransform:
     """The official train (``train=True``) or evaluation transform; ``mean='clip'`` for CLIP statistics.
 
     ``hflip=0`` turns the flip off, for data whose captions say left or right (the synthetic demo).
+    ``normalize=False`` returns uint8 and leaves :meth:`VideoTransform.normalize` to the consumer.
     """
-    return VideoTransform(train, image_size=image_size, mean=mean, std=std, scale=scale, hflip=hflip)
+    return VideoTransform(train, image_size=image_size, mean=mean, std=std, scale=scale, hflip=hflip,
+                          normalize=normalize)

@@ -29,7 +29,9 @@ def build_stream(cfg: DictConfig, model_cfg: ViCLIPConfig, rank: int, world_size
     aug = cfg.data.augment
     tokenizer = functools.partial(tokenize, context_length=model_cfg.context_length)
     tokenizer(["warm-up"])  # builds the BPE tables (seconds) once here, not in every epoch's forked workers
-    transform = video_transform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip)
+    # uint8 batches, normalised on the device by loader.normalize: a quarter of the bytes to move
+    transform = video_transform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip,
+                                normalize=False)
     return build_train_loader(
         OmegaConf.to_container(cfg.data.sources, resolve=True), tokenizer, int(cfg.train.batch_size), num_workers=int(cfg.data.num_workers),
         pin_memory=torch.cuda.is_available(), num_frames=model_cfg.num_frames, transform=transform,

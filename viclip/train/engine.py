@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> TrainResult:
         while state.step < total:
             set_lr(optimizer, schedule(state.step))
             for _ in range(grad_accum):
-                loss_value = _micro_step(engine, loss_fn, batches, phase, dtype, info, meter, state, cfg)
+                loss_value = _micro_step(engine, loss_fn, batches, stream.normalize, phase, dtype, info, meter,
+                                         state, cfg)
                 if loss_value is not None:
                     window.append(loss_value)
             state.step += 1
@@ -243,8 +245,9 @@ def _train(cfg: DictConfig, info: DistInfo) -> TrainResult:
     return TrainResult(run_dir, dict(state.exports), last_loss, info.is_main)
 
 
-def _micro_step(engine, loss_fn: ClipLoss, batches, phase: Phase, dtype: torch.dtype, info: DistInfo,
-                meter: ThroughputMeter, state: TrainState, cfg: DictConfig) -> float | None:
+def _micro_step(engine, loss_fn: ClipLoss, batches, normalize: Callable[..., torch.Tensor], phase: Phase,
+                dtype: torch.dtype, info: DistInfo, meter: ThroughputMeter, state: TrainState,
+                cfg: DictConfig) -> float | None:
     """One micro-batch; a non-finite loss (on any rank) skips it on every rank and is counted.
 
     Skipping both backward and engine.step keeps DeepSpeed's accumulation counter in step with the
@@ -257,7 +260,7 @@ def _micro_step(engine, loss_fn: ClipLoss, batches, phase: Phase, dtype: torch.d
         with torch.random.fork_rng(devices=[]):
             batch = next(batches)
         meter.data_ready()
-        video = batch["video"].to(info.device, dtype, non_blocking=True)
+        video = normalize(batch["video"].to(info.device, non_blocking=True), dtype)
         tokens = batch["text"].to(info.device, non_blocking=True)
         video_features, text_features = engine(video, tokens, mask_ratio=phase.mask_ratio)
         index, video_id = train_data.positive_keys(batch, cfg.loss, info.device)
