@@ -16,11 +16,13 @@ is per core and holds on a shared machine) and wall-clock clips/s, for:
 
     python bench/data_loader.py [--clips 8] [--samples 128] [--out /tmp/viclip_bench_data]
 
-What it showed (2-core VM, 2026-11): a keyframe on every frame halves the decode cost of 8 sampled
-frames against a 1-4 s interval (each sampled frame decodes alone), and x264's fastdecode tune
-(CAVLC, no deblocking) takes off about 40 % more, for about 20 % more bytes; 4 fps keeps 40 frames
-of a 10 s clip to sample from. Hence curation's defaults: short side 256, 4 fps, keyframe interval
-1 frame, fastdecode.
+What it showed (2-core VM, idle, 2026-11-25): a keyframe on every frame doubles the clips decoded
+per CPU-second against a 1-2 s interval (each sampled frame decodes alone; 52 vs 25 at 4 fps), and
+x264's fastdecode tune (CAVLC, no deblocking) adds half again (81) for ~20 % more bytes; 4 fps
+keeps 40 frames of a 10 s clip to sample from. Hence curation's defaults: short side 256, 4 fps,
+keyframe interval 1 frame, fastdecode: 3x the bytes of the clip at 24 fps with a 2 s interval and a
+sixth of its decoding CPU. On curation's own output the full path ran at 44 (1 worker) and 47
+(2 workers) clips per CPU-second, 3.4-3.6x the official path.
 """
 
 from __future__ import annotations

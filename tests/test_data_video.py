@@ -1,5 +1,8 @@
 """Frame sampling rules, decoding against the encoded frames, and the clip transforms."""
 
+import io
+
+import av
 import numpy as np
 import pytest
 import torch
@@ -71,6 +74,25 @@ def test_decoded_frames_equal_encoded_frames(tmp_path, backend, sampling):
         err = np.abs(out.numpy().astype(int) - frames[idx].astype(int))
         assert err.mean() < 2.0, err.mean()  # codec error only; a wrong frame is off by >= 8 everywhere
         assert np.abs(out.numpy()[..., 0].astype(int).mean((1, 2)) - 8 * np.array(idx)).max() < 3
+
+
+@pytest.mark.parametrize("container, codec", [("mpegts", "libx264"), ("mpeg", "mpeg2video"), ("matroska", "libx264"),
+                                              ("avi", "mpeg4")])
+def test_pyav_reads_containers_beyond_mp4(container, codec):
+    """The reader cuts FFmpeg's stream probe short for speed; containers other than mp4 (MPEG-TS
+    and PS find their streams in the packets) must still decode the right frames."""
+    frames = _moving_square()
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "18", "g": "4"} if codec == "libx264" else {"b": "2M", "g": "4"}
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    decoded = read_video(buf.getvalue(), num_frames=8, backend="pyav")
+    idx = sample_indices(24, 8, "middle")
+    assert np.abs(decoded.numpy()[..., 0].astype(int).mean((1, 2)) - 8 * np.array(idx)).max() < 3
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])

@@ -29,7 +29,8 @@ def write_mp4(
 
     ``gop`` is the keyframe interval in frames (default: one keyframe per second), which bounds how
     far a decoder must read after a seek when it samples a few frames from a clip. ``tune`` is x264's
-    (``fastdecode`` trades ~20 % more bytes for ~40 % less decoding CPU, see bench/data_loader.py).
+    (``fastdecode`` trades ~20 % more bytes for a third to a half less decoding CPU, see
+    bench/data_loader.py).
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"write_mp4 expects uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
@@ -141,6 +142,13 @@ def _decode_pts(ctx, packets: list, wanted: set[int], fmt: dict, out: dict[int, 
             return
 
 
+# FFmpeg's stream probe would decode the first picture and read up to 5 s of packets (~2 ms per
+# 256p clip, a tenth of the cost of 8 frames); the headers of mp4, mkv, webm, avi, MPEG-TS/PS
+# already give what the reader needs (tests/test_data_video.py). skip_frame reaches only the
+# probing decoder: the one that decodes the sampled frames skips nothing.
+_FAST_PROBE = {"skip_frame": "all", "probesize": "32", "analyzeduration": "0"}
+
+
 def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
     """Demux once, then decode only the groups of pictures that hold a sampled frame.
 
@@ -149,9 +157,7 @@ def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
     memory, which costs less than seeking the container. Should an open GOP hide a frame from
     that shortcut, the stream is decoded from its start instead.
     """
-    # skip_frame=all reaches only the decoder that probes the streams, which would otherwise decode
-    # the first picture (~2 ms at 256p, a tenth of the cost of 8 frames); the header gives the size
-    with av.open(src, options={"skip_frame": "all"}) as container:
+    with av.open(src, options=_FAST_PROBE) as container:
         stream = container.streams.video[0]
         ctx = stream.codec_context
         ctx.thread_count = 1  # parallelism comes from loader workers; codec threads cost CPU here
