@@ -215,6 +215,8 @@ def test_kill_minus_nine_and_resume_ends_with_the_same_weights(tmp_path, data_ro
     assert "resumed from" in final.stdout
     assert not any(n.startswith((".tmp-", ".trash-")) for n in os.listdir(ckpt_dir))
     assert len([n for n in os.listdir(ckpt_dir) if n.startswith("step_")]) == 2  # keep_checkpoints
+    steps = [r["global_step"] for r in _records(tmp_path / "killed")]
+    assert steps == [r["global_step"] for r in _records(tmp_path / "straight")]  # redone steps logged once
 
     for phase in ("pretrain", "unmasked"):
         a = _weights(tmp_path / "straight" / "weights" / f"{phase}.pth")

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 import pyarrow as pa
@@ -262,12 +262,7 @@ def run_captioning(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: C
 
     The models load on the first shard that needs them: a finished or mismatched run loads nothing.
     """
-    built: list[Captioner] = [captioner] if captioner else []
-
-    def process(shard: TableShard) -> tuple[pa.Table, dict]:
-        if not built:
-            built.append(Captioner.from_config(cfg))
-        return built[0](shard)
-
-    return run_table_stage(in_dir, out_dir, process, {"stage": "caption", "config": cfg.record()},
-                           task=task, num_tasks=num_tasks, progress=progress)
+    model = cache(lambda: captioner if captioner is not None else Captioner.from_config(cfg))  # on the first call
+    return run_table_stage(in_dir, out_dir, lambda shard: model()(shard),
+                           {"stage": "caption", "config": cfg.record()}, task=task, num_tasks=num_tasks,
+                           progress=progress)

@@ -13,6 +13,7 @@ Weights come from local files only (nothing is downloaded).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -262,12 +263,7 @@ def run_scoring(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Scor
                 scorer: Scorer | None = None, task: int = 0, num_tasks: int = 1,
                 progress: bool = True) -> StageSummary:
     """Score every finished shard of ``in_dir`` into ``out_dir`` (resumable; see ``run_table_stage``)."""
-    built: list[Scorer] = [scorer] if scorer else []
-
-    def process(shard: TableShard) -> tuple[pa.Table, dict]:
-        if not built:
-            built.append(Scorer.from_config(cfg))
-        return built[0](shard)
-
-    return run_table_stage(in_dir, out_dir, process, {"stage": "score", "config": cfg.record()},
-                           task=task, num_tasks=num_tasks, progress=progress)
+    model = functools.cache(lambda: scorer if scorer is not None else Scorer.from_config(cfg))  # on the first call
+    return run_table_stage(in_dir, out_dir, lambda shard: model()(shard),
+                           {"stage": "score", "config": cfg.record()}, task=task, num_tasks=num_tasks,
+                           progress=progress)

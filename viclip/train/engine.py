@@ -196,7 +196,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> TrainResult:
                   f"(global {state.global_step})", flush=True)
 
     logger = MetricsLogger(run_dir, cfg.logger, cfg.run_name, OmegaConf.to_container(cfg, resolve=True),
-                           OmegaConf.to_container(cfg.wandb), enabled=info.is_main)
+                           OmegaConf.to_container(cfg.wandb), enabled=info.is_main,
+                           start_step=state.global_step)
     peak = peak_flops(info.device)
     batches = train_data.endless(stream)
     last_loss = None

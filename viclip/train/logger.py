@@ -40,12 +40,13 @@ def format_line(m: dict[str, Any]) -> str:
 class MetricsLogger:
     """Writes each record as one JSON line and to wandb.
 
-    The file is appended to, so a resumed run continues it; steps between the checkpoint and the
-    kill appear twice, and the later record of a ``global_step`` is the one that counts.
+    A run that starts at ``start_step`` (the global step of the checkpoint it resumes, else 0) first
+    drops the records a killed run logged after that step, which it is about to redo, so every
+    ``global_step`` appears once.
     """
 
     def __init__(self, run_dir: Path, logger: str, run_name: str, config: dict, wandb_cfg: dict,
-                 enabled: bool) -> None:
+                 enabled: bool, start_step: int = 0) -> None:
         if logger not in LOGGERS:
             raise ValueError(f"logger must be one of {LOGGERS}, got {logger!r}")
         self.enabled = enabled
@@ -54,12 +55,22 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._truncate(start_step)
         if logger == "wandb":
             import wandb
 
             self._wandb = wandb.init(project=wandb_cfg.get("project"), entity=wandb_cfg.get("entity"),
                                      name=run_name, id=run_name, resume="allow", dir=str(run_dir),
                                      config=config, mode=wandb_mode(wandb_cfg.get("mode")))
+
+    def _truncate(self, last_step: int) -> None:
+        """Keep the records up to ``last_step``; written to a temporary file, then renamed."""
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("global_step", 0) <= last_step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
 
     def log(self, record: dict[str, Any], console: bool = True) -> None:
         if not self.enabled:
