@@ -4,7 +4,9 @@
 #   SOURCES=/data/raw_videos/ OUT=/data/clips sbatch --array=0-99 slurm/curate_array.sh --videos-per-shard 200
 #   MODE=fetch ANNOTATIONS=/data/InternVid-10M-FLT.jsonl TEMPLATE='/data/yt/{id}.mp4' OUT=/data/ivid_flt \
 #       sbatch --array=0-499 slurm/curate_array.sh
-# Extra arguments go to the tool (tools/split_scenes.py or tools/fetch_clips.py), e.g. --short-side 720.
+# Extra arguments go to the tool (tools/split_scenes.py or tools/fetch_clips.py). The default clips are
+# training storage (256 px, 4 fps, all keyframes); for clips to watch or generate from, e.g.
+#   --short-side 720 --fps 0 --keyframe-interval 1 --tune ''
 # Every task must get the same SOURCES/ANNOTATIONS and options: the output directory records them and
 # refuses a mismatch. Rerunning or requeueing is safe: finished shards are skipped, unfinished ones
 # redone, so resubmitting the same array after a failure or preemption completes the stage. The
