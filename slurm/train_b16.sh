@@ -22,13 +22,5 @@
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"  # submit from the repository root
 
-EXPERIMENT=${EXPERIMENT:-viclip_b16_internvid_10m_flt}
-: "${SHARDS:?set SHARDS to the brace pattern of the training tars}"
-: "${CLIP_WEIGHTS:?set CLIP_WEIGHTS to the OpenAI CLIP ViT-B/16 weights}"
-: "${OUTPUT_ROOT:?set OUTPUT_ROOT to the directory that holds the runs}"
-DATA=${EXPERIMENT#viclip_b16_}
-# The configs read these variables (configs/model/vit_b16.yaml, configs/data/<data>.yaml); a variable
-# keeps the brace pattern away from Hydra's override parser.
-export "VICLIP_SHARDS_${DATA^^}=$SHARDS" VICLIP_CLIP_B16="$CLIP_WEIGHTS" VICLIP_OUTPUT="$OUTPUT_ROOT"
-
+MODEL=b16
 source slurm/train_common.sh "$@"
