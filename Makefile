@@ -19,7 +19,18 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[train]"
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY)
+# The tests run the torchcodec backend too ([gpu] is part of [dev]); torchcodec loads FFmpeg's shared
+# libraries from the system. Where they are missing and apt-get can run as root they are installed
+# (about 20 s); elsewhere the torchcodec tests say they are skipped.
+$(VENV)/.ffmpeg-libs: | $(PY)
+	@if ldconfig -p | grep -q libavcodec; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null \
+		|| echo "apt-get could not install ffmpeg: the torchcodec tests will be skipped"; \
+	else echo "FFmpeg's shared libraries are missing: the torchcodec tests will be skipped"; fi
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY) $(VENV)/.ffmpeg-libs
 	$(PIP) install -q -e ".[dev]"
 	touch $@ $(VENV)/.installed
 

@@ -52,6 +52,16 @@ def test_sampling_rejects_bad_arguments():
         sample_indices(0, 4)
 
 
+try:  # the [gpu] extra; it needs FFmpeg's shared libraries, which `make test` installs where it can
+    from torchcodec.decoders import VideoDecoder  # noqa: F401
+
+    HAS_TORCHCODEC = True
+except Exception:  # noqa: BLE001 - ImportError, or a RuntimeError when FFmpeg's libraries cannot be loaded
+    HAS_TORCHCODEC = False
+TORCHCODEC = pytest.param("torchcodec", marks=pytest.mark.skipif(
+    not HAS_TORCHCODEC, reason="torchcodec or FFmpeg's shared libraries are not installed"))
+
+
 def _moving_square(t=24, h=48, w=64):
     frames = np.zeros((t, h, w, 3), np.uint8)
     for i in range(t):
@@ -60,7 +70,7 @@ def _moving_square(t=24, h=48, w=64):
     return frames
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", TORCHCODEC, "auto"])
 @pytest.mark.parametrize("sampling", ["middle", "random"])
 def test_decoded_frames_equal_encoded_frames(tmp_path, backend, sampling):
     frames = _moving_square()
@@ -95,14 +105,14 @@ def test_pyav_reads_containers_beyond_mp4(container, codec):
     assert np.abs(decoded.numpy()[..., 0].astype(int).mean((1, 2)) - 8 * np.array(idx)).max() < 3
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", TORCHCODEC])
 def test_resize_on_decode(backend):
     mp4 = write_mp4(_moving_square())
     assert read_video(mp4, 4, size=32, backend=backend).shape == (4, 32, 43, 3)  # short side 32
     assert read_video(mp4, 4, size=(16, 20), backend=backend).shape == (4, 16, 20, 3)
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", TORCHCODEC, "auto"])
 def test_undecodable_video_names_the_source(tmp_path, backend):
     mp4 = write_mp4(_moving_square())
     for bad in (b"not a video" * 50, mp4[: len(mp4) // 2]):
