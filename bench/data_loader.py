@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--stored", default=CURATED, help="the storage variant the loader runs on")
     parser.add_argument("--backend", default="auto", help="decoder of our path: auto, decord, pyav")
     args = parser.parse_args()
+    for flag, n in (("--samples", args.samples), ("--samples-720p", args.samples_720p)):
+        if n <= 2 * args.batch_size or n % args.batch_size:
+            parser.error(f"{flag} must be a multiple of --batch-size above the short pass of 2 batches, got {n}")
     torch.set_num_threads(1)  # one core per process, as in DataLoader workers
     out = Path(args.out)
     t0 = time.time()
