@@ -42,7 +42,7 @@ def stage(tmp_path_factory):
     clips = tmp_path_factory.mktemp("clips")
     run_stage(list_folder(src), clips, videos_per_shard=2, workers=0, progress=False)
     captioned = tmp_path_factory.mktemp("captioned")
-    run_table_stage(clips, captioned, add_captions, {"stage": "test captions"}, progress=False)
+    run_table_stage(clips, captioned, lambda: add_captions, {"stage": "test captions"}, progress=False)
     return captioned
 
 

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -258,11 +258,8 @@ def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict
 def run_captioning(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: CaptionConfig,
                    captioner: Captioner | None = None, task: int = 0, num_tasks: int = 1,
                    progress: bool = True) -> StageSummary:
-    """Caption every finished shard of ``in_dir`` into ``out_dir`` (resumable; see ``run_table_stage``).
-
-    The models load on the first shard that needs them: a finished or mismatched run loads nothing.
-    """
-    model = cache(lambda: captioner if captioner is not None else Captioner.from_config(cfg))  # on the first call
-    return run_table_stage(in_dir, out_dir, lambda shard: model()(shard),
-                           {"stage": "caption", "config": cfg.record()}, task=task, num_tasks=num_tasks,
-                           progress=progress)
+    """Caption every finished shard of ``in_dir`` into ``out_dir`` (resumable; see ``run_table_stage``,
+    which loads the models only when a shard needs them)."""
+    return run_table_stage(
+        in_dir, out_dir, lambda: captioner if captioner is not None else Captioner.from_config(cfg),
+        {"stage": "caption", "config": cfg.record()}, task=task, num_tasks=num_tasks, progress=progress)

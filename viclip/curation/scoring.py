@@ -13,7 +13,6 @@ Weights come from local files only (nothing is downloaded).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from dataclasses import dataclass
@@ -263,7 +262,6 @@ def run_scoring(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Scor
                 scorer: Scorer | None = None, task: int = 0, num_tasks: int = 1,
                 progress: bool = True) -> StageSummary:
     """Score every finished shard of ``in_dir`` into ``out_dir`` (resumable; see ``run_table_stage``)."""
-    model = functools.cache(lambda: scorer if scorer is not None else Scorer.from_config(cfg))  # on the first call
-    return run_table_stage(in_dir, out_dir, lambda shard: model()(shard),
-                           {"stage": "score", "config": cfg.record()}, task=task, num_tasks=num_tasks,
-                           progress=progress)
+    return run_table_stage(
+        in_dir, out_dir, lambda: scorer if scorer is not None else Scorer.from_config(cfg),
+        {"stage": "score", "config": cfg.record()}, task=task, num_tasks=num_tasks, progress=progress)

@@ -274,9 +274,12 @@ def clips_dir_of(stage_dir: Path) -> Path:
 
 
 def run_table_stage(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    process: Callable[[TableShard], tuple[pa.Table, dict]], record: dict, task: int = 0,
-                    num_tasks: int = 1, progress: bool = True) -> StageSummary:
-    """Map ``process`` over the finished shards of ``in_dir``: a clip table in, a table and stats out.
+                    make_process: Callable[[], Callable[[TableShard], tuple[pa.Table, dict]]], record: dict,
+                    task: int = 0, num_tasks: int = 1, progress: bool = True) -> StageSummary:
+    """Map a process over the finished shards of ``in_dir``: a clip table in, a table and stats out.
+
+    ``make_process()`` builds it (models and all) just before the first shard that needs it, so a
+    finished or mismatched run loads nothing.
 
     Captioning and scoring add columns this way, with the same contract as :func:`run_stage`:
     ``{s:05d}.parquet`` then ``{s:05d}.stats.json`` (the done mark), reruns skip done shards,
@@ -297,6 +300,7 @@ def run_table_stage(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
     pending = [s for s in mine if not stats_path(out_dir, s).exists()]
     summary = StageSummary(shards=len(mine), skipped=len(mine) - len(pending))
     started = time.time()
+    process = make_process() if pending else None
     for shard in tqdm(pending, unit="shard", disable=not progress,
                       desc=f"task {task}/{num_tasks} ({summary.skipped} shards done before)"):
         name = shard_name(shard)
