@@ -14,6 +14,7 @@ from typing import Any
 
 import av
 
+from viclip.curation.errors import SourceError
 from viclip.curation.extract import ExtractConfig, ExtractedClip, extract_clips
 from viclip.curation.filters import FilterConfig, candidate_clips
 from viclip.curation.scenes import SceneConfig, scan_video
@@ -48,7 +49,7 @@ def probe(path: str | os.PathLike) -> dict[str, Any]:
     """Source duration, frame rate and size from the container header (no decoding)."""
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError(f"{path}: no video stream")
+            raise SourceError("no_video_stream", f"{path}: no video stream")
         s = container.streams.video[0]
         if s.duration is not None:
             duration = float(s.duration * s.time_base)

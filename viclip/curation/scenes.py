@@ -22,6 +22,8 @@ from av.video.reformatter import VideoReformatter
 from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.detectors import ContentDetector
 
+from viclip.curation.errors import SourceError
+
 
 @dataclass(frozen=True)
 class SceneConfig:
@@ -106,7 +108,7 @@ def scan_video(path: str | os.PathLike, cfg: SceneConfig = SceneConfig()) -> Vid
     """
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError(f"{path}: no video stream")
+            raise SourceError("no_video_stream", f"{path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_count = cfg.threads
         if cfg.skip_deblock:
@@ -143,12 +145,12 @@ def scan_video(path: str | os.PathLike, cfg: SceneConfig = SceneConfig()) -> Vid
             bgr = cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
             cut_pts.extend(c.pts for c in detector.process_frame(tc, bgr))
         if tc is None:
-            raise ValueError(f"{path}: no decodable video frames")
+            raise SourceError("undecodable", f"{path}: no decodable video frames")
         cut_pts.extend(c.pts for c in detector.post_process(tc))
 
     pts_arr = np.asarray(pts_list, dtype=np.int64)
     if np.any(np.diff(pts_arr) <= 0):  # decoders emit presentation order; anything else is broken
-        raise ValueError(f"{path}: frame timestamps are not increasing")
+        raise SourceError("bad_timestamps", f"{path}: frame timestamps are not increasing")
     cuts = sorted({int(np.searchsorted(pts_arr, p)) for p in cut_pts} - {0, len(pts_arr)})
     times = pts_arr * float(time_base)
     end = float((pts_arr[-1] + last_duration) * time_base)
