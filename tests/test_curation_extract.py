@@ -114,3 +114,38 @@ def test_audio_is_kept_when_asked(tmp_path):
         assert len(c.streams.audio) == 0
     with pytest.raises(ValueError, match="audio"):
         ExtractConfig(copy=True, audio=True)
+
+
+def _long_gop_source(path, scene_seconds: float, scenes: int, still: set[int], key_seconds: float) -> None:
+    """Index-stamped scenes that alternate bright and dark borders; keyframes ``key_seconds`` apart
+    whatever the content (x264's scene-cut keyframes off), as many web uploads are encoded."""
+    n = round(scene_seconds * FPS)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 192, 96, "yuv420p"
+        gop = str(round(key_seconds * FPS))
+        stream.options = {"crf": "18", "preset": "veryfast", "g": gop, "keyint_min": gop, "sc_threshold": "0"}
+        for k in range(scenes):
+            frames = tv.index_frames(n, 192, 96, offset=k * n)
+            if k in still:
+                frames[:] = frames[0]
+            frames[:, :24] = frames[:, -24:] = 255 * (k % 2)
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_cuts_between_far_apart_keyframes_are_extracted_going_forward(tmp_path):
+    """Keyframes every 10 s, cuts every 3 s: the seek-based extractor went back to the keyframe before
+    the next clip, found it still far away, and seeked there again forever."""
+    path = tmp_path / "long_gop.mp4"
+    _long_gop_source(path, 3.0, 6, still=set(), key_seconds=10.0)
+    _, _, keys, _ = decode(path.read_bytes())
+    assert np.flatnonzero(keys).tolist() == [0, 250]
+    spans = [(0.0, 3.0), (9.0, 12.0), (12.0, 15.0)]  # 3-9 s skipped: the next clip lies inside the first GOP
+    clips = extract_clips(path, spans, ExtractConfig(short_side=96, fps=0))
+    for (start, end), clip in zip(spans, clips):
+        assert decode(clip.mp4)[0] == list(range(round(start * FPS), round(end * FPS)))
+        assert (clip.start, clip.end) == pytest.approx((start, end))

@@ -86,7 +86,7 @@ def test_length_bounds_drop_short_and_long_or_split_long():
     split = candidate_clips(scan, FilterConfig(min_clip=1.0, max_clip=50.0, long_clips="split"))
     assert [c.reason for c in split] == ["too_short"] + [""] * 5  # 60 s -> 2 x 30 s, 139.5 s -> 3 x 46.5 s
     assert [round(c.duration, 1) for c in split[1:]] == [30.0, 30.0, 46.5, 46.5, 46.5]
-    assert split_scene(scan, 0, 5, 50.0) == [(0, 5)]
+    assert split_scene(scan.times[:5], scan.span_time(0, 5)[1], 50.0) == [(0, 5)]
 
 
 def test_motion_filter_reasons_on_synthetic_thresholds():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,11 @@ import av
 
 from viclip.curation.errors import SourceError
 from viclip.curation.extract import ExtractConfig, ExtractedClip, extract_clips
-from viclip.curation.filters import FilterConfig, candidate_clips
-from viclip.curation.scenes import SceneConfig, scan_video
+from viclip.curation.filters import FilterConfig
+from viclip.curation.scenes import SceneConfig
 from viclip.curation.sources import Source, localize
+from viclip.curation.splitter import split_one_pass, split_two_pass
+from viclip.data.video import VideoDecodeError
 
 
 @dataclass(frozen=True)
@@ -68,20 +71,19 @@ def _clip_fields(clip: ExtractedClip) -> dict[str, Any]:
 
 
 def split_video(source: Source, path: str, cfg: CurationConfig) -> VideoResult:
-    """Scene cuts, length and motion filters, then extraction of the kept clips."""
-    scan = scan_video(path, cfg.scenes)
+    """Scene cuts, length and motion filters, and the kept clips: one decode pass when re-encoding
+    video only (the default), two for stream copy or clips with audio."""
+    split = split_two_pass if cfg.extract.copy or cfg.extract.audio else split_one_pass
+    result = split(path, cfg.scenes, cfg.filters, cfg.extract)
+    scan = result.scan
     info = {"source_duration": scan.duration, "source_fps": scan.fps,
             "source_width": scan.width, "source_height": scan.height}
-    candidates = candidate_clips(scan, cfg.filters)
-    kept = [c for c in candidates if not c.reason]
-    extracted = iter(extract_clips(path, [(c.start, c.end) for c in kept], cfg.extract))
     rows, clips = [], []
-    for i, c in enumerate(candidates):
+    for i, (c, clip) in enumerate(zip(result.candidates, result.clips)):
         row = {"video_id": source.video_id, "source": source.uri, "clip_id": f"{source.video_id}_{i:05d}",
                "clip_index": i, "start": c.start, "end": c.end, "duration": c.duration, "frames": c.frames,
                "fps": c.frames / c.duration if c.duration > 0 else None,
                "motion_mean": c.motion_mean, "motion_std": c.motion_std, **info}
-        clip = next(extracted) if not c.reason else None
         if clip is not None:
             row.update(_clip_fields(clip), status="kept", reason="")
             clips.append(clip.mp4)
@@ -112,16 +114,32 @@ def cut_annotated(source: Source, path: str, cfg: CurationConfig) -> VideoResult
 
 
 def failed_result(source: Source, error: BaseException) -> VideoResult:
+    """The one ``failed`` row of a source, whose ``reason`` (see ``FAILURE_REASONS``) says why."""
+    if isinstance(error, SourceError):
+        reason = error.reason
+    elif isinstance(error, FileNotFoundError):  # before FFmpegError: PyAV's own subclasses both
+        reason = "missing"
+    elif isinstance(error, (av.error.FFmpegError, VideoDecodeError)):
+        reason = "undecodable"
+    else:
+        reason = "error"
     message = f"{type(error).__name__}: {error}".strip()
     return VideoResult([{"video_id": source.video_id, "source": source.uri, "clip_index": -1,
-                         "status": "failed", "reason": "", "error": message[:2000]}], [])
+                         "status": "failed", "reason": reason, "error": message[:2000]}], [])
 
 
-def process_source(source: Source, cfg: CurationConfig) -> VideoResult:
-    """Scene-split a plain source or cut an annotated one; a failure becomes a ``failed`` row."""
+def process_source(source: Source, cfg: CurationConfig,
+                   report_duration: Callable[[float | None], None] | None = None) -> VideoResult:
+    """Scene-split a plain source or cut an annotated one; a failure becomes a ``failed`` row.
+
+    ``report_duration`` (the supervised pool's) is given the header's duration before the heavy
+    work, so that the video's time budget can grow with it.
+    """
     wall, cpu = time.perf_counter(), time.process_time()
     try:
         with localize(source.uri, cfg.ytdlp_format) as path:
+            if report_duration is not None:
+                report_duration(probe(path)["source_duration"])
             if source.annotations is None:
                 result = split_video(source, path, cfg)
             else:

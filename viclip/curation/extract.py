@@ -1,11 +1,12 @@
 """Cut time spans out of a source video as standalone mp4 clips, streaming (never the whole video in memory).
 
-Re-encoding (the default) decodes the source once from the first span to the last (seeking over
-long gaps), scales each frame to the target short side and feeds it to one H.264 encoder per open
-span, keeping the source presentation timestamps so variable-frame-rate clips stay true to time.
-Stream copy (``copy=True``) is the fast option: it copies whole closed GOPs, so a clip starts at the
-first keyframe inside its span and ends at the last keyframe inside it; the actual times are
-returned.
+Re-encoding (the default) decodes the source once, in file order, from the first span to the last,
+scales each frame to the target short side (square pixels, upright as players show it) and feeds
+it to one H.264 encoder per open span, keeping the source presentation timestamps so
+variable-frame-rate clips stay true to time. Gaps between spans are skipped without decoding and
+without seeking (:class:`ForwardReader`). Stream copy (``copy=True``) is the fast option: it copies
+whole closed GOPs, so a clip starts at the first keyframe inside its span and ends at the last
+keyframe inside it; the actual times are returned.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from __future__ import annotations
 import io
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from viclip.curation.scenes import stream_start
+from viclip.curation.scenes import open_video, stream_start
 
-SEEK_GAP = 5.0  # seconds: decoding through a shorter gap is cheaper than a seek to the next keyframe
+MAX_HELD_BYTES = 64 << 20  # packets held while skipping a gap; past this the reader decodes on instead
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,29 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
+@dataclass(frozen=True)
+class ClipGeometry:
+    """How a source's decoded frames become clip frames: as players show them, in square pixels.
+
+    ``scaled`` is the size decoded frames are scaled to (still in coded orientation), ``turns`` the
+    counterclockwise quarter turns of the source's display matrix (a phone held upright stores
+    landscape pictures and a 90-degree matrix).
+    """
+
+    scaled: tuple[int, int]
+    turns: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.scaled[::-1] if self.turns % 2 else self.scaled
+
+    @classmethod
+    def of(cls, stream: av.video.stream.VideoStream, frame: av.VideoFrame, short_side: int) -> ClipGeometry:
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        width = frame.width * float(sar) if sar and sar > 0 else frame.width  # display width of the coded height
+        return cls(output_size(max(1, round(width)), frame.height, short_side), round(frame.rotation / 90) % 4)
+
+
 def extract_clips(path: str | os.PathLike, spans: Sequence[tuple[float, float]],
                   cfg: ExtractConfig = ExtractConfig()) -> list[ExtractedClip | None]:
     """Encode every ``(start, end)`` span of ``path``; ``None`` where a span holds no (whole-GOP) frames.
@@ -89,34 +114,108 @@ def extract_clips(path: str | os.PathLike, spans: Sequence[tuple[float, float]],
     return _reencode(path, spans, cfg)
 
 
-class _ClipEncoder:
-    """An mp4 in memory with one H.264 stream (and AAC when the source has audio and it is wanted)."""
+class ForwardReader:
+    """Decoded frames of a container in file order; a gap is skipped by reading on, never by seeking.
 
-    def __init__(self, src: av.video.stream.VideoStream, size: tuple[int, int], duration: float,
+    After ``skip_to(pts)`` packets are demuxed but not decoded, and those since the last video
+    keyframe at or before ``pts`` are held; decoding resumes from that keyframe once a video packet
+    at or after ``pts`` arrives (or goes on through the held packets when no such keyframe came:
+    the target lies in the GOP being decoded). Every packet is read once, so no source can send the
+    reader back to where it has been. (A seek to the keyframe before the next clip lands before
+    the position already reached when keyframes are farther apart than the gap, and the seek-based
+    extractor this replaces repeated that seek forever.) Reading a gap's bytes costs far less than
+    decoding them; what is held stays under ``MAX_HELD_BYTES``.
+    """
+
+    def __init__(self, container: av.container.InputContainer, video: av.video.stream.VideoStream,
+                 audio: av.audio.stream.AudioStream | None = None) -> None:
+        self.container, self.video = container, video
+        self.streams = [s for s in (video, audio) if s is not None]
+        self.target: int | None = None
+        self.held: list[av.Packet] = []
+        self.held_bytes = 0
+        self.continuous = True  # the held packets continue what the decoders were fed
+
+    def skip_to(self, pts: int) -> None:
+        """Decode nothing more until the video stream reaches ``pts`` (absolute, in its time base)."""
+        self.target, self.held, self.held_bytes, self.continuous = pts, [], 0, True
+
+    def __iter__(self) -> Iterator[av.VideoFrame | av.AudioFrame]:
+        for packet in self.container.demux(*self.streams):
+            if self.target is None:
+                yield from packet.decode()
+            elif self._hold(packet):
+                if not self.continuous:
+                    for stream in self.streams:
+                        stream.codec_context.flush_buffers()  # what they hold lies before the keyframe
+                held, self.target, self.held = self.held, None, []
+                for p in held:
+                    yield from p.decode()
+
+    def _hold(self, packet: av.Packet) -> bool:
+        """Hold ``packet`` while skipping; True when decoding must resume with the held packets."""
+        video = packet.stream.index == self.video.index
+        pts = packet.pts if packet.pts is not None else packet.dts
+        if video and packet.is_keyframe and pts is not None and pts <= self.target:
+            self.held, self.held_bytes, self.continuous = [], 0, False
+        self.held.append(packet)
+        self.held_bytes += packet.size
+        return (video and pts is not None and pts >= self.target) or self.held_bytes > MAX_HELD_BYTES
+
+
+class _ClipEncoder:
+    """An mp4 in memory with one H.264 stream (and AAC when the source has audio and it is wanted).
+
+    With ``keyframe_interval`` set, keyframes are spaced at most an eighth of the clip apart, so a
+    clip of unknown ``duration`` (the one-pass splitter does not know where its scene ends) holds
+    its scaled frames until it is 8 intervals long or closed; without it nothing waits.
+    """
+
+    def __init__(self, src: av.video.stream.VideoStream, geometry: ClipGeometry, duration: float | None,
                  cfg: ExtractConfig, audio: av.audio.stream.AudioStream | None) -> None:
         self.buf = io.BytesIO()
         self.container = av.open(self.buf, mode="w", format="mp4")
         rate = Fraction(src.average_rate or src.guessed_rate or 25).limit_denominator(1001)
         self.fps = Fraction(cfg.fps).limit_denominator(1001) if cfg.fps else None
-        rate = min(rate, self.fps) if self.fps else rate
-        self.stream = self.container.add_stream("libx264", rate=rate)
-        self.stream.width, self.stream.height, self.stream.pix_fmt = size[0], size[1], "yuv420p"
+        self.rate = min(rate, self.fps) if self.fps else rate
+        self.stream = self.container.add_stream("libx264", rate=self.rate)
+        self.geometry = geometry
+        self.size = geometry.size
+        self.stream.width, self.stream.height, self.stream.pix_fmt = *self.size, "yuv420p"
         self.time_base = Fraction(src.time_base)
         self.stream.codec_context.time_base = self.time_base  # source pts pass through: VFR stays VFR
-        gop = max(1, round(float(rate) * min(cfg.keyframe_interval, duration / 8)))
-        self.stream.options = {"crf": str(cfg.crf), "preset": cfg.preset, "g": str(gop),
-                               **({"tune": cfg.tune} if cfg.tune else {})}
         self.stream.codec_context.thread_count = cfg.threads
+        self.cfg = cfg
+        self.held: list[av.VideoFrame] | None = None  # frames waiting for the keyframe spacing
+        if cfg.keyframe_interval and duration is None:
+            self.held = []
+        else:
+            self._set_gop(duration or 0.0)
         self.audio = None
         if audio is not None:
             self.audio = self.container.add_stream("aac", rate=audio.codec_context.sample_rate)
             self.audio.layout = audio.codec_context.layout
-        self.size = size
         self.scaler = VideoReformatter()  # reused across frames: building a scaler per frame costs more
-        self.threads = cfg.threads
+        self.turner = VideoReformatter() if geometry.turns else None
         self.first_pts: int | None = None
         self.first_time = self.last_end = 0.0
         self.frames = 0
+
+    def _set_gop(self, duration: float) -> None:
+        gop = max(1, round(float(self.rate) * min(self.cfg.keyframe_interval, duration / 8)))
+        self.stream.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset, "g": str(gop),
+                               **({"tune": self.cfg.tune} if self.cfg.tune else {})}
+
+    def _scale(self, frame: av.VideoFrame) -> av.VideoFrame:
+        w, h = self.geometry.scaled
+        threads = self.cfg.threads
+        if not self.geometry.turns:
+            return self.scaler.reformat(frame, width=w, height=h, format="yuv420p", interpolation="BICUBIC",
+                                        threads=threads)
+        rgb = self.scaler.reformat(frame, width=w, height=h, format="rgb24", interpolation="BICUBIC",
+                                   threads=threads).to_ndarray()
+        upright = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb, self.geometry.turns)), format="rgb24")
+        return self.turner.reformat(upright, format="yuv420p", threads=threads)
 
     def add_video(self, frame: av.VideoFrame, pts: int, time: float, end: float) -> None:
         if self.first_pts is None:
@@ -124,12 +223,25 @@ class _ClipEncoder:
         self.last_end = end  # a dropped frame still belongs to the span the clip covers
         if self.fps and (pts - self.first_pts) * self.time_base * self.fps < self.frames:
             return  # the slot of the next kept frame (frames / fps seconds in) is not reached yet
-        out = self.scaler.reformat(frame, width=self.size[0], height=self.size[1], format="yuv420p",
-                                   interpolation="BICUBIC", threads=self.threads)
+        out = self._scale(frame)
         out.pts, out.time_base = pts - self.first_pts, self.stream.codec_context.time_base
+        self.frames += 1
+        if self.held is not None:
+            self.held.append(out)
+            if time - self.first_time >= 8 * self.cfg.keyframe_interval:  # the spacing is the interval now
+                self._release(time - self.first_time)
+            return
+        self._encode(out)
+
+    def _release(self, duration: float) -> None:
+        self._set_gop(duration)
+        held, self.held = self.held or [], None
+        for out in held:
+            self._encode(out)
+
+    def _encode(self, out: av.VideoFrame | None) -> None:
         for packet in self.stream.encode(out):
             self.container.mux(packet)
-        self.frames += 1
 
     def add_audio(self, frame: av.AudioFrame) -> None:
         if self.audio is None or self.first_pts is None:  # audio starts with the clip's first picture
@@ -139,14 +251,22 @@ class _ClipEncoder:
             self.container.mux(packet)
 
     def close(self) -> ExtractedClip | None:
-        for stream in (self.stream, self.audio):
-            if stream is not None and self.frames:
-                for packet in stream.encode():
+        if self.held is not None:
+            self._release(self.last_end - self.first_time)
+        if self.frames:
+            self._encode(None)
+            if self.audio is not None:
+                for packet in self.audio.encode():
                     self.container.mux(packet)
         self.container.close()
         if not self.frames:
             return None
         return ExtractedClip(self.buf.getvalue(), self.first_time, self.last_end, self.frames, *self.size)
+
+    def discard(self) -> None:
+        """Drop the clip (a scene the filters did not keep) without finishing its encode."""
+        self.held = None
+        self.buf = io.BytesIO()
 
 
 def _reencode(path: str | os.PathLike, spans: Sequence[tuple[float, float]],
@@ -155,53 +275,44 @@ def _reencode(path: str | os.PathLike, spans: Sequence[tuple[float, float]],
     if not spans:
         return results
     with av.open(str(path)) as container:
-        vstream = container.streams.video[0]
-        vstream.thread_count = cfg.threads
+        vstream = open_video(container, str(path), cfg.threads)
         astream = container.streams.audio[0] if cfg.audio and container.streams.audio else None
-        streams = [s for s in (vstream, astream) if s is not None]
         tb = Fraction(vstream.time_base)
         zero = stream_start(vstream)
         nominal = round(1 / (float(vstream.average_rate or vstream.guessed_rate or 25) * tb))
-        size = output_size(vstream.codec_context.width, vstream.codec_context.height, cfg.short_side)
         # compare integer pts (relative to the first frame), never float seconds: span ends taken from
         # a scan must fall exactly on the frame that starts the next scene
         bounds = [(round(s / tb), round(e / tb)) for s, e in spans]
         pending = deque(sorted(range(len(spans)), key=lambda i: bounds[i][0]))
         active: dict[int, _ClipEncoder] = {}
-
-        def decode_from(target: int) -> int | None:
-            """Decode from a seek before ``target``; return the next seek target, or None when done."""
-            container.seek(zero + max(0, target - round(1 / tb)), stream=vstream, backward=True)
-            for packet in container.demux(*streams):
-                for frame in packet.decode():
-                    if frame.pts is None:
-                        continue
-                    if isinstance(frame, av.AudioFrame):
-                        p = round((frame.pts - (astream.start_time or 0)) * Fraction(frame.time_base) / tb)
-                        for i, enc in active.items():
-                            if bounds[i][0] <= p < bounds[i][1]:
-                                enc.add_audio(frame)
-                        continue
-                    p = frame.pts - zero
-                    for i in [i for i in active if p >= bounds[i][1]]:
-                        enc = active.pop(i)
-                        enc.last_end = float(p * tb)  # a clip ends where the next frame begins (VFR-exact)
-                        results[i] = enc.close()
-                    while pending and bounds[pending[0]][0] <= p:
-                        i = pending.popleft()
-                        if p < bounds[i][1]:
-                            active[i] = _ClipEncoder(vstream, size, spans[i][1] - spans[i][0], cfg, astream)
-                    for enc in active.values():
-                        enc.add_video(frame, p, float(p * tb), float((p + (frame.duration or nominal)) * tb))
-                    if not active and not pending:
-                        return None
-                    if not active and (bounds[pending[0]][0] - p) * tb > SEEK_GAP:
-                        return bounds[pending[0]][0]
-            return None  # end of file
-
-        target = bounds[pending[0]][0]
-        while target is not None:
-            target = decode_from(target)
+        geometry: ClipGeometry | None = None
+        reader = ForwardReader(container, vstream, astream)
+        reader.skip_to(zero + bounds[pending[0]][0])
+        for frame in reader:
+            if frame.pts is None:
+                continue
+            if isinstance(frame, av.AudioFrame):
+                p = round((frame.pts - (astream.start_time or 0)) * Fraction(frame.time_base) / tb)
+                for i, enc in active.items():
+                    if bounds[i][0] <= p < bounds[i][1]:
+                        enc.add_audio(frame)
+                continue
+            p = frame.pts - zero
+            for i in [i for i in active if p >= bounds[i][1]]:
+                enc = active.pop(i)
+                enc.last_end = float(p * tb)  # a clip ends where the next frame begins (VFR-exact)
+                results[i] = enc.close()
+            while pending and bounds[pending[0]][0] <= p:
+                i = pending.popleft()
+                if p < bounds[i][1]:
+                    geometry = geometry or ClipGeometry.of(vstream, frame, cfg.short_side)
+                    active[i] = _ClipEncoder(vstream, geometry, spans[i][1] - spans[i][0], cfg, astream)
+            for enc in active.values():
+                enc.add_video(frame, p, float(p * tb), float((p + (frame.duration or nominal)) * tb))
+            if not active:
+                if not pending:
+                    break
+                reader.skip_to(zero + bounds[pending[0]][0])
         for i, enc in active.items():
             results[i] = enc.close()
     return results

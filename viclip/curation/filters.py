@@ -83,35 +83,46 @@ def motion_reason(mean: float, std: float, cfg: FilterConfig) -> str:
     return ""
 
 
-def split_scene(scan: VideoScan, first: int, stop: int, max_clip: float) -> list[tuple[int, int]]:
-    """Cut frames ``[first, stop)`` into the fewest equal-duration parts no longer than ``max_clip``."""
-    start, end = scan.span_time(first, stop)
+def split_scene(times: np.ndarray, end: float, max_clip: float) -> list[tuple[int, int]]:
+    """Cut a scene (its frame ``times`` and end) into the fewest equal-duration parts no longer than
+    ``max_clip``, as ``[first, stop)`` ranges of its frames."""
+    start = float(times[0])
     parts = int(np.ceil((end - start) / max_clip - 1e-9))
     if parts <= 1:
-        return [(first, stop)]
+        return [(0, len(times))]
     targets = start + (end - start) * np.arange(1, parts) / parts
-    bounds = [first, *np.searchsorted(scan.times[first:stop], targets).astype(int) + first, stop]
+    bounds = [0, *np.searchsorted(times, targets).astype(int), len(times)]
     return [(a, b) for a, b in pairwise(bounds) if b > a]
+
+
+def scene_clips(first: int, times: np.ndarray, diffs: np.ndarray, end: float, cfg: FilterConfig) -> list[ClipSpan]:
+    """The candidate clips of one scene (long ones split when configured) with motion and drop reason.
+
+    The scene is frames ``first, first + 1, ...`` with their ``times`` and ``diffs``; it ends at
+    ``end`` (where the next scene starts). Only this scene's frames are needed, so a streaming
+    splitter can decide a scene's clips as soon as the scene is over.
+    """
+    pieces = [(0, len(times))]
+    if end - float(times[0]) > cfg.max_clip and cfg.long_clips == "split":
+        pieces = split_scene(times, end, cfg.max_clip)
+    clips = []
+    for a, b in pieces:
+        s, e = float(times[a]), float(times[b]) if b < len(times) else end
+        # a split part starts mid-scene, so its first difference is ordinary motion: keep it
+        mean, std = motion_stats(diffs[a:b] if a == 0 else np.r_[0.0, diffs[a:b]])
+        clip = ClipSpan(first + a, first + b, s, e, mean, std)
+        if e - s < cfg.min_clip:
+            clip.reason = "too_short"
+        elif e - s > cfg.max_clip:
+            clip.reason = "too_long"
+        else:
+            clip.reason = motion_reason(mean, std, cfg)
+        clips.append(clip)
+    return clips
 
 
 def candidate_clips(scan: VideoScan, cfg: FilterConfig) -> list[ClipSpan]:
     """Every scene of ``scan`` (long ones split when configured) with its motion and drop reason."""
-    clips = []
-    for first, stop in scan.scenes():
-        start, end = scan.span_time(first, stop)
-        pieces = [(first, stop)]
-        if end - start > cfg.max_clip and cfg.long_clips == "split":
-            pieces = split_scene(scan, first, stop, cfg.max_clip)
-        for a, b in pieces:
-            s, e = scan.span_time(a, b)
-            # a split part starts mid-scene, so its first difference is ordinary motion: keep it
-            mean, std = motion_stats(scan.diffs[a:b] if a == first else np.r_[0.0, scan.diffs[a:b]])
-            clip = ClipSpan(a, b, s, e, mean, std)
-            if e - s < cfg.min_clip:
-                clip.reason = "too_short"
-            elif e - s > cfg.max_clip:
-                clip.reason = "too_long"
-            else:
-                clip.reason = motion_reason(mean, std, cfg)
-            clips.append(clip)
-    return clips
+    return [clip for first, stop in scan.scenes()
+            for clip in scene_clips(first, scan.times[first:stop], scan.diffs[first:stop],
+                                    scan.span_time(first, stop)[1], cfg)]

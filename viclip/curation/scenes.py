@@ -33,8 +33,11 @@ class SceneConfig:
     matches PySceneDetect's own automatic downscale for landscape video, so the cuts are the same.
     ``min_scene_len`` (seconds) is also the window in which bursts of cuts (flashes, strobing) merge
     into one scene, which the motion filter then sees as one extreme-dynamics clip. ``skip_deblock``
-    decodes without the H.264/HEVC loop filter (about 20 % faster); detection at 256 px does not see
-    the difference (``bench/curation.py`` checks that the cuts match PySceneDetect's).
+    decodes without the H.264/HEVC loop filter (7-20 % less decoding CPU); detection at 256 px does
+    not see the difference (``bench/curation.py`` checks that the cuts match PySceneDetect's). The
+    one-pass splitter encodes clips from the same frames: from a 720p crf-23 source to short side 256
+    that moved PSNR against the pristine frames by under 0.1 dB; turn it off (``--no-skip-deblock``)
+    for clips kept near the source's size, e.g. viewing-quality ones.
     """
 
     threshold: float = 27.0
@@ -101,58 +104,106 @@ def frame_pts(frame: av.VideoFrame, previous: int | None, step: int) -> int:
     return 0 if previous is None else previous + step
 
 
+class SceneScanner:
+    """Scene cuts, frame times and frame differences of a video stream, fed one decoded frame at a time.
+
+    :func:`scan_video` drives it over a whole file; the one-pass splitter drives it too, encoding
+    the frames it is fed into clips, so both find the same cuts.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream, cfg: SceneConfig, name: str) -> None:
+        self.name = name
+        self.time_base = Fraction(stream.time_base)
+        self.rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
+        self.step = max(1, round(1 / (self.rate * self.time_base)))  # nominal frame duration in pts
+        self.start = stream_start(stream)
+        self.detector = ContentDetector(threshold=cfg.threshold, min_scene_len=float(cfg.min_scene_len))
+        self.scaler = VideoReformatter()  # one scaler for the whole video: a per-frame one rebuilds its context
+        self.size = (0, 0)
+        self.width = self.height = 0
+        self.pts: list[int] = []  # relative to ``start``
+        self.diffs: list[float] = []
+        self.cut_pts: list[int] = []
+        self.last_duration = 0
+        self._prev_luma: np.ndarray | None = None
+        self._tc: FrameTimecode | None = None
+        self._detect_size = cfg.detect_size
+        self._threads = cfg.threads  # swscale's own threads cost 4x the CPU of one at this size
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    def frame_time(self, i: int) -> float:
+        return self.pts[i] * float(self.time_base)
+
+    def add(self, frame: av.VideoFrame) -> list[int]:
+        """Scan the next frame (presentation order); return the indices of the cuts found by it.
+
+        A cut may start at an earlier frame than this one (PySceneDetect merges bursts of cuts
+        within ``min_scene_len``), but never at one more than ``min_scene_len`` seconds earlier.
+        """
+        previous = self.start + self.pts[-1] if self.pts else None
+        pts = frame_pts(frame, previous, self.step)
+        if not self.pts:
+            self.width, self.height = frame.width, frame.height
+            self.size = detect_dims(frame.width, frame.height, self._detect_size)
+        w, h = self.size
+        small = self.scaler.reformat(frame, width=w, height=h, format="yuv420p", interpolation="FAST_BILINEAR",
+                                     threads=self._threads).to_ndarray()
+        luma = small[:h]
+        self.diffs.append(0.0 if self._prev_luma is None else float(cv2.absdiff(luma, self._prev_luma).mean()))
+        self._prev_luma = luma
+        self.pts.append(pts - self.start)
+        self.last_duration = frame.duration or self.step
+        self._tc = FrameTimecode(Timecode(pts=pts - self.start, time_base=self.time_base), fps=self.rate)
+        bgr = cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
+        return self._cuts(self.detector.process_frame(self._tc, bgr))
+
+    def _cuts(self, timecodes: list[FrameTimecode]) -> list[int]:
+        found = []
+        for tc in timecodes:
+            self.cut_pts.append(tc.pts)
+            i = int(np.searchsorted(self.pts, tc.pts))
+            if 0 < i < len(self.pts):
+                found.append(i)
+        return found
+
+    def finish(self) -> VideoScan:
+        """The scan of every frame fed so far (cuts the detector holds back until the end included)."""
+        if self._tc is None:
+            raise SourceError("undecodable", f"{self.name}: no decodable video frames")
+        self._cuts(self.detector.post_process(self._tc))
+        pts_arr = np.asarray(self.pts, dtype=np.int64)
+        if np.any(np.diff(pts_arr) <= 0):  # decoders emit presentation order; anything else is broken
+            raise SourceError("bad_timestamps", f"{self.name}: frame timestamps are not increasing")
+        cuts = sorted({int(np.searchsorted(pts_arr, p)) for p in self.cut_pts} - {0, len(pts_arr)})
+        end = float((pts_arr[-1] + self.last_duration) * self.time_base)
+        return VideoScan(times=pts_arr * float(self.time_base), diffs=np.asarray(self.diffs, dtype=np.float32),
+                         cuts=cuts, end=end, width=self.width, height=self.height)
+
+
+def open_video(container: av.container.InputContainer, name: str, threads: int,
+               skip_deblock: bool = False) -> av.video.stream.VideoStream:
+    """The first video stream of an open container, set up for decoding with ``threads`` threads."""
+    if not container.streams.video:
+        raise SourceError("no_video_stream", f"{name}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_count = threads
+    if skip_deblock:
+        stream.codec_context.options = {"skip_loop_filter": "all"}
+    return stream
+
+
 def scan_video(path: str | os.PathLike, cfg: SceneConfig = SceneConfig()) -> VideoScan:
     """Decode ``path`` once: frame times, frame differences and ContentDetector cuts.
 
-    Raises whatever PyAV raises for an unreadable file; callers turn that into a failed row.
+    Raises :class:`SourceError` or whatever PyAV raises for an unreadable file; callers turn that
+    into a failed row.
     """
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise SourceError("no_video_stream", f"{path}: no video stream")
-        stream = container.streams.video[0]
-        stream.thread_count = cfg.threads
-        if cfg.skip_deblock:
-            stream.codec_context.options = {"skip_loop_filter": "all"}
-        time_base = Fraction(stream.time_base)
-        rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
-        step = max(1, round(1 / (rate * time_base)))
-        start = stream_start(stream)
-        detector = ContentDetector(threshold=cfg.threshold, min_scene_len=float(cfg.min_scene_len))
-        scaler = VideoReformatter()  # one scaler for the whole video: a per-frame one rebuilds its context
-
-        pts_list: list[int] = []
-        diffs: list[float] = []
-        cut_pts: list[int] = []
-        size = None
-        width = height = 0
-        prev_pts = None
-        prev_luma = None
-        last_duration = 0
-        tc = None
+        stream = open_video(container, str(path), cfg.threads, cfg.skip_deblock)
+        scanner = SceneScanner(stream, cfg, str(path))
         for frame in container.decode(stream):
-            pts = prev_pts = frame_pts(frame, prev_pts, step)
-            if size is None:
-                width, height = frame.width, frame.height
-                size = detect_dims(width, height, cfg.detect_size)
-            small = scaler.reformat(frame, width=size[0], height=size[1], format="yuv420p",
-                                    interpolation="FAST_BILINEAR").to_ndarray()
-            luma = small[: size[1]]
-            diffs.append(0.0 if prev_luma is None else float(cv2.absdiff(luma, prev_luma).mean()))
-            prev_luma = luma
-            pts_list.append(pts - start)
-            last_duration = frame.duration or step
-            tc = FrameTimecode(Timecode(pts=pts - start, time_base=time_base), fps=rate)
-            bgr = cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
-            cut_pts.extend(c.pts for c in detector.process_frame(tc, bgr))
-        if tc is None:
-            raise SourceError("undecodable", f"{path}: no decodable video frames")
-        cut_pts.extend(c.pts for c in detector.post_process(tc))
-
-    pts_arr = np.asarray(pts_list, dtype=np.int64)
-    if np.any(np.diff(pts_arr) <= 0):  # decoders emit presentation order; anything else is broken
-        raise SourceError("bad_timestamps", f"{path}: frame timestamps are not increasing")
-    cuts = sorted({int(np.searchsorted(pts_arr, p)) for p in cut_pts} - {0, len(pts_arr)})
-    times = pts_arr * float(time_base)
-    end = float((pts_arr[-1] + last_duration) * time_base)
-    return VideoScan(times=times, diffs=np.asarray(diffs, dtype=np.float32), cuts=cuts, end=end,
-                     width=width, height=height)
+            scanner.add(frame)
+    return scanner.finish()
