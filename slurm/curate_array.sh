@@ -11,6 +11,10 @@
 # refuses a mismatch. Rerunning or requeueing is safe: finished shards are skipped, unfinished ones
 # redone, so resubmitting the same array after a failure or preemption completes the stage. The
 # last task to finish writes OUT/sizes.json.
+# A video that hangs past its time budget (--budget-base, default 120 s, plus --budget-factor, default 4,
+# times its duration) or crashes its worker becomes a failed row ('timeout' / 'crashed'); the budget is
+# not recorded, so a rerun may change it. Resubmitting with --retry-failed redoes the failed videos of
+# finished shards (after fixing the cause) and rewrites those shards without duplicating a clip.
 #
 # Environment variables:
 #   OUT          stage output directory (tars, parquet tables, stats files)          [required]

@@ -7,6 +7,7 @@
 
 Clips keep the released caption and scores (Aesthetic_Score -> aesthetic, UMT_Score -> clip_text_sim).
 YouTube URLs need the optional extra: pip install 'viclip[fetch]'.
+Failed sources (see the 'reason' column) can be redone later by rerunning with --retry-failed.
 """
 
 import argparse

@@ -4,7 +4,10 @@
     python tools/split_scenes.py --videos /data/raw --out /data/clips --workers 16
     python tools/split_scenes.py --list sources.txt --out /data/clips --task 3 --num-tasks 100
 
-Rerunning the same command resumes: finished shards are skipped, unfinished ones redone.
+Rerunning the same command resumes: finished shards are skipped, unfinished ones redone. A video that
+hangs past its time budget (--budget-base + --budget-factor x its duration) or crashes its worker
+becomes a failed row (reason 'timeout' / 'crashed') and the run goes on; add --retry-failed to a
+rerun to redo the failed videos of finished shards.
 """
 
 import argparse

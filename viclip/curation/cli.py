@@ -14,6 +14,7 @@ from typing import Any
 from viclip.curation.clips import CurationConfig
 from viclip.curation.extract import ExtractConfig
 from viclip.curation.filters import LONG_CLIP_POLICIES, FilterConfig
+from viclip.curation.pool import TimeBudget
 from viclip.curation.scenes import SceneConfig
 
 
@@ -49,12 +50,22 @@ def add_curation_args(parser: argparse.ArgumentParser, scenes: bool = True) -> N
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """Output directory, sharding of the sources, SLURM array position and pool size."""
+    """Output directory, sharding of the sources, SLURM array position, workers and their time budget."""
     parser.add_argument("--out", required=True, help="stage output directory (tars, parquet tables, stats)")
     parser.add_argument("--videos-per-shard", type=int, default=100)
     parser.add_argument("--task", type=int, default=0, help="array task index (e.g. $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--num-tasks", type=int, default=1, help="array size (e.g. $SLURM_ARRAY_TASK_COUNT)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes; 0 runs in-process")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes, one video each; 0 runs in-process for debugging "
+                             "(no time budget, and a crash or hang stops the run)")
+    parser.add_argument("--budget-base", type=float, default=TimeBudget.base,
+                        help="a video's time budget: this many seconds (its fetch and open included) ... "
+                             "(default %(default)s)")
+    parser.add_argument("--budget-factor", type=float, default=TimeBudget.factor,
+                        help="... plus this many per second of source duration; a video over budget has its "
+                             "worker killed and fails with reason 'timeout' (default %(default)s)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also redo the failed videos of this task's finished shards and rewrite them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines per shard only)")
 
 
@@ -69,4 +80,6 @@ def config_from_args(args: argparse.Namespace) -> CurationConfig:
 
 def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"out_dir": args.out, "videos_per_shard": args.videos_per_shard, "task": args.task,
-            "num_tasks": args.num_tasks, "workers": args.workers, "progress": not args.no_progress}
+            "num_tasks": args.num_tasks, "workers": args.workers,
+            "budget": TimeBudget(args.budget_base, args.budget_factor), "retry_failed": args.retry_failed,
+            "progress": not args.no_progress}

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from viclip.curation.errors import SourceError
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv", ".3gp")
 # released score names -> clip table columns (the paper's aesthetic score and UMT clip-caption similarity)
 SCORE_FIELDS = {"Aesthetic_Score": "aesthetic", "UMT_Score": "clip_text_sim"}
@@ -163,11 +165,27 @@ def _download_youtube(url: str, directory: str, fmt: str) -> str:
         return ydl.prepare_filename(info)
 
 
+def _fetch(uri: str, directory: str, ytdlp_format: str) -> str:
+    """Copy a remote source into ``directory``: yt-dlp for YouTube, fsspec for any other URL."""
+    if is_youtube(uri):
+        return _download_youtube(uri, directory, ytdlp_format)
+    import fsspec
+
+    local = os.path.join(directory, "source" + (Path(urlparse(uri).path).suffix or ".mp4"))
+    with fsspec.open(uri, "rb") as src, open(local, "wb") as dst:
+        while chunk := src.read(1 << 22):
+            dst.write(chunk)
+    return local
+
+
 @contextlib.contextmanager
 def localize(uri: str, ytdlp_format: str = "bv*[height<=720][ext=mp4]/b[height<=720]") -> Iterator[str]:
     """A local path for ``uri``, fetched once into a temporary directory removed afterwards when remote.
 
     The default yt-dlp format caps height at 720 as the paper does and needs no ffmpeg for merging.
+    A source that does not exist raises FileNotFoundError; any other failure of the fetch (network,
+    an unavailable video) raises :class:`SourceError` ``download_failed``; a missing extra stays an
+    ImportError (a setup problem, not the source's).
     """
     if not uri:
         raise FileNotFoundError("no source URI for this video id")
@@ -179,13 +197,10 @@ def localize(uri: str, ytdlp_format: str = "bv*[height<=720][ext=mp4]/b[height<=
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="viclip-src-") as tmp:
-        if is_youtube(uri):
-            yield _download_youtube(uri, tmp, ytdlp_format)
-            return
-        import fsspec
-
-        local = os.path.join(tmp, "source" + (Path(parsed.path).suffix or ".mp4"))
-        with fsspec.open(uri, "rb") as src, open(local, "wb") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
-        yield local
+        try:
+            local = _fetch(uri, tmp, ytdlp_format)
+        except (FileNotFoundError, ImportError):
+            raise
+        except Exception as e:  # yt-dlp and the fsspec backends raise many unrelated types
+            raise SourceError("download_failed", f"{uri}: {type(e).__name__}: {e}") from e
+        yield local  # outside the try: a failure while processing the file is not the fetch's

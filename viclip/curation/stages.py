@@ -7,6 +7,10 @@ when complete, so a killed run leaves at most temporary files, which the next ru
 redoes that shard; finished shards are skipped. Shards are fixed slices of the source list (the list
 and the config are recorded in ``config.json`` and checked on every rerun), so SLURM array task
 ``i`` of ``N`` takes shards ``s`` with ``s % N == i`` and any mix of reruns yields each clip once.
+
+Videos run in supervised workers (:mod:`viclip.curation.pool`): a video that hangs or kills its
+worker becomes a ``timeout`` or ``crashed`` row and the shard goes on. ``retry_failed`` reruns the
+failed videos of finished shards and rewrites those shards the same way, file by file.
 """
 
 from __future__ import annotations
@@ -17,19 +21,19 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from viclip.curation.clips import CurationConfig, VideoResult, process_source
+from viclip.curation.clips import CurationConfig, VideoResult
+from viclip.curation.pool import TimeBudget, process_sources
 from viclip.curation.sources import Source
 from viclip.curation.table import STATS_SUFFIX, rows_to_table, write_table
 from viclip.data.shards import SIZES_FILE, ShardWriter
@@ -97,27 +101,76 @@ class StageSummary:
     shards: int = 0            # shards owned by this task
     skipped: int = 0           # already done before this run
     done: int = 0              # finished by this run
-    videos: int = 0
+    retried: int = 0           # finished before, rewritten by this run with their failed videos redone
+    videos: int = 0            # processed by this run
     failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
     kept: int = 0
     seconds: float = 0.0
 
 
-class _ShardState:
-    """Collects one shard's results in source order and writes its outputs when complete."""
+def _reasons_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "-"
 
-    def __init__(self, out_dir: Path, shard: int, num_videos: int) -> None:
-        self.out_dir, self.shard, self.remaining = out_dir, shard, num_videos
+
+@dataclass
+class _Finished:
+    """A finished shard to retry: its table's rows and stats, and the sources of its failed rows (in order)."""
+
+    rows: list[dict]
+    stats: dict
+    sources: list[Source]
+
+
+class _ShardState:
+    """Collects one shard's results in source order and writes its outputs when complete.
+
+    A retry (``finished``) rebuilds a done shard: the clips its table's kept rows reference are
+    copied from its tar first, under the same keys (``0..k-1``), the retried sources' clips follow,
+    and each retried source's rows take its failed row's place. Building from the table, not from
+    the tar's members, is what makes a retry killed after renaming the new tar give the same result
+    when run again: the table still names only the clips it had.
+    """
+
+    def __init__(self, out_dir: Path, shard: int, num_videos: int, finished: _Finished | None = None) -> None:
+        self.out_dir, self.shard, self.remaining, self.finished = out_dir, shard, num_videos, finished
         self.work = out_dir / WORK_DIR / shard_name(shard)
         shutil.rmtree(self.work, ignore_errors=True)  # leftovers of a killed run
         for leftover in out_dir.glob(f".{shard_name(shard)}.*.tmp*"):  # half-written table or stats
             leftover.unlink(missing_ok=True)
         self.writer = ShardWriter(self.work, max_samples=MAX_CLIPS_PER_SHARD + 1, max_bytes=1 << 62,
                                   start_shard=shard)
-        self.rows: list[dict] = []
+        self.results: list[list[dict]] = []  # rows of each source, in source order
         self.kept = 0
         self.seconds = self.cpu_seconds = 0.0
         self.tar = f"{shard_name(shard)}.tar"
+        if finished is not None:
+            self.seconds, self.cpu_seconds = finished.stats["video_seconds"], finished.stats["cpu_seconds"]
+            self._copy_kept(finished.rows)
+
+    def _copy_kept(self, rows: list[dict]) -> None:
+        """Copy the clips of the kept rows from the shard's tar, in key order, so their keys stay the same."""
+        wanted = {r["clip_key"] for r in rows if r["status"] == "kept"}
+        if not wanted:
+            return
+        path, sample = self.out_dir / self.tar, {}
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if key not in wanted:
+                    continue
+                sample[ext] = tar.extractfile(member).read()
+                if len(sample) < 3:  # ShardWriter writes a sample's mp4, txt and json together
+                    continue
+                meta = json.loads(sample["json"])
+                caption = meta.pop("caption")
+                if self.writer.write(sample["mp4"], caption, meta) != key:
+                    raise ValueError(f"{path}: clip keys of the kept rows are not 0..{len(wanted) - 1}")
+                sample.clear()
+                self.kept += 1
+        if self.kept != len(wanted):
+            raise ValueError(f"{path} lacks {len(wanted) - self.kept} of the {len(wanted)} clips that "
+                             f"{shard_name(self.shard)}.parquet keeps")
 
     def add(self, result: VideoResult) -> None:
         clips = iter(result.clips)
@@ -131,26 +184,35 @@ class _ShardState:
                 meta = {k: v for k, v in row.items() if v is not None and k != "caption"}
                 row["clip_key"] = self.writer.write(next(clips), row.get("caption") or "", meta)
                 self.kept += 1
-            self.rows.append(row)
+        self.results.append(result.rows)
         self.remaining -= 1
         self.seconds += result.seconds
         self.cpu_seconds += result.cpu_seconds
 
     def finish(self) -> dict:
         self.writer.close()
-        kept = [r for r in self.rows if r["status"] == "kept"]
+        if self.finished is None:
+            rows = [r for rows in self.results for r in rows]
+        else:
+            retried = iter(self.results)
+            rows = [r for old in self.finished.rows
+                    for r in (next(retried) if old["status"] == "failed" else [old])]
+        kept = [r for r in rows if r["status"] == "kept"]
         if kept:  # ShardWriter opens no tar for a shard without clips
             os.replace(self.work / self.tar, self.out_dir / self.tar)
-        write_table(rows_to_table(self.rows), self.out_dir / f"{shard_name(self.shard)}.parquet")
-        videos = {r["video_id"] for r in self.rows}
+        else:  # a retry killed after renaming its tar may have left one that the table does not name
+            (self.out_dir / self.tar).unlink(missing_ok=True)
+        write_table(rows_to_table(rows), self.out_dir / f"{shard_name(self.shard)}.parquet")
+        failed = [r for r in rows if r["status"] == "failed"]
         stats = {
             "shard": self.shard,
-            "videos": len(videos),
-            "failed": sum(r["status"] == "failed" for r in self.rows),
-            "clips": sum(r["status"] != "failed" for r in self.rows),
+            "videos": len({r["video_id"] for r in rows}),
+            "failed": len(failed),
+            "failed_by_reason": dict(Counter(r["reason"] for r in failed)),
+            "clips": len(rows) - len(failed),
             "kept": len(kept),
-            "dropped": dict(Counter(r["reason"] for r in self.rows if r["status"] == "dropped")),
-            "source_seconds": sum({r["video_id"]: r.get("source_duration") or 0.0 for r in self.rows}.values()),
+            "dropped": dict(Counter(r["reason"] for r in rows if r["status"] == "dropped")),
+            "source_seconds": sum({r["video_id"]: r.get("source_duration") or 0.0 for r in rows}.values()),
             "kept_seconds": sum(r["duration"] for r in kept),
             "tar": self.tar if kept else None,
             "video_seconds": self.seconds,
@@ -163,10 +225,19 @@ class _ShardState:
         return stats
 
 
-def _init_worker() -> None:
-    import cv2
+def _to_retry(out_dir: Path, shard: int, sources: Sequence[Source]) -> _Finished | None:
+    """A finished shard's failed sources to redo; None when it has none and its stats agree.
 
-    cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only contend
+    No failed rows but stats that count some mean a retry was killed between writing the table and
+    the stats: such a shard is rebuilt with nothing to redo.
+    """
+    rows = pq.read_table(out_dir / f"{shard_name(shard)}.parquet").to_pylist()
+    stats = json.loads(stats_path(out_dir, shard).read_text())
+    failed = [r for r in rows if r["status"] == "failed"]
+    if not failed and stats["failed"] == 0:
+        return None
+    by_id = {(s.video_id, s.uri): s for s in sources}
+    return _Finished(rows, stats, [by_id[r["video_id"], r["source"]] for r in failed])
 
 
 def write_sizes_if_complete(out_dir: Path, num_shards: int) -> bool:
@@ -177,14 +248,23 @@ def write_sizes_if_complete(out_dir: Path, num_shards: int) -> bool:
         if not p.exists():
             return False
         stats.append(json.loads(p.read_text()))
-    _atomic_json(out_dir / SIZES_FILE, {st["tar"]: st["kept"] for st in stats if st["tar"]})
+    sizes, path = {st["tar"]: st["kept"] for st in stats if st["tar"]}, out_dir / SIZES_FILE
+    if not path.exists() or json.loads(path.read_text()) != sizes:  # a rerun that changed nothing writes nothing
+        _atomic_json(path, sizes)
     return True
 
 
 def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: CurationConfig | None = None,
               videos_per_shard: int = 100, task: int = 0, num_tasks: int = 1, workers: int = 1,
+              budget: TimeBudget | None = None, retry_failed: bool = False,
               progress: bool = True) -> StageSummary:
-    """Process the shards this task owns that are not done yet; ``workers=0`` runs in this process."""
+    """Process the shards this task owns that are not done yet.
+
+    Each video runs in one of ``workers`` supervised processes within its time ``budget`` (default
+    :class:`TimeBudget`; like ``threads`` it is not recorded, so reruns may change it). ``workers=0``
+    runs in this process, for debugging: no time budget and no crash isolation. ``retry_failed``
+    also redoes the failed videos of this task's finished shards and rewrites those shards.
+    """
     cfg = cfg or CurationConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,65 +276,61 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
                            "num_sources": len(sources), "sources_sha256": _sources_digest(sources)})
     mine = task_shards(len(shards), task, num_tasks)
     pending = [s for s in mine if not stats_path(out_dir, s).exists()]
-    for s in set(mine) - set(pending):  # a kill between marking a shard done and removing its work dir
+    finished = [s for s in mine if s not in pending]
+    for s in finished:  # a kill between marking a shard done and removing its work dir
         shutil.rmtree(out_dir / WORK_DIR / shard_name(s), ignore_errors=True)
-    summary = StageSummary(shards=len(mine), skipped=len(mine) - len(pending))
-    jobs = [(s, src) for s in pending for src in shards[s]]
-    work = partial(process_source, cfg=cfg)
+    retry = {s: f for s in finished if retry_failed and (f := _to_retry(out_dir, s, shards[s])) is not None}
+    summary = StageSummary(shards=len(mine), skipped=len(finished) - len(retry))
+    todo = {s: retry[s].sources if s in retry else shards[s] for s in sorted([*pending, *retry])}
+    jobs = [(s, src) for s, srcs in todo.items() for src in srcs]
     started = time.time()
     bar = tqdm(total=len(jobs), unit="video", disable=not progress, smoothing=0.1,
-               desc=f"task {task}/{num_tasks}: {len(pending)} shards ({summary.skipped} done before)")
+               desc=f"task {task}/{num_tasks}: {len(pending)} shards, {len(retry)} to retry "
+                    f"({summary.skipped} done before)")
+    states: dict[int, _ShardState] = {}
 
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 0 else None
+    def finish(shard: int) -> None:
+        stats = states.pop(shard).finish()
+        if shard in retry:
+            summary.retried += 1
+        else:
+            summary.done += 1
+        bar.write(f"shard {shard_name(shard)} {'retried' if shard in retry else 'done'}: {stats['videos']} "
+                  f"videos, {stats['kept']} clips kept, {stats['failed']} failed "
+                  f"({_reasons_text(stats['failed_by_reason'])}), dropped {stats['dropped']}, "
+                  f"{stats['cpu_seconds']:.1f} CPU s")
+
+    results = process_sources([src for _, src in jobs], cfg, workers, budget)
     try:
-        states: dict[int, _ShardState] = {}
-        for shard, result in _ordered_results(jobs, work, pool, window=max(2, 2 * workers)):
-            if shard not in states:
-                states[shard] = _ShardState(out_dir, shard, len(shards[shard]))
-            state = states[shard]
-            state.add(result)
-            summary.videos += 1
-            summary.failed += result.failed
-            summary.kept += len(result.clips)
-            elapsed = max(time.time() - started, 1e-9)
-            bar.update(1)
-            bar.set_postfix({"videos/s": f"{summary.videos / elapsed:.2f}",
-                             "clips/s": f"{summary.kept / elapsed:.1f}", "failed": summary.failed}, refresh=False)
-            if state.remaining == 0:
-                stats = states.pop(shard).finish()
-                summary.done += 1
-                bar.write(f"shard {shard_name(shard)} done: {stats['videos']} videos, {stats['kept']} clips kept, "
-                          f"{stats['failed']} failed, dropped {stats['dropped']}, {stats['cpu_seconds']:.1f} CPU s")
+        for shard in [s for s, srcs in todo.items() if not srcs]:  # a retry killed before writing its stats
+            states[shard] = _ShardState(out_dir, shard, 0, retry[shard])
+            finish(shard)
+        with contextlib.closing(results):  # stops the workers also when this loop raises
+            for shard, result in zip([s for s, _ in jobs], results):
+                if shard not in states:
+                    states[shard] = _ShardState(out_dir, shard, len(todo[shard]), retry.get(shard))
+                state = states[shard]
+                state.add(result)
+                summary.videos += 1
+                summary.kept += len(result.clips)
+                for row in result.rows:
+                    if row["status"] == "failed":
+                        summary.failed += 1
+                        summary.failed_by_reason[row["reason"]] = summary.failed_by_reason.get(row["reason"], 0) + 1
+                elapsed = max(time.time() - started, 1e-9)
+                bar.update(1)
+                bar.set_postfix({"videos/s": f"{summary.videos / elapsed:.2f}",
+                                 "clips/s": f"{summary.kept / elapsed:.1f}",
+                                 "failed": _reasons_text(summary.failed_by_reason)}, refresh=False)
+                if state.remaining == 0:
+                    finish(shard)
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     summary.seconds = time.time() - started
     with contextlib.suppress(OSError):
         (out_dir / WORK_DIR).rmdir()  # only when no shard of another task is in progress
     write_sizes_if_complete(out_dir, len(shards))
     return summary
-
-
-def _ordered_results(jobs: list[tuple[int, Source]], work, pool: ProcessPoolExecutor | None,
-                     window: int) -> Iterator[tuple[int, VideoResult]]:
-    """Results in job order with at most ``window`` videos in flight (memory stays bounded)."""
-    if pool is None:
-        for shard, src in jobs:
-            yield shard, work(src)
-        return
-    queue: deque[tuple[int, Future]] = deque()
-    it = iter(jobs)
-    for shard, src in it:
-        queue.append((shard, pool.submit(work, src)))
-        if len(queue) >= window:
-            break
-    while queue:
-        shard, fut = queue.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            queue.append((nxt[0], pool.submit(work, nxt[1])))
-        yield shard, fut.result()
 
 
 @dataclass

@@ -69,6 +69,8 @@ def summarize(table: pa.Table) -> dict[str, Any]:
         "candidate_clips": int(table.num_rows - (_status_mask(table, "failed").sum()
                                                  if "status" in table.column_names else 0)),
         "kept_clips": int(kept.sum()),
+        "failed_by_reason": _counts(table.filter(pa.array(_status_mask(table, "failed"))), "reason")
+        if "reason" in table.column_names and "status" in table.column_names else {},
         "dropped": _counts(table.filter(pa.array(_status_mask(table, "dropped"))), "reason")
         if "reason" in table.column_names else {},
     }

@@ -3,8 +3,11 @@
 Every stage shard writes one table with this schema, so tables concatenate and later stages
 (captioning, scoring, subsets, ``make_shards``) add columns or select rows. ``status`` is ``kept``,
 ``dropped`` (``reason`` says why: ``still``, ``dynamic``, ``too_short``, ``too_long``, ``empty``) or
-``failed`` (``error`` holds the exception; the row stands for the whole video). Kept clips live in
-the shard's tar under ``clip_tar``/``clip_key``.
+``failed``: the row stands for the whole video, ``reason`` is one of
+:data:`viclip.curation.errors.FAILURE_REASONS` (``missing``, ``download_failed``, ``no_video_stream``,
+``undecodable``, ``bad_timestamps``, ``timeout``, ``crashed``, ``error``) and ``error`` holds the
+message; ``--retry-failed`` redoes such videos. Kept clips live in the shard's tar under
+``clip_tar``/``clip_key``.
 """
 
 from __future__ import annotations
