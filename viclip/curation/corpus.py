@@ -122,19 +122,22 @@ def scene_frames(scene: int, first: int, n: int, width: int, height: int) -> np.
     The pan moves 1 pixel per frame, slower in frames narrower than 64 pixels, so that even a
     2-pixel-wide frame changes smoothly instead of looking like a cut.
     """
-    speed = min(1.0, width / 64)
-    pan = pan_frames(n, width, height, speed=speed, seed=scene).astype(np.float32)
-    tinted = (pan * np.asarray(TINTS[scene % len(TINTS)], np.float32)).astype(np.uint8)
-    return stamp_index(tinted, first)
+    frames = pan_frames(n, width, height, speed=min(1.0, width / 64), seed=scene)
+    tint = np.asarray(TINTS[scene % len(TINTS)], np.float32)
+    for frame in frames:  # frame by frame: a float copy of a whole 720p scene would take a gigabyte
+        frame[:] = frame * tint
+    return stamp_index(frames, first)
 
 
-def _scenes(num_frames: int, fps: int, width: int, height: int) -> Iterator[np.ndarray]:
+def _scenes(first: int, stop: int, fps: int, width: int, height: int) -> Iterator[np.ndarray]:
+    """Frames ``[first, stop)`` of the corpus video, one scene (or its part) at a time."""
     per = round(SCENE_SECONDS * fps)
-    for s, first in enumerate(range(0, num_frames, per)):
-        yield scene_frames(s, first, min(per, num_frames - first), width, height)
+    for start in range(first, stop, per):
+        yield scene_frames(start // per, start, min(per, stop - start), width, height)
 
 
 def scene_cuts(num_frames: int, fps: int) -> tuple[int, ...]:
+    """The frames where :func:`_scenes` starts a new scene."""
     return tuple(range(round(SCENE_SECONDS * fps), num_frames, round(SCENE_SECONDS * fps)))
 
 
@@ -219,19 +222,19 @@ def write_corpus(folder: str | Path, width: int = 160, height: int = 90, seconds
     ``width`` and ``height`` (even) set the landscape size; ``seconds`` must exceed
     ``LONG_GOP_SECONDS`` so that the long-GOP video has a keyframe between its cuts.
     """
-    if width % 2 or height % 2 or seconds <= LONG_GOP_SECONDS:
-        raise ValueError(f"write_corpus needs an even size and seconds > {LONG_GOP_SECONDS}, "
-                         f"got {width}x{height}, {seconds} s")
+    if width % 2 or height % 2 or not LONG_GOP_SECONDS < seconds <= (1 << INDEX_BITS) / fps:
+        raise ValueError(f"write_corpus needs an even size and {LONG_GOP_SECONDS} s < seconds <= "
+                         f"{1 << INDEX_BITS} frames, got {width}x{height}, {seconds} s at {fps} fps")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    n = round(seconds * fps)
+    n, per = round(seconds * fps), round(SCENE_SECONDS * fps)
     cfr, cuts, size = np.arange(n) / fps, scene_cuts(n, fps), (width, height)
     cases = []
 
-    def plain(name: str, note: str, options: dict[str, str] | None = None, fmt_name: str = "mp4",
-              coded: tuple[int, int] = size, **kw) -> CorpusCase:
-        path = folder / f"{name}.{fmt_name}"
-        encode(path, _scenes(n, fps, *coded), fps, options=options, **kw)
+    def plain(name: str, note: str, options: dict[str, str] | None = None, coded: tuple[int, int] = size,
+              **kw) -> CorpusCase:
+        path = folder / f"{name}.mp4"
+        encode(path, _scenes(0, n, fps, *coded), fps, options=options, **kw)
         return CorpusCase(name, path, "clips", note, times=cfr, cuts=cuts, coded_size=coded)
 
     keyint = str(round(LONG_GOP_SECONDS * fps))
@@ -243,7 +246,7 @@ def write_corpus(folder: str | Path, width: int = 160, height: int = 90, seconds
     gaps = np.where(np.arange(n - 1) % 3 == 0, 2.5 / fps, 0.5 / fps)  # long then two short gaps
     vfr = np.r_[0.0, np.cumsum(gaps)].round(3)
     path = folder / "vfr.mp4"
-    encode(path, _scenes(n, fps, width, height), fps, times=vfr)
+    encode(path, _scenes(0, n, fps, width, height), fps, times=vfr)
     cases.append(CorpusCase("vfr", path, "clips", "variable frame rate: clip times are presentation times",
                             times=vfr, cuts=cuts, coded_size=size))
 
@@ -273,12 +276,9 @@ def write_corpus(folder: str | Path, width: int = 160, height: int = 90, seconds
     half = cuts[len(cuts) // 2]  # the discontinuity falls on a scene join
     path = folder / "ts_discontinuity.ts"
     parts = []
-    for part_first, part_stop in ((0, half), (half, n)):
+    for first, stop in ((0, half), (half, n)):
         buf = io.BytesIO()
-        per = round(SCENE_SECONDS * fps)
-        scenes = (scene_frames(f // per, f, min(per, part_stop - f), width, height)
-                  for f in range(part_first, part_stop, per))
-        encode(buf, scenes, fps, fmt="mpegts")
+        encode(buf, _scenes(first, stop, fps, width, height), fps, fmt="mpegts")
         parts.append(buf.getvalue())
     path.write_bytes(b"".join(parts))  # `cat a.ts b.ts`: the second part's timestamps restart
     cases.append(CorpusCase("ts_discontinuity", path, "clips",
@@ -307,10 +307,10 @@ def write_corpus(folder: str | Path, width: int = 160, height: int = 90, seconds
                             "than any clip, one row dropped too_short", reasons=("too_short",),
                             times=cfr[:1], coded_size=size))
 
-    per = round(SCENE_SECONDS * fps)
     damaged = (per + per // 3, per + per // 3 + 5)
     zeroed = plain("zeroed", f"middle half of the coded bytes of frames {damaged[0]}-{damaged[1] - 1} "
-                   "zeroed; keyframes at the scene starts, so the damage stays in its scene",
+                   "zeroed; keyframes at the scene starts, so the damage stays in its scene: the scenes "
+                   "before it are kept as exact clips, or the source fails undecodable",
                    {"g": str(per), "x264-params": "scenecut=0"})
     zero_packets(zeroed.path, *damaged, fps)
     cases.append(replace(zeroed, expect="clips_or_failed", reasons=("undecodable",), damaged=(damaged[0], 2 * per)))
