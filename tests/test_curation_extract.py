@@ -9,8 +9,13 @@ import av
 import numpy as np
 import pytest
 
+from viclip.curation import corpus
 from viclip.curation import testvideos as tv
 from viclip.curation.extract import ExtractConfig, extract_clips, output_size
+from viclip.curation.filters import FilterConfig
+from viclip.curation.scenes import SceneConfig
+from viclip.curation.splitter import split_one_pass, split_two_pass
+from viclip.data.video import read_video
 
 FPS = 25
 
@@ -23,10 +28,10 @@ def indexed(tmp_path_factory):
     return path
 
 
-def decode(mp4: bytes) -> tuple[list[int], list[float], list[bool], tuple[int, int]]:
+def decode(mp4: bytes, read=tv.read_index) -> tuple[list[int], list[float], list[bool], tuple[int, int]]:
     with av.open(io.BytesIO(mp4)) as c:
         frames = list(c.decode(video=0))
-        return ([tv.read_index(f.to_ndarray(format="rgb24")) for f in frames], [float(f.time) for f in frames],
+        return ([read(f.to_ndarray(format="rgb24")) for f in frames], [float(f.time) for f in frames],
                 [f.key_frame for f in frames], (frames[0].width, frames[0].height))
 
 
@@ -117,8 +122,8 @@ def test_audio_is_kept_when_asked(tmp_path):
 
 
 def _long_gop_source(path, scene_seconds: float, scenes: int, still: set[int], key_seconds: float) -> None:
-    """Index-stamped scenes that alternate bright and dark borders; keyframes ``key_seconds`` apart
-    whatever the content (x264's scene-cut keyframes off), as many web uploads are encoded."""
+    """Tinted, index-stamped scenes (``corpus.scene_frames``); keyframes ``key_seconds`` apart whatever
+    the content (x264's scene-cut keyframes off), as many web uploads are encoded."""
     n = round(scene_seconds * FPS)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=FPS)
@@ -126,10 +131,9 @@ def _long_gop_source(path, scene_seconds: float, scenes: int, still: set[int], k
         gop = str(round(key_seconds * FPS))
         stream.options = {"crf": "18", "preset": "veryfast", "g": gop, "keyint_min": gop, "sc_threshold": "0"}
         for k in range(scenes):
-            frames = tv.index_frames(n, 192, 96, offset=k * n)
+            frames = corpus.scene_frames(k, k * n, n, 192, 96)
             if k in still:
                 frames[:] = frames[0]
-            frames[:, :24] = frames[:, -24:] = 255 * (k % 2)
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     out.mux(packet)
@@ -147,5 +151,21 @@ def test_cuts_between_far_apart_keyframes_are_extracted_going_forward(tmp_path):
     spans = [(0.0, 3.0), (9.0, 12.0), (12.0, 15.0)]  # 3-9 s skipped: the next clip lies inside the first GOP
     clips = extract_clips(path, spans, ExtractConfig(short_side=96, fps=0))
     for (start, end), clip in zip(spans, clips):
-        assert decode(clip.mp4)[0] == list(range(round(start * FPS), round(end * FPS)))
+        assert decode(clip.mp4, corpus.read_stamp)[0] == list(range(round(start * FPS), round(end * FPS)))
         assert (clip.start, clip.end) == pytest.approx((start, end))
+
+
+@pytest.mark.parametrize("split", [split_one_pass, split_two_pass])
+def test_long_gop_source_with_a_dropped_scene_between_kept_ones(tmp_path, split):
+    """Scene-split a source with one keyframe per 10 s and cuts every 3 s, the middle scene still:
+    every kept clip decodes (``read_video``) to the source frames of its span."""
+    path = tmp_path / "long_gop.mp4"
+    _long_gop_source(path, 3.0, 5, still={2}, key_seconds=10.0)
+    result = split(path, SceneConfig(), FilterConfig(), ExtractConfig(short_side=96, fps=0))
+    assert [c.reason for c in result.candidates] == ["", "", "still", "", ""]
+    for c, clip in zip(result.candidates, result.clips):
+        if c.reason:
+            assert clip is None
+            continue
+        frames = read_video(clip.mp4, num_frames=clip.frames).numpy()
+        assert [corpus.read_stamp(f) for f in frames] == list(range(c.first, c.stop))
