@@ -122,23 +122,17 @@ def test_audio_is_kept_when_asked(tmp_path):
 
 
 def _long_gop_source(path, scene_seconds: float, scenes: int, still: set[int], key_seconds: float) -> None:
-    """Tinted, index-stamped scenes (``corpus.scene_frames``); keyframes ``key_seconds`` apart whatever
-    the content (x264's scene-cut keyframes off), as many web uploads are encoded."""
+    """Tinted, index-stamped scenes with keyframes ``key_seconds`` apart (none at the cuts)."""
     n = round(scene_seconds * FPS)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 192, 96, "yuv420p"
-        gop = str(round(key_seconds * FPS))
-        stream.options = {"crf": "18", "preset": "veryfast", "g": gop, "keyint_min": gop, "sc_threshold": "0"}
+
+    def frames():
         for k in range(scenes):
-            frames = corpus.scene_frames(k, k * n, n, 192, 96)
+            scene = corpus.scene_frames(k, k * n, n, 192, 96)
             if k in still:
-                frames[:] = frames[0]
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+                scene[:] = scene[0]
+            yield scene
+
+    corpus.encode(path, frames(), FPS, options=corpus.long_gop_options(key_seconds, FPS))
 
 
 def test_cuts_between_far_apart_keyframes_are_extracted_going_forward(tmp_path):

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from viclip.curation import clips, stages
+from viclip.curation import clips, corpus, stages
 from viclip.curation import testvideos as tv
 from viclip.curation.clips import CurationConfig, process_source
 from viclip.curation.pool import TimeBudget
@@ -33,13 +33,17 @@ BUDGET = TimeBudget(base=2.0, factor=2.0)  # 2 s until the 2.4 s duration is kno
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """Six videos of two moving scenes each (2.4 s; the second scene still in every fourth)."""
+    """Six videos of two moving scenes each (2.4 s; the second scene still in every fourth), v0 instead
+    four 3 s scenes with one keyframe per 10 s, so that its cuts fall between keyframes."""
     folder = tmp_path_factory.mktemp("sources")
     kinds = ["testsrc2", "mandelbrot", "testsrc2", "smptebars"]
-    for i in range(N_VIDEOS):
+    for i in range(1, N_VIDEOS):
         a = tv.pan_frames(30, W, H, 0.3 + 0.1 * (i % 3), seed=i)
         b = tv.lavfi_frames(kinds[i % 4], 1.2, W, H, FPS)
         tv.write_video(folder / f"v{i}.mp4", np.concatenate([a, b]), FPS)
+    per = round(corpus.SCENE_SECONDS * FPS)
+    corpus.encode(folder / "v0.mp4", (corpus.scene_frames(k, k * per, per, W, H) for k in range(4)), FPS,
+                  options=corpus.long_gop_options(corpus.LONG_GOP_SECONDS, FPS))
     return list_folder(folder)
 
 
@@ -123,6 +127,7 @@ def test_a_hung_and_a_crashed_source_fail_alone(damaged, reference):
     assert (crashed["status"], crashed["reason"]) == ("failed", "crashed") and "SIGSEGV" in crashed["error"]
     others = [r for r in clip_rows(reference) if r[0] not in (HANG, CRASH)]
     assert [r for r in clip_rows(out) if r[0] not in (HANG, CRASH)] == others  # the slow one included
+    assert [r[4] for r in others if r[0] == "v0"] == ["kept"] * 4  # the long-GOP source, cut between keyframes
     stats = [json.loads((out / f"0000{s}.stats.json").read_text()) for s in (0, 1)]
     assert [s["failed_by_reason"] for s in stats] == [{"timeout": 1}, {"crashed": 1}]
     assert summarize(read_tables([out]))["failed_by_reason"] == {"timeout": 1, "crashed": 1}

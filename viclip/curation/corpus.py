@@ -141,6 +141,13 @@ def scene_cuts(num_frames: int, fps: int) -> tuple[int, ...]:
     return tuple(range(round(SCENE_SECONDS * fps), num_frames, round(SCENE_SECONDS * fps)))
 
 
+def long_gop_options(seconds: float, fps: int) -> dict[str, str]:
+    """x264 options for one keyframe every ``seconds`` whatever the content (no scene-cut keyframes),
+    as many web uploads are encoded: cuts then fall between keyframes."""
+    keyint = str(round(seconds * fps))
+    return {"g": keyint, "keyint_min": keyint, "x264-params": "scenecut=0"}
+
+
 def encode(target: str | Path | io.BytesIO, scenes: Iterator[np.ndarray], fps: int, codec: str = "libx264",
            pix_fmt: str = "yuv420p", options: dict[str, str] | None = None, fmt: str = "mp4",
            container_options: dict[str, str] | None = None, sar: Fraction | None = None,
@@ -237,9 +244,8 @@ def write_corpus(folder: str | Path, width: int = 160, height: int = 90, seconds
         encode(path, _scenes(0, n, fps, *coded), fps, options=options, **kw)
         return CorpusCase(name, path, "clips", note, times=cfr, cuts=cuts, coded_size=coded)
 
-    keyint = str(round(LONG_GOP_SECONDS * fps))
     cases.append(plain("long_gop", f"one keyframe every {LONG_GOP_SECONDS:g} s, none at the cuts",
-                       {"g": keyint, "keyint_min": keyint, "x264-params": "scenecut=0"}))
+                       long_gop_options(LONG_GOP_SECONDS, fps)))
     cases.append(plain("open_gop", "open GOPs with 3 B-frames: leading pictures reference the previous GOP",
                        {"g": str(2 * fps), "bframes": "3", "x264-params": "open-gop=1:b-adapt=0"}))
 

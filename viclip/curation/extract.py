@@ -22,7 +22,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from viclip.curation.scenes import open_video, stream_start
+from viclip.curation.scenes import demux_continuous, open_video, stream_start
 
 MAX_HELD_BYTES = 64 << 20  # packets held while skipping a gap; past this the reader decodes on instead
 
@@ -141,7 +141,7 @@ class ForwardReader:
         self.target, self.held, self.held_bytes, self.continuous = pts, [], 0, True
 
     def __iter__(self) -> Iterator[av.VideoFrame | av.AudioFrame]:
-        for packet in self.container.demux(*self.streams):
+        for packet in demux_continuous(self.container, self.streams):
             if self.target is None:
                 yield from packet.decode()
             elif self._hold(packet):
@@ -163,7 +163,7 @@ class ForwardReader:
         return (video and pts is not None and pts >= self.target) or self.held_bytes > MAX_HELD_BYTES
 
 
-class _ClipEncoder:
+class ClipEncoder:
     """An mp4 in memory with one H.264 stream (and AAC when the source has audio and it is wanted).
 
     With ``keyframe_interval`` set, keyframes are spaced at most an eighth of the clip apart, so a
@@ -284,7 +284,7 @@ def _reencode(path: str | os.PathLike, spans: Sequence[tuple[float, float]],
         # a scan must fall exactly on the frame that starts the next scene
         bounds = [(round(s / tb), round(e / tb)) for s, e in spans]
         pending = deque(sorted(range(len(spans)), key=lambda i: bounds[i][0]))
-        active: dict[int, _ClipEncoder] = {}
+        active: dict[int, ClipEncoder] = {}
         geometry: ClipGeometry | None = None
         reader = ForwardReader(container, vstream, astream)
         reader.skip_to(zero + bounds[pending[0]][0])
@@ -306,7 +306,7 @@ def _reencode(path: str | os.PathLike, spans: Sequence[tuple[float, float]],
                 i = pending.popleft()
                 if p < bounds[i][1]:
                     geometry = geometry or ClipGeometry.of(vstream, frame, cfg.short_side)
-                    active[i] = _ClipEncoder(vstream, geometry, spans[i][1] - spans[i][0], cfg, astream)
+                    active[i] = ClipEncoder(vstream, geometry, spans[i][1] - spans[i][0], cfg, astream)
             for enc in active.values():
                 enc.add_video(frame, p, float(p * tb), float((p + (frame.duration or nominal)) * tb))
             if not active:

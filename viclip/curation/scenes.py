@@ -11,6 +11,7 @@ variable-frame-rate sources are cut at the right instants.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import pairwise
@@ -23,6 +24,8 @@ from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.detectors import ContentDetector
 
 from viclip.curation.errors import SourceError
+
+AVFMT_TS_DISCONT = 0x200  # FFmpeg's format flag: timestamps may jump (MPEG-TS, MPEG-PS, FLV, ...)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,38 @@ def detect_dims(width: int, height: int, long_side: int) -> tuple[int, int]:
 def stream_start(stream: av.video.stream.VideoStream) -> int:
     """Presentation timestamp that counts as time zero (containers such as MPEG-TS start later)."""
     return stream.start_time if stream.start_time is not None else 0
+
+
+def demux_continuous(container: av.container.InputContainer,
+                     streams: Sequence[av.stream.Stream]) -> Iterator[av.Packet]:
+    """Packets of ``streams`` in file order, with a clock that restarts mid-file made to run on.
+
+    MPEG-TS and the other formats FFmpeg flags ``TS_DISCONT`` may jump back in time (recordings
+    joined end to end, a broadcast splice). As FFmpeg's command line does, everything after such a
+    jump is shifted to follow on one frame after the packet before it, so a source keeps one
+    timeline; in formats without discontinuities a jump stays what it is, a broken file.
+    """
+    heal = bool(container.format.flags & AVFMT_TS_DISCONT)
+    offsets = {s.index: 0 for s in streams}
+    steps = {s.index: _packet_step(s) for s in streams}
+    last: dict[int, int] = {}  # stream index -> the shifted dts of its latest packet
+    for packet in container.demux(*streams):
+        i = packet.stream.index
+        if heal and packet.dts is not None:
+            dts = packet.dts + offsets[i]
+            if i in last and dts <= last[i]:
+                offsets[i] += last[i] + (packet.duration or steps[i]) - dts
+            packet.dts += offsets[i]
+            if packet.pts is not None:
+                packet.pts += offsets[i]
+            last[i] = packet.dts
+        yield packet
+
+
+def _packet_step(stream: av.stream.Stream) -> int:
+    """One frame's duration in the stream's time base (a nominal one where the container gives none)."""
+    rate = getattr(stream, "average_rate", None) or getattr(stream, "guessed_rate", None) or 25
+    return max(1, round(1 / (Fraction(rate) * Fraction(stream.time_base))))
 
 
 def frame_pts(frame: av.VideoFrame, previous: int | None, step: int) -> int:
@@ -204,6 +239,7 @@ def scan_video(path: str | os.PathLike, cfg: SceneConfig = SceneConfig()) -> Vid
     with av.open(str(path)) as container:
         stream = open_video(container, str(path), cfg.threads, cfg.skip_deblock)
         scanner = SceneScanner(stream, cfg, str(path))
-        for frame in container.decode(stream):
-            scanner.add(frame)
+        for packet in demux_continuous(container, [stream]):
+            for frame in packet.decode():
+                scanner.add(frame)
     return scanner.finish()

@@ -25,9 +25,16 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from viclip.curation.extract import ClipGeometry, ExtractConfig, ExtractedClip, _ClipEncoder, extract_clips
+from viclip.curation.extract import ClipEncoder, ClipGeometry, ExtractConfig, ExtractedClip, extract_clips
 from viclip.curation.filters import ClipSpan, FilterConfig, candidate_clips, scene_clips
-from viclip.curation.scenes import SceneConfig, SceneScanner, VideoScan, open_video, scan_video
+from viclip.curation.scenes import (
+    SceneConfig,
+    SceneScanner,
+    VideoScan,
+    demux_continuous,
+    open_video,
+    scan_video,
+)
 
 HOLD_MARGIN = 0.1  # seconds of frames held beyond min_scene_len, against rounding in PySceneDetect's times
 
@@ -62,8 +69,9 @@ def split_one_pass(path: str | os.PathLike, scenes: SceneConfig, filters: Filter
         stream = open_video(container, str(path), scenes.threads, scenes.skip_deblock)
         scanner = SceneScanner(stream, scenes, str(path))
         encoder = _SceneEncoder(stream, scanner, scenes, filters, extract)
-        for frame in container.decode(stream):
-            encoder.add(frame, scanner.add(frame))
+        for packet in demux_continuous(container, [stream]):
+            for frame in packet.decode():
+                encoder.add(frame, scanner.add(frame))
         scan = scanner.finish()
         encoded = encoder.finish(scan.end)
     candidates = candidate_clips(scan, filters)
@@ -93,7 +101,7 @@ class _SceneEncoder:
         self.cuts: list[int] = []  # cuts not yet reached by the released frames, ascending
         self.first = 0  # first frame of the scene being encoded
         self.released = 0  # frames given to scenes so far
-        self.encoder: _ClipEncoder | None = None
+        self.encoder: ClipEncoder | None = None
         self.broken = False  # the current scene cannot be encoded whole in this pass
         self.geometry: ClipGeometry | None = None
         self.clips: dict[tuple[int, int], ExtractedClip] = {}
@@ -129,7 +137,7 @@ class _SceneEncoder:
             return
         if self.encoder is None:
             self.geometry = self.geometry or ClipGeometry.of(self.stream, frame, self.extract.short_side)
-            self.encoder = _ClipEncoder(self.stream, self.geometry, None, self.extract, None)
+            self.encoder = ClipEncoder(self.stream, self.geometry, None, self.extract, None)
         pts = self.scanner.pts[i]
         duration = frame.duration or self.scanner.step
         self.encoder.add_video(frame, pts, self._time(i), float((pts + duration) * self.time_base))
