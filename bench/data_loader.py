@@ -6,7 +6,7 @@ is per core and holds on a shared machine) and wall-clock clips/s, for:
 1. the storage grid: decoding 8 randomly sampled frames from 10 s clips at short side 256 stored at
    several frame rates, keyframe intervals and x264 tunes (and the bytes each costs), which sets
    curation's defaults (``viclip.curation.extract.ExtractConfig``);
-2. the full training path (``viclip.data.shards``) on clips cut by curation's extractor with its
+2. the full training path (``viclip.data.stream``) on clips cut by curation's extractor with its
    default settings out of a 720p 24 fps source, and on that 720p source itself, with 1 and 2
    workers, next to the official path on the same clips (decord ``VideoReader`` per file,
    ``get_batch`` of the sampled indices, torchvision transforms per clip, default collate). Ours
@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from viclip.curation.extract import extract_clips
-from viclip.data.shards import ShardWriter, build_train_loader
-from viclip.data.transforms import video_transform
+from viclip.data.stream import StreamConfig, build_train_loader
+from viclip.data.tars import ShardWriter
+from viclip.data.transforms import VideoTransform
 from viclip.data.video import read_video, sample_indices, write_mp4
 
 SECONDS, SOURCE_FPS = 10, 24
@@ -179,12 +180,12 @@ def steady(make_iter, samples: int, batch_size: int, workers: int) -> tuple[floa
 
 
 def ours(directory: Path, workers: int, samples: int, batch_size: int, backend: str, normalize: bool):
-    transform = video_transform(True, normalize=normalize)
+    transform = VideoTransform(True, normalize=normalize)
 
     def make_iter(n: int):
-        return iter(build_train_loader(str(directory), lambda texts: torch.zeros(len(texts), 32, dtype=torch.long),
-                                       batch_size=batch_size, num_workers=workers, epoch_samples=n,
-                                       shuffle_buffer=8, backend=backend, transform=transform))
+        config = StreamConfig(str(directory), batch_size, num_workers=workers, epoch_samples=n, shuffle_buffer=8,
+                              backend=backend)
+        return iter(build_train_loader(config, lambda texts: torch.zeros(len(texts), 32, dtype=torch.long), transform))
     return steady(make_iter, samples, batch_size, workers)
 
 

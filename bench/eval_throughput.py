@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 import viclip
 from viclip.data.annotations import VideoText, VideoTextDataset
-from viclip.data.transforms import video_transform
+from viclip.data.transforms import VideoTransform
 from viclip.data.video import write_mp4
 from viclip.eval.embed import VideoProtocol, autocast, embed_videos
 
@@ -42,7 +42,7 @@ def make_clips(root: Path, n: int, frames: int, height: int, width: int, fps: fl
 
 def decode_rate(records, protocol: VideoProtocol, batch_size: int, workers: int) -> float:
     dataset = VideoTextDataset(records, num_frames=protocol.num_frames, sampling=protocol.sampling,
-                               transform=video_transform(False, image_size=protocol.image_size, normalize=False),
+                               transform=VideoTransform(False, image_size=protocol.image_size, normalize=False),
                                backend=protocol.backend)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=VideoTextDataset.collate)
     start = time.perf_counter()

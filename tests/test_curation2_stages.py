@@ -27,8 +27,8 @@ from viclip.curation.captioning import (
 from viclip.curation.scoring import AestheticHead, ScoreConfig, Scorer, clip_preprocess, run_scoring
 from viclip.curation.stages import TableShard
 from viclip.curation.table import read_tables, rows_to_table, write_table
-from viclip.data.shards import ShardWriter
-from viclip.data.transforms import video_transform
+from viclip.data.tars import ShardWriter
+from viclip.data.transforms import VideoTransform
 from viclip.data.video import read_video, write_mp4
 
 DURATIONS = (1.0, 2.5, 3.0, 2.0)
@@ -289,7 +289,7 @@ def test_scores_follow_their_definitions_and_chain_after_captioning(tmp_path, ti
         pre = scorer.clip.visual.preprocess_cfg
         feats = scorer.clip.encode_image(clip_preprocess(frames, 32, pre["mean"], pre["std"]))
         np.testing.assert_allclose(r["aesthetic_frames"], scorer.head(feats).numpy(), rtol=1e-4, atol=1e-5)
-        video = video_transform(train=False, image_size=32)(read_video(data, num_frames=4, sampling="middle", size=256))
+        video = VideoTransform(train=False, image_size=32)(read_video(data, num_frames=4, sampling="middle", size=256))
         v = scorer.viclip.encode_video(video[None])
         import viclip
         t = scorer.viclip.encode_text(viclip.tokenize([r["caption"]]))

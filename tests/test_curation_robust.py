@@ -22,7 +22,7 @@ from viclip.curation.sources import Source, list_folder
 from viclip.curation.stages import run_stage
 from viclip.curation.stats import summarize
 from viclip.curation.table import read_tables
-from viclip.data.shards import ShardWriter
+from viclip.data.tars import ShardWriter
 
 W, H, FPS = 96, 64, 25
 N_VIDEOS, PER_SHARD = 6, 3  # shards [v0 v1 v2] [v3 v4 v5]

@@ -16,7 +16,7 @@ from viclip.curation.stages import TableShard, clips_dir_of, run_stage, run_tabl
 from viclip.curation.stats import summarize
 from viclip.curation.table import read_tables, write_table
 from viclip.curation.writer import make_shards
-from viclip.data.shards import iter_tar_samples
+from viclip.data.tars import iter_tar_samples
 from viclip.data.video import read_video
 
 ROOT = Path(__file__).resolve().parents[1]

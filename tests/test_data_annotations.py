@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from viclip.data.annotations import VideoTextDataset, load_kinetics, load_video_text_annotations
-from viclip.data.transforms import video_transform
+from viclip.data.transforms import VideoTransform
 from viclip.data.video import write_mp4
 
 
@@ -91,7 +91,7 @@ def test_eval_dataset_decodes_and_skips_unreadable_videos(root):
     ann = root / "ret.json"
     ann.write_text(json.dumps([{"video": v, "caption": "c"} for v in ("a.mp4", "broken.mp4", "b.mp4")]))
     records = load_video_text_annotations(ann, root)
-    ds = VideoTextDataset(records, num_frames=4, transform=video_transform(False, image_size=16))
+    ds = VideoTextDataset(records, num_frames=4, transform=VideoTransform(False, image_size=16))
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=VideoTextDataset.collate)))
     assert batch["video"].shape == (2, 4, 3, 16, 16)
     assert batch["index"].tolist() == [0, 2] and batch["skipped"] == [1]

@@ -9,7 +9,8 @@ import torch
 import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode
 
-from viclip.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, video_transform
+import viclip
+from viclip.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VideoTransform
 from viclip.data.video import VideoDecodeError, read_video, sample_indices, write_mp4
 
 
@@ -125,7 +126,7 @@ def test_undecodable_video_names_the_source(tmp_path, backend):
 
 def test_eval_transform_matches_torchvision_official_pipeline():
     clip = torch.from_numpy(_moving_square(t=4))
-    ours = video_transform(False, image_size=32)(clip)
+    ours = VideoTransform(False, image_size=32)(clip)
     official = T.Compose([
         T.Resize((32, 32), interpolation=InterpolationMode.BICUBIC, antialias=True),
         T.Lambda(lambda x: x.float().div(255.0)),
@@ -133,7 +134,13 @@ def test_eval_transform_matches_torchvision_official_pipeline():
     ])(clip.permute(0, 3, 1, 2).contiguous())
     assert ours.shape == (4, 3, 32, 32)
     assert torch.allclose(ours, official, atol=0.02)  # uint8 kernels may round 1 level differently
-    clip_norm = video_transform(False, image_size=32, mean="clip")(clip)
+
+
+def test_readme_entry_point_is_the_transform_class():
+    clip = torch.from_numpy(_moving_square(t=4))
+    assert viclip.video_transform is VideoTransform  # README: viclip.video_transform(train=False)(frames)
+    assert viclip.video_transform(train=False, image_size=32)(clip).shape == (4, 3, 32, 32)
+    clip_norm = VideoTransform(False, image_size=32, mean="clip")(clip)
     ref = T.Normalize(CLIP_MEAN, CLIP_STD)(
         T.Resize((32, 32), interpolation=InterpolationMode.BICUBIC)(clip.permute(0, 3, 1, 2)).float() / 255)
     assert torch.allclose(clip_norm, ref, atol=0.02)
@@ -141,7 +148,7 @@ def test_eval_transform_matches_torchvision_official_pipeline():
 
 def test_train_transform_uses_one_crop_and_flip_per_clip():
     still = torch.from_numpy(np.repeat(_moving_square(t=1), 8, axis=0))  # 8 identical frames
-    tf = video_transform(True, image_size=24)
+    tf = VideoTransform(True, image_size=24)
     torch.manual_seed(0)
     outs = [tf(still) for _ in range(6)]
     for out in outs:
@@ -154,14 +161,14 @@ def test_train_transform_uses_one_crop_and_flip_per_clip():
 
 def test_transform_rejects_float_input():
     with pytest.raises(ValueError, match="uint8"):
-        video_transform(False)(torch.zeros(2, 8, 8, 3))
+        VideoTransform(False)(torch.zeros(2, 8, 8, 3))
     with pytest.raises(ValueError, match="mean"):
-        video_transform(False, mean="laion")
+        VideoTransform(False, mean="laion")
 
 
 def test_transform_writes_into_a_given_tensor():
     clip = torch.from_numpy(_moving_square(t=4))
-    tf = video_transform(True, image_size=16)
+    tf = VideoTransform(True, image_size=16)
     out = torch.full((4, 3, 16, 16), float("nan"))
     result = tf(clip, generator=torch.Generator().manual_seed(5), out=out)
     assert result.data_ptr() == out.data_ptr()
@@ -172,8 +179,8 @@ def test_uint8_output_normalised_later_equals_the_float_transform():
     """The training stream's split (uint8 in the loader, normalize on the device) changes no value."""
     clip = torch.from_numpy(_moving_square(t=4))
     for train in (True, False):
-        floats = video_transform(train, image_size=16)(clip, generator=torch.Generator().manual_seed(3))
-        tf = video_transform(train, image_size=16, normalize=False)
+        floats = VideoTransform(train, image_size=16)(clip, generator=torch.Generator().manual_seed(3))
+        tf = VideoTransform(train, image_size=16, normalize=False)
         raw = tf(clip, generator=torch.Generator().manual_seed(3))
         assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 16, 16)
         assert torch.equal(tf.normalize(raw), floats)

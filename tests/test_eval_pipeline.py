@@ -146,7 +146,7 @@ def test_zeroshot_scores_match_the_model_reference(setup):
     # viclip.zero_shot is the model package's one-call reference of the official rule (16 templates,
     # official cleaning, mean of cosines); the batched, cached, rank-split path must give the same scores.
     from viclip.data.annotations import load_kinetics
-    from viclip.data.transforms import video_transform
+    from viclip.data.transforms import VideoTransform
     from viclip.data.video import read_video
     from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
     from viclip.eval.templates import KINETICS_TEMPLATES, class_prototypes, class_scores, expand
@@ -159,7 +159,7 @@ def test_zeroshot_scores_match_the_model_reference(setup):
     protos = class_prototypes(embed_texts(model, expand(names, KINETICS_TEMPLATES), torch.device("cpu")),
                               len(KINETICS_TEMPLATES))
     ours = (class_scores(video, protos) / model.temp).log_softmax(dim=-1)
-    clips = torch.stack([video_transform(False, image_size=32)(read_video(r.video)) for r in records])
+    clips = torch.stack([VideoTransform(False, image_size=32)(read_video(r.video)) for r in records])
     reference = zero_shot(model, clips, names, list(KINETICS_TEMPLATES)).log()
     assert ok.all()
     torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viclip.curation.table import table_files
-from viclip.data.shards import stable_hash64
+from viclip.data.tars import stable_hash64
 
 FORMATS = ("a", "b", "c")
 CLIP_COLUMNS = ("video_id", "clip_id", "status", "start", "end", "caption", "clip_tar", "clip_key")

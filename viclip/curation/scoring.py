@@ -30,7 +30,7 @@ from torchvision.transforms import InterpolationMode
 from viclip.curation.captioning import resolve_device, set_columns, undecodable_columns
 from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
-from viclip.data.transforms import video_transform
+from viclip.data.transforms import VideoTransform
 from viclip.data.video import read_video
 from viclip.model import load_model, tokenize
 
@@ -159,7 +159,7 @@ class Scorer:
                 raise ValueError(f"aesthetic head expects {head.input_dim}-d features, {cfg.clip_model} gives {dim}")
         self.model_id = cfg.similarity_id()
         if viclip is not None:
-            self.viclip_transform = video_transform(train=False, image_size=viclip.cfg.image_size)
+            self.viclip_transform = VideoTransform(train=False, image_size=viclip.cfg.image_size)
 
     @classmethod
     def from_config(cls, cfg: ScoreConfig) -> Scorer:

@@ -1,7 +1,7 @@
 """Resumable staged runs: a shard of source videos is the unit of work.
 
 For shard ``s`` a stage writes ``{s:05d}.tar`` (kept clips: ``{key}.mp4/.txt/.json`` through
-:class:`viclip.data.shards.ShardWriter`), then ``{s:05d}.parquet`` (every clip row, failed videos
+:class:`viclip.data.tars.ShardWriter`), then ``{s:05d}.parquet`` (every clip row, failed videos
 included), then ``{s:05d}.stats.json``, which marks the shard done. Each file is renamed into place
 when complete, so a killed run leaves at most temporary files, which the next run deletes before it
 redoes that shard; finished shards are skipped. Shards are fixed slices of the source list (the list
@@ -36,7 +36,7 @@ from viclip.curation.clips import CurationConfig, VideoResult
 from viclip.curation.pool import TimeBudget, process_sources
 from viclip.curation.sources import Source
 from viclip.curation.table import STATS_SUFFIX, rows_to_table, write_table
-from viclip.data.shards import SIZES_FILE, ShardWriter
+from viclip.data.tars import SIZES_FILE, ShardWriter
 
 CONFIG_FILE = "config.json"
 WORK_DIR = ".work"

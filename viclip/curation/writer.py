@@ -1,8 +1,8 @@
-"""Training shards from a clip table (or a subset of it): the last step before ``viclip.data.shards``.
+"""Training shards from a clip table (or a subset of it): the last step before ``viclip.data.stream``.
 
 Kept rows are looked up in the stage tars they were written to (``clip_tar``/``clip_key``), read
 one tar at a time in a single sequential pass, and rewritten through
-:class:`~viclip.data.shards.ShardWriter` with the row's caption as ``.txt`` and every column as
+:class:`~viclip.data.tars.ShardWriter` with the row's caption as ``.txt`` and every column as
 ``.json``, into size-bounded tars with a ``sizes.json``.
 """
 
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from viclip.curation.stages import clips_dir_of
 from viclip.curation.table import read_tables
-from viclip.data.shards import ShardWriter
+from viclip.data.tars import ShardWriter
 
 
 def _json_value(v: Any) -> Any:

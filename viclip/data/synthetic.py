@@ -6,7 +6,7 @@ with "moving to the right"; some colour-shape pairs never appear in training and
 set, whose classes are the four motions (chance 0.25). Captions sometimes leave out the colour or
 the shape ("something moving up"), which gives the generic zero-shot prompt its meaning.
 
-Horizontal flips swap left and right: train on this data with ``video_transform(True, hflip=0)``.
+Horizontal flips swap left and right: train on this data with ``VideoTransform(True, hflip=0)``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from viclip.data.shards import SIZES_FILE, ShardWriter
+from viclip.atomic import atomic_write
+from viclip.data.tars import SIZES_FILE, ShardWriter
 from viclip.data.video import write_mp4
 
 COLOURS = {
@@ -52,7 +53,7 @@ class SyntheticPaths:
     """Where :func:`make_synthetic` put each part (all absolute)."""
 
     root: Path
-    train_shards: Path  # directory of tars + sizes.json, usable as a corpus by viclip.data.shards
+    train_shards: Path  # directory of tars + sizes.json, usable as a corpus by viclip.data.stream
     zeroshot_root: Path  # data root of the zero-shot videos
     zeroshot_annotations: Path  # official JSON list, caption = class name
     zeroshot_classes: Path  # class names, one per line, in label order
@@ -133,15 +134,12 @@ def _random_object(rng: np.random.Generator, held_out: bool) -> SceneObject:
 
 
 def _write_eval_set(root: Path, clips: list[tuple[np.ndarray, list[str] | str]], fps: float) -> Path:
-    (root / "videos").mkdir(parents=True, exist_ok=True)
     records = []
     for i, (frames, caption) in enumerate(clips):
         rel = f"videos/{i:06d}.mp4"
-        (root / rel).write_bytes(write_mp4(frames, fps=fps))
+        atomic_write(root / rel, write_mp4(frames, fps=fps), durable=False)
         records.append({"video": rel, "caption": caption})
-    path = root / "annotations.json"
-    path.write_text(json.dumps(records, indent=1))
-    return path
+    return atomic_write(root / "annotations.json", json.dumps(records, indent=1), durable=False)
 
 
 def _paths(root: Path) -> SyntheticPaths:
@@ -167,7 +165,9 @@ def make_synthetic(
     """Write training shards, a zero-shot set and a retrieval set under ``out_dir``; return their paths.
 
     Deterministic by its arguments. ``COMPLETE.json`` (the arguments) is written last: a directory
-    made with the same arguments is returned as it is, one made with other arguments is rebuilt.
+    made with the same arguments is returned as it is, one made with other arguments (or killed
+    before its marker) is rebuilt. Demo data is cheap to rebuild, so the evaluation files are
+    written atomically but not fsynced (``viclip.atomic``'s ``durable=False``).
     """
     if size % 2 or size < 16:
         raise ValueError(f"size must be even and >= 16 (H.264 4:2:0), got {size}")
@@ -214,7 +214,7 @@ def make_synthetic(
         zs_clips.append((render_clip([obj], background, size, num_frames, zs_rng),
                          ZERO_SHOT_CLASSES[i % len(MOTIONS)]))
     _write_eval_set(paths.zeroshot_root, zs_clips, fps)
-    paths.zeroshot_classes.write_text("\n".join(ZERO_SHOT_CLASSES) + "\n")
+    atomic_write(paths.zeroshot_classes, "\n".join(ZERO_SHOT_CLASSES) + "\n", durable=False)
 
     ret_clips = []
     for _ in range(n_eval):
@@ -227,7 +227,5 @@ def make_synthetic(
 
     meta = {"params": params, "held_out_pairs": held_out_pairs(), "classes": ZERO_SHOT_CLASSES,
             "train_samples": json.loads((paths.train_shards / SIZES_FILE).read_text())}
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(marker)
+    atomic_write(marker, json.dumps(meta, indent=1), durable=False)  # last: it makes the directory complete
     return paths

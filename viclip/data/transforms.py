@@ -54,8 +54,13 @@ def random_resized_crop_params(height: int, width: int, scale: Sequence[float], 
 
 
 class VideoTransform:
-    """Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]`` (or batched, ``[B, ...]`` -> ``[B, ...]``);
-    uint8 ``[T, 3, S, S]`` with ``normalize=False``.
+    """The official train (``train=True``) or evaluation transform, the package's one entry point for it
+    (``viclip.video_transform`` is this class).
+
+    Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]`` (or batched, ``[B, ...]`` -> ``[B, ...]``);
+    uint8 ``[T, 3, S, S]`` with ``normalize=False``, leaving :meth:`normalize` to the consumer.
+    ``mean='clip'`` selects CLIP's statistics; ``hflip=0`` turns the flip off, for data whose
+    captions say left or right (the synthetic demo).
 
     Random draws come from ``generator`` when given (the training stream passes one seeded per
     sample, so a resumed run crops as the first one did), else from torch's global generator.
@@ -122,7 +127,7 @@ class VideoTransform:
                 or frames.ndim not in (4, 5):
             got = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(
                 frames)
-            raise ValueError(f"video_transform expects uint8 [T, H, W, 3] or [B, T, H, W, 3], got {got}")
+            raise ValueError(f"VideoTransform expects uint8 [T, H, W, 3] or [B, T, H, W, 3], got {got}")
         batched = frames.ndim == 5
         clips = frames if batched else frames[None]
         clips = clips.permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
@@ -139,20 +144,3 @@ class VideoTransform:
             out.copy_(resized)
         return out.mul_(self._mul).add_(self._add) if self.normalize_output else out
 
-
-def video_transform(
-    train: bool,
-    image_size: int = 224,
-    mean: str | Sequence[float] = "imagenet",
-    std: Sequence[float] | None = None,
-    scale: tuple[float, float] = (0.5, 1.0),
-    hflip: float = 0.5,
-    normalize: bool = True,
-) -> VideoTransform:
-    """The official train (``train=True``) or evaluation transform; ``mean='clip'`` for CLIP statistics.
-
-    ``hflip=0`` turns the flip off, for data whose captions say left or right (the synthetic demo).
-    ``normalize=False`` returns uint8 and leaves :meth:`VideoTransform.normalize` to the consumer.
-    """
-    return VideoTransform(train, image_size=image_size, mean=mean, std=std, scale=scale, hflip=hflip,
-                          normalize=normalize)

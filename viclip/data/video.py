@@ -255,7 +255,7 @@ def read_video(
 ) -> torch.Tensor:
     """Decode ``num_frames`` frames sampled by :func:`sample_indices` into uint8 ``[T, H, W, 3]``.
 
-    Returns a torch uint8 tensor (so it feeds :func:`viclip.video_transform` and DataLoader
+    Returns a torch uint8 tensor (so it feeds :class:`viclip.VideoTransform` and DataLoader
     collation without a copy). ``path_or_bytes`` is a file path or the bytes of a tar member, read
     in memory without a temporary file. ``size`` resizes in the decoder: an int sets the short side
     (aspect kept), a pair ``(H, W)`` is exact. ``backend='auto'`` tries :func:`auto_backends` in turn,

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from viclip.data.annotations import VideoText, VideoTextDataset
-from viclip.data.transforms import video_transform
+from viclip.data.transforms import VideoTransform
 from viclip.eval.distributed import gather_rows, shard_indices, world
 from viclip.model import ViCLIP, tokenize
 
@@ -49,7 +49,7 @@ def embed_videos(
     rank, world_size = world()
     mine = shard_indices(len(records), rank, world_size)
     # uint8 through the workers and onto the device (a quarter of float32's bytes), normalised there
-    transform = video_transform(False, image_size=protocol.image_size, mean=protocol.mean, normalize=False)
+    transform = VideoTransform(False, image_size=protocol.image_size, mean=protocol.mean, normalize=False)
     dataset = VideoTextDataset([records[i] for i in mine], num_frames=protocol.num_frames,
                                sampling=protocol.sampling, transform=transform, backend=protocol.backend)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,

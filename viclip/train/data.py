@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from viclip.data.shards import VideoTextLoader, build_train_loader
+from viclip.data.stream import StreamConfig, VideoTextLoader, build_train_loader
 from viclip.data.synthetic import make_synthetic
-from viclip.data.transforms import video_transform
+from viclip.data.transforms import VideoTransform
 from viclip.model import ViCLIPConfig, tokenize
 
 
@@ -30,14 +30,14 @@ def build_stream(cfg: DictConfig, model_cfg: ViCLIPConfig, rank: int, world_size
     tokenizer = functools.partial(tokenize, context_length=model_cfg.context_length)
     tokenizer(["warm-up"])  # builds the BPE tables (seconds) once here, not in every epoch's forked workers
     # uint8 batches, normalised on the device by loader.normalize: a quarter of the bytes to move
-    transform = video_transform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip,
-                                normalize=False)
-    return build_train_loader(
-        OmegaConf.to_container(cfg.data.sources, resolve=True), tokenizer, int(cfg.train.batch_size), num_workers=int(cfg.data.num_workers),
-        pin_memory=torch.cuda.is_available(), num_frames=model_cfg.num_frames, transform=transform,
-        rank=rank, world_size=world_size, seed=int(cfg.seed), shuffle_buffer=int(cfg.data.shuffle_buffer),
-        backend=cfg.data.backend,
+    transform = VideoTransform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip,
+                               normalize=False)
+    config = StreamConfig(
+        OmegaConf.to_container(cfg.data.sources, resolve=True), int(cfg.train.batch_size),
+        num_frames=model_cfg.num_frames, num_workers=int(cfg.data.num_workers), seed=int(cfg.seed),
+        shuffle_buffer=int(cfg.data.shuffle_buffer), backend=cfg.data.backend,
     )
+    return build_train_loader(config, tokenizer, transform, rank, world_size, pin_memory=torch.cuda.is_available())
 
 
 def endless(loader: VideoTextLoader) -> Iterator[dict]:

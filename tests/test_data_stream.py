@@ -1,4 +1,4 @@
-"""ShardWriter and the training stream: exact batch counts with bad shards, weights, resume, errors."""
+"""The training stream: shard lists and sizes, exact batch counts with bad shards, weights, resume, errors."""
 
 from __future__ import annotations
 
@@ -14,15 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from viclip.data.shards import (
-    ShardWriter,
-    as_corpora,
-    build_train_loader,
-    corpus_num_samples,
-    expand_shards,
-    stable_hash64,
-)
-from viclip.data.transforms import video_transform
+from viclip.data.corpora import as_corpora, corpus_num_samples
+from viclip.data.stream import StreamConfig, build_train_loader
+from viclip.data.tars import ShardWriter, expand_shards, stable_hash64
+from viclip.data.transforms import VideoTransform
 from viclip.data.video import write_mp4
 
 T, S = 4, 32  # tiny clips: 4 frames of 32x32 decode in about a millisecond
@@ -80,36 +75,10 @@ def bad_corpus(tmp_path_factory) -> Path:
     return root
 
 
-def loader_for(shards, num_workers=0, rank=0, world_size=1, batch_size=4, **kw):
-    kw.setdefault("transform", video_transform(True, image_size=16))
-    return build_train_loader(shards, fake_tokenize, batch_size=batch_size, num_workers=num_workers,
-                              num_frames=T, rank=rank, world_size=world_size, shuffle_buffer=kw.pop("buffer", 4),
-                              **kw)
-
-
-def test_shard_writer_rotates_atomically_and_records_sizes(tmp_path):
-    with ShardWriter(tmp_path, max_samples=3) as w:
-        keys = [w.write(b"mp4-%d" % i, f"caption {i}", {"video_id": f"v{i}", "start": 1.5}) for i in range(7)]
-    assert keys[:4] == ["00000000000", "00000000001", "00000000002", "00001000000"]
-    assert all("." not in k for k in keys)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar", "00001.tar", "00002.tar", "sizes.json"]
-    assert json.loads((tmp_path / "sizes.json").read_text()) == {"00000.tar": 3, "00001.tar": 3, "00002.tar": 1}
-    with tarfile.open(tmp_path / "00001.tar") as tar:
-        assert tar.getnames()[:3] == ["00001000000.mp4", "00001000000.txt", "00001000000.json"]
-        meta = json.loads(tar.extractfile("00001000000.json").read())
-    assert meta == {"video_id": "v3", "start": 1.5, "caption": "caption 3"}
-    with ShardWriter(tmp_path, max_samples=3, start_shard=3) as w:  # a later job appends
-        w.write(b"x", "later", {})
-    assert json.loads((tmp_path / "sizes.json").read_text())["00003.tar"] == 1
-    assert len(json.loads((tmp_path / "sizes.json").read_text())) == 4
-
-
-def test_shard_writer_leaves_no_partial_tar_on_error(tmp_path):
-    with pytest.raises(RuntimeError), ShardWriter(tmp_path, max_samples=2) as w:
-        for i in range(3):
-            w.write(b"x", f"c{i}", {})
-        raise RuntimeError("job killed")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar"]  # no temp file, no sizes.json
+def loader_for(shards, num_workers=0, rank=0, world_size=1, batch_size=4, transform=None, **kw):
+    config = StreamConfig(shards, batch_size, num_frames=T, num_workers=num_workers, shuffle_buffer=kw.pop("buffer", 4),
+                          **kw)
+    return build_train_loader(config, fake_tokenize, transform or VideoTransform(True, image_size=16), rank, world_size)
 
 
 def test_shard_lists_and_sizes(tmp_path, bad_corpus):
@@ -126,7 +95,7 @@ def test_shard_lists_and_sizes(tmp_path, bad_corpus):
 
 def test_batch_contents(tmp_path):
     root = make_corpus(tmp_path / "c", n_shards=2, per_shard=6)
-    loader = loader_for(root, batch_size=4, transform=video_transform(False, image_size=16))
+    loader = loader_for(root, batch_size=4, transform=VideoTransform(False, image_size=16))
     assert len(loader) == 3
     batches = list(loader)
     assert len(batches) == 3
@@ -140,7 +109,7 @@ def test_batch_contents(tmp_path):
         assert int(vid) == stable_hash64(f"src0-{n // 2}")  # the json's source video id, hashed
     assert b["video_id"].dtype == torch.int64 and b["index"].dtype == torch.int64
     # the training setting: uint8 batches (a quarter of the bytes), normalised by the loader afterwards
-    raw = loader_for(root, batch_size=4, transform=video_transform(False, image_size=16, normalize=False))
+    raw = loader_for(root, batch_size=4, transform=VideoTransform(False, image_size=16, normalize=False))
     for ours, ref in zip(raw, batches, strict=True):
         assert ours["video"].dtype == torch.uint8 and ours["key"] == ref["key"]
         assert torch.equal(raw.normalize(ours["video"]), ref["video"]) and raw.normalize(ours["video"]).is_contiguous()
