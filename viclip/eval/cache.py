@@ -2,7 +2,8 @@
 
 The key hashes the checkpoint content, the model-side options (wise-ft), the protocol (frames,
 sampling, resolution, caption cleaning) and the exact list of inputs (video paths or texts), so a
-changed annotation file, option or checkpoint can never be served stale embeddings.
+changed annotation file, option or checkpoint can never be served stale embeddings. Entries are
+written atomically but not fsynced (``durable=False``): a cache entry lost in a crash is recomputed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from viclip.atomic import atomic_path
 
 
 def cache_key(**parts) -> str:
@@ -43,7 +46,5 @@ class EmbeddingCache:
         path = self.path(kind, key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, durable=False) as tmp:
+            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)

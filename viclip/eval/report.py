@@ -20,6 +20,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from viclip.atomic import atomic_write
+
 SCHEMA = "viclip.eval/1"
 REQUIRED_KEYS = ("schema", "name", "task", "kind", "dataset", "metrics", "protocol", "checkpoint", "data",
                  "world_size", "time_s", "created")
@@ -38,13 +40,7 @@ def write_results(results: dict, out_dir: str | os.PathLike) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in results]
     if missing:
         raise ValueError(f"results for {results.get('name')!r} miss keys {missing}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{results['name']}.json"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(out_dir) / f"{results['name']}.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
 def load_results(root: str | os.PathLike) -> list[dict]:
@@ -134,7 +130,5 @@ class CombinedTable(Callback):
         if not results:
             return
         table = format_table(results)
-        tmp = sweep_dir / f".table.txt.tmp{os.getpid()}"
-        tmp.write_text(table + "\n")
-        os.replace(tmp, sweep_dir / "table.txt")
+        atomic_write(sweep_dir / "table.txt", table + "\n")
         print("\n" + table, flush=True)

@@ -20,17 +20,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from viclip.eval import linear_probe as lp
 from viclip.eval.cache import EmbeddingCache, cache_key
-from viclip.eval.checkpoint import build_model, file_sha256, model_name_of, resolve_checkpoint, wise_ft
 from viclip.eval.distributed import broadcast_object, init_from_env, world
+from viclip.eval.dual_softmax import dual_softmax
 from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.eval.metrics import retrieval_metrics, topk_accuracy
+from viclip.eval.model_loading import file_sha256, model_name_of, resolve_checkpoint, wise_ft
 from viclip.eval.report import SCHEMA, format_table, write_results
-from viclip.eval.scoring import dual_softmax
 from viclip.eval.tasks import EvalSplit, load_task
 from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
+from viclip.model import load_model
 
 log = logging.getLogger(__name__)
-DEFAULT_FRAMES = 8
 
 
 def pick_device(name: str) -> torch.device:
@@ -42,13 +42,21 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def video_protocol(cfg: DictConfig) -> VideoProtocol:
+    """``cfg.protocol``'s video fields over the official protocol (:class:`VideoProtocol`'s defaults,
+    which a null field keeps); ``image_size`` is left to the caller, as it is the model's."""
+    chosen = {f: cfg.protocol[f] for f in ("num_frames", "sampling", "backend") if cfg.protocol.get(f) is not None}
+    return VideoProtocol(**chosen)
+
+
 def variant_suffix(cfg: DictConfig, kind: str) -> str:
     """Non-default protocol options, in the results' name: ``zeroshot_k400+embed+dsl``."""
     parts = []
-    if cfg.protocol.num_frames != DEFAULT_FRAMES:
-        parts.append(f"f{cfg.protocol.num_frames}")
-    if cfg.protocol.sampling != "middle":
-        parts.append(cfg.protocol.sampling)
+    protocol, official = video_protocol(cfg), VideoProtocol()
+    if protocol.num_frames != official.num_frames:
+        parts.append(f"f{protocol.num_frames}")
+    if protocol.sampling != official.sampling:
+        parts.append(protocol.sampling)
     if not cfg.protocol.official_cleaning:
         parts.append("rawtext")
     if kind == "zeroshot":
@@ -77,14 +85,15 @@ class Evaluator:
 
     def __init__(self, cfg: DictConfig, device: torch.device, weights: Path, sha: str):
         self.cfg, self.device = cfg, device
-        self.model = build_model(weights, _model_choice(cfg), cfg.protocol.num_frames, device)
+        protocol = video_protocol(cfg)
+        # the temporal embedding is resampled if the checkpoint was trained with another frame count
+        self.model = load_model(_model_choice(cfg), checkpoint=weights, device=device, num_frames=protocol.num_frames)
         self.wise = None
         if cfg.wise_ft.clip:
             wise_ft(self.model, cfg.wise_ft.clip, cfg.wise_ft.alpha)
             self.wise = {"clip": str(cfg.wise_ft.clip), "sha256": file_sha256(cfg.wise_ft.clip),
                          "alpha": cfg.wise_ft.alpha}
-        self.protocol = VideoProtocol(num_frames=cfg.protocol.num_frames, sampling=cfg.protocol.sampling,
-                                      image_size=self.model.cfg.image_size, backend=cfg.protocol.backend)
+        self.protocol = dataclasses.replace(protocol, image_size=self.model.cfg.image_size)
         self.cache = EmbeddingCache(cfg.cache_dir if cfg.embedding_cache else None)
         self.model_key = {"checkpoint": sha, "wise_ft": self.wise, "precision": cfg.precision,
                           "config": dataclasses.asdict(self.model.cfg)}

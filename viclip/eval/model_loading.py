@@ -1,8 +1,8 @@
-"""Which weights to evaluate: resolve ``checkpoint=``, fingerprint it, build the model, wise-ft.
+"""Which weights an evaluation loads: resolve ``checkpoint=``, fingerprint and name it, wise-ft blending.
 
 ``checkpoint=`` takes an official ``.pth``, a ``.safetensors`` file, or a training run directory
 (its newest exported weights). The model size is read from the file (saved config, else tensor
-shapes); ``model=NAME`` forces a registered size instead.
+shapes, by :func:`viclip.model.load_model`); ``model=NAME`` forces a registered size instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from viclip.model import MODEL_CONFIGS, ViCLIP, ViCLIPConfig, init_from_clip, load_model
+from viclip.model import MODEL_CONFIGS, ViCLIP, ViCLIPConfig, init_from_clip
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
 _GEOMETRY = ("image_size", "patch_size", "tubelet_size", "width", "layers", "embed_dim", "text_width", "text_layers")
@@ -62,12 +62,6 @@ def model_name_of(cfg: ViCLIPConfig) -> str:
         if all(getattr(reg, f) == getattr(cfg, f) for f in _GEOMETRY):
             return name
     return f"vit_w{cfg.width}_l{cfg.layers}_p{cfg.patch_size}"
-
-
-def build_model(weights: Path, model: str | None, num_frames: int, device: torch.device) -> ViCLIP:
-    """The model in eval mode with ``weights`` loaded; ``num_frames`` is the evaluation protocol's (the
-    temporal embedding is resampled by the loader if the checkpoint was trained with another count)."""
-    return load_model(model, checkpoint=weights, device=device, num_frames=num_frames)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from viclip.eval.checkpoint import model_name_of, resolve_checkpoint, wise_ft
+from viclip.eval.model_loading import model_name_of, resolve_checkpoint, wise_ft
 from viclip.eval.runner import variant_suffix
 from viclip.model import ViCLIP, create_model, export_official, export_safetensors, init_from_clip
 
