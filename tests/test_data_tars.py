@@ -33,3 +33,10 @@ def test_shard_writer_leaves_no_partial_tar_on_error(tmp_path):
             w.write(b"x", f"c{i}", {})
         raise RuntimeError("job killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar"]  # no temp file, no sizes.json
+
+
+def test_shard_writer_removes_a_killed_runs_partial_tar(tmp_path):
+    (tmp_path / ".00000.tar.tmp999-0").write_bytes(b"half a tar")  # as if SIGKILLed mid-shard
+    with ShardWriter(tmp_path, max_samples=2) as w:
+        w.write(b"x", "c", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar", "sizes.json"]

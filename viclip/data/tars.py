@@ -32,7 +32,8 @@ class ShardWriter:
     """Write samples into numbered tars under ``out_dir``, starting a new tar at a count or size limit.
 
     Each tar is written under a temporary name (:func:`viclip.atomic.atomic_path`) and renamed when
-    complete, so a crashed job never leaves a truncated tar under a final name. ``close()`` writes
+    complete, so a crashed job never leaves a truncated tar under a final name; the temporary files
+    a killed job left for a shard are removed when that shard is written again. ``close()`` writes
     ``sizes.json`` atomically; when ``start_shard > 0`` (a later job appending to the same directory)
     existing entries are kept.
     """
@@ -57,7 +58,10 @@ class ShardWriter:
         return f"{shard:05d}.tar"
 
     def _open_next(self) -> None:
-        tmp = self._commit.enter_context(atomic_path(self.out_dir / self._name(self.shard)))
+        name = self._name(self.shard)
+        for leftover in self.out_dir.glob(f".{name}.tmp*"):  # a killed run's partial tar
+            leftover.unlink(missing_ok=True)
+        tmp = self._commit.enter_context(atomic_path(self.out_dir / name))
         # stays open across write() calls; closed in _finish_current or __exit__
         self._tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._count = self._bytes = 0
