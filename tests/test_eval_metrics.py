@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from viclip.eval.metrics import ranks_from_mask, retrieval_metrics, topk_accuracy
 from viclip.eval.dual_softmax import dual_softmax
+from viclip.eval.metrics import ranks_from_mask, retrieval_metrics, topk_accuracy
 from viclip.eval.templates import KINETICS_TEMPLATES, class_prototypes, class_scores, expand
 
 
