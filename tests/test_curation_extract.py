@@ -9,13 +9,13 @@ import av
 import numpy as np
 import pytest
 
-from viclip.curation import corpus
-from viclip.curation import testvideos as tv
 from viclip.curation.extract import ExtractConfig, extract_clips, output_size
 from viclip.curation.filters import FilterConfig
 from viclip.curation.scenes import SceneConfig
 from viclip.curation.splitter import split_one_pass, split_two_pass
 from viclip.data.video import read_video
+from viclip.testing import corpus
+from viclip.testing import videos as tv
 
 FPS = 25
 

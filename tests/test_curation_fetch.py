@@ -10,7 +10,6 @@ from pathlib import Path
 import av
 import pytest
 
-from viclip.curation import testvideos as tv
 from viclip.curation.sources import (
     annotated_sources,
     localize,
@@ -20,6 +19,7 @@ from viclip.curation.sources import (
     read_id_map,
 )
 from viclip.curation.table import read_tables
+from viclip.testing import videos as tv
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 25

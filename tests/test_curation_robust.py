@@ -14,8 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from viclip.curation import clips, corpus, stages
-from viclip.curation import testvideos as tv
+from viclip.curation import clips, stages
 from viclip.curation.clips import CurationConfig, process_source
 from viclip.curation.pool import TimeBudget
 from viclip.curation.sources import Source, list_folder
@@ -23,6 +22,8 @@ from viclip.curation.stages import run_stage
 from viclip.curation.stats import summarize
 from viclip.curation.table import read_tables
 from viclip.data.tars import ShardWriter
+from viclip.testing import corpus
+from viclip.testing import videos as tv
 
 W, H, FPS = 96, 64, 25
 N_VIDEOS, PER_SHARD = 6, 3  # shards [v0 v1 v2] [v3 v4 v5]

@@ -5,11 +5,11 @@ import pytest
 import scenedetect
 from scenedetect.detectors import ContentDetector
 
-from viclip.curation import testvideos as tv
 from viclip.curation.clips import CurationConfig, split_video
 from viclip.curation.filters import FilterConfig, candidate_clips, split_scene
 from viclip.curation.scenes import SceneConfig, VideoScan, scan_video
 from viclip.curation.sources import Source
+from viclip.testing import videos as tv
 
 W, H, FPS = 128, 72, 25
 

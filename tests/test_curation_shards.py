@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from viclip.curation import testvideos as tv
 from viclip.curation.sources import list_folder
 from viclip.curation.stages import TableShard, clips_dir_of, run_stage, run_table_stage
 from viclip.curation.stats import summarize
@@ -18,6 +17,7 @@ from viclip.curation.table import read_tables, write_table
 from viclip.curation.writer import make_shards
 from viclip.data.tars import iter_tar_samples
 from viclip.data.video import read_video
+from viclip.testing import videos as tv
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H, FPS = 96, 64, 25

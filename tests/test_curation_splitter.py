@@ -7,12 +7,13 @@ import av
 import numpy as np
 import pytest
 
-from viclip.curation import corpus, splitter
-from viclip.curation import testvideos as tv
+from viclip.curation import splitter
 from viclip.curation.extract import ExtractConfig
 from viclip.curation.filters import FilterConfig
 from viclip.curation.scenes import SceneConfig
 from viclip.curation.splitter import split_one_pass, split_two_pass
+from viclip.testing import corpus
+from viclip.testing import videos as tv
 
 W, H, FPS = 160, 96, 25
 

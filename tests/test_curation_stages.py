@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from viclip.curation import testvideos as tv
 from viclip.curation.clips import CurationConfig
 from viclip.curation.scenes import SceneConfig
 from viclip.curation.sources import list_folder
 from viclip.curation.stages import run_stage
 from viclip.curation.table import read_tables
+from viclip.testing import videos as tv
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H, FPS = 96, 64, 25

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from viclip.curation.scoring import SIMILARITY_MODELS, ScoreConfig, run_scoring
+from viclip.curation.quality import SIMILARITY_MODELS, ScoreConfig, run_scoring
 
 
 def main() -> None:

@@ -135,8 +135,8 @@ CAPTIONERS: dict[str, Callable[..., ImageCaptioner]] = {"hf": HFImageCaptioner}
 SUMMARISERS: dict[str, Callable[..., Summariser]] = {"hf": HFSummariser}
 
 
-def build_model(registry: dict[str, Callable], spec: ModelSpec, device: torch.device, dtype: torch.dtype,
-                batch_size: int) -> Callable:
+def build_captioner(registry: dict[str, Callable], spec: ModelSpec, device: torch.device, dtype: torch.dtype,
+                    batch_size: int) -> Callable:
     """``factory(spec, device, dtype, batch_size)`` from the registry or from ``module:factory``."""
     if ":" in spec.kind:
         module, _, name = spec.kind.partition(":")
@@ -176,9 +176,9 @@ class Captioner:
     @classmethod
     def from_config(cls, cfg: CaptionConfig) -> Captioner:
         device, dtype = resolve_device(cfg.device, cfg.dtype)
-        coarse = build_model(CAPTIONERS, cfg.coarse, device, dtype, cfg.images_per_batch)
-        fine = build_model(CAPTIONERS, cfg.fine, device, dtype, cfg.images_per_batch) if cfg.fine else None
-        return cls(cfg, coarse, fine, build_model(SUMMARISERS, cfg.summariser, device, dtype, cfg.texts_per_batch))
+        coarse = build_captioner(CAPTIONERS, cfg.coarse, device, dtype, cfg.images_per_batch)
+        fine = build_captioner(CAPTIONERS, cfg.fine, device, dtype, cfg.images_per_batch) if cfg.fine else None
+        return cls(cfg, coarse, fine, build_captioner(SUMMARISERS, cfg.summariser, device, dtype, cfg.texts_per_batch))
 
     def caption_batch(self, middles: list[np.ndarray], frames: list[list[np.ndarray]]) -> list[tuple]:
         """(coarse, fine, frame captions, caption) per clip."""

@@ -83,7 +83,7 @@ def _atomic_json(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def check_config(out_dir: Path, record: dict) -> None:
+def record_or_check_settings(out_dir: Path, record: dict) -> None:
     """Record the run's config and source list, or refuse to resume a directory made with others."""
     path = out_dir / CONFIG_FILE
     if path.exists():
@@ -272,7 +272,7 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
     settings = dataclasses.asdict(cfg)
     for part in ("scenes", "extract"):
         settings[part].pop("threads")  # how fast, not what: tasks may differ
-    check_config(out_dir, {"config": settings, "videos_per_shard": videos_per_shard,
+    record_or_check_settings(out_dir, {"config": settings, "videos_per_shard": videos_per_shard,
                            "num_sources": len(sources), "sources_sha256": _sources_digest(sources)})
     mine = task_shards(len(shards), task, num_tasks)
     pending = [s for s in mine if not stats_path(out_dir, s).exists()]
@@ -370,7 +370,7 @@ def run_table_stage(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise FileNotFoundError(f"input stage directory not found: {in_dir}")
     clips_dir = clips_dir_of(in_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_config(out_dir, {**record, "input": str(in_dir.resolve()), "clips_dir": str(clips_dir)})
+    record_or_check_settings(out_dir, {**record, "input": str(in_dir.resolve()), "clips_dir": str(clips_dir)})
     finished = sorted(int(p.name[:-len(STATS_SUFFIX)]) for p in in_dir.glob(f"*{STATS_SUFFIX}"))
     mine = [s for s in finished if s % num_tasks == task]
     pending = [s for s in mine if not stats_path(out_dir, s).exists()]

@@ -1,6 +1,6 @@
 """Source videos shaped like web videos, generated at test time, each with what curation must give.
 
-``testvideos`` writes clean constant-rate H.264; real sources are long-GOP, open-GOP, variable
+``viclip.testing.videos`` writes clean constant-rate H.264; real sources are long-GOP, open-GOP, variable
 rate, rotated, anamorphic, 10-bit, HEVC, odd-sized, MPEG-TS with broken timestamps, damaged or
 without video. :func:`write_corpus` writes one file per shape with PyAV alone (plus byte edits of
 the written files; no ``ffmpeg`` command-line tool). Every picture carries its own index
@@ -23,7 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from viclip.curation.testvideos import INDEX_BITS, index_frames, pan_frames, read_index
+from viclip.testing.videos import INDEX_BITS, index_frames, pan_frames, read_index
 
 SCENE_SECONDS = 3.0
 LONG_GOP_SECONDS = 10.0
