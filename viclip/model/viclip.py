@@ -45,7 +45,7 @@ MODEL_CONFIGS: dict[str, ViCLIPConfig] = {
         patch_size=16, width=768, layers=12, heads=12, embed_dim=512, text_width=512, text_layers=12, text_heads=8
     ),
     # Test and demo size: seconds per step on a CPU. Tubelets of 2 frames make motion direction
-    # learnable from scratch at this size (see DESIGN.md, "the demo task, measured").
+    # learnable from scratch at this size (see docs/architecture.md, "The demo task, measured").
     "tiny": ViCLIPConfig(
         image_size=32, patch_size=8, num_frames=8, tubelet_size=2, width=64, layers=2, heads=4, embed_dim=64,
         text_width=64, text_layers=2, text_heads=4, drop_path_rate=0.0, freeze_text=False,
