@@ -88,7 +88,7 @@ def test_killed_run_resumes_without_redoing_or_losing_clips(sources, reference, 
     done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.stats.json")}
     assert 1 <= len(done_before) < N_VIDEOS + 1, "the run was not interrupted midway"
     unfinished = next(s for s in range(N_VIDEOS + 1) if f"{s:05d}.stats.json" not in done_before)
-    (out / f".{unfinished:05d}.parquet.tmp999").write_bytes(b"half a table")  # as if killed mid-write
+    (out / f".{unfinished:05d}.parquet.tmp999-0").write_bytes(b"half a table")  # as if killed mid-write
 
     summary = run_stage(list_folder(sources), out, videos_per_shard=1, workers=0, progress=False)
     assert summary.skipped == len(done_before) and summary.done == N_VIDEOS + 1 - len(done_before)

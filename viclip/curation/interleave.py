@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.table import table_files
 from viclip.data.tars import stable_hash64
 
@@ -158,38 +159,32 @@ def build_icl(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, cfg: 
     clips_dir = Path(clips_dir) if clips_dir is not None else None
     report = ICLReport(config=asdict(cfg), inputs=[str(f) for f in files])
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     seen: set[str] = set()
-    try:
-        with tmp.open("w") as f:
-            for index, path in enumerate(files):
-                schema = pq.read_schema(path)
-                missing = [c for c in CLIP_COLUMNS if c not in schema.names]
-                if missing:
-                    raise KeyError(f"{path}: ICL sequences need columns {missing}")
-                sequences = []  # (ids, items) per window
-                for video_id, clips in _videos(pq.read_table(path, columns=list(CLIP_COLUMNS)), report, seen, path):
-                    windows = [w for w in _windows(clips, cfg) if len(w) >= cfg.min_clips]
-                    if not windows:
-                        report.too_few_clips += 1
-                        continue
-                    rng = np.random.default_rng([cfg.seed, stable_hash64(video_id) & (2**64 - 1)])
-                    report.videos += 1
-                    for n, window in enumerate(windows):
-                        items = video_sequence(window, rng, cfg, report, clips_dir, asr if cfg.format == "b" else None)
-                        sequences.append(([video_id if len(windows) == 1 else f"{video_id}#{n}"], [video_id], items))
-                if cfg.format == "c":
-                    sequences = _pairs(sequences, np.random.default_rng([cfg.seed, index]), report)
-                for ids, videos, items in sequences:
-                    record = {"id": "+".join(ids), "format": cfg.format, "videos": videos, "sequence": items}
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    report.sequences += 1
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    summary = out.with_name(f".{out.name}.json.tmp{os.getpid()}")
-    summary.write_text(json.dumps({**asdict(report), "clips_dir": str(clips_dir) if clips_dir else None}, indent=1))
-    os.replace(summary, out.with_name(out.name + ".json"))
+    with atomic_path(out) as tmp, tmp.open("w") as f:
+        for index, path in enumerate(files):
+            schema = pq.read_schema(path)
+            missing = [c for c in CLIP_COLUMNS if c not in schema.names]
+            if missing:
+                raise KeyError(f"{path}: ICL sequences need columns {missing}")
+            sequences = []  # (ids, items) per window
+            for video_id, clips in _videos(pq.read_table(path, columns=list(CLIP_COLUMNS)), report, seen, path):
+                windows = [w for w in _windows(clips, cfg) if len(w) >= cfg.min_clips]
+                if not windows:
+                    report.too_few_clips += 1
+                    continue
+                rng = np.random.default_rng([cfg.seed, stable_hash64(video_id) & (2**64 - 1)])
+                report.videos += 1
+                for n, window in enumerate(windows):
+                    items = video_sequence(window, rng, cfg, report, clips_dir, asr if cfg.format == "b" else None)
+                    sequences.append(([video_id if len(windows) == 1 else f"{video_id}#{n}"], [video_id], items))
+            if cfg.format == "c":
+                sequences = _pairs(sequences, np.random.default_rng([cfg.seed, index]), report)
+            for ids, videos, items in sequences:
+                record = {"id": "+".join(ids), "format": cfg.format, "videos": videos, "sequence": items}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                report.sequences += 1
+    summary = {**asdict(report), "clips_dir": str(clips_dir) if clips_dir else None}
+    atomic_write(out.with_name(out.name + ".json"), json.dumps(summary, indent=1))
     return report
 
 

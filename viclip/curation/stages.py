@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from viclip.atomic import atomic_rename, atomic_write
 from viclip.curation.clips import CurationConfig, VideoResult
 from viclip.curation.pool import TimeBudget, process_sources
 from viclip.curation.sources import Source
@@ -78,9 +79,7 @@ def _sources_digest(sources: Sequence[Source]) -> str:
 
 
 def _atomic_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def record_or_check_settings(out_dir: Path, record: dict) -> None:
@@ -199,7 +198,7 @@ class _ShardState:
                     for r in (next(retried) if old["status"] == "failed" else [old])]
         kept = [r for r in rows if r["status"] == "kept"]
         if kept:  # ShardWriter opens no tar for a shard without clips
-            os.replace(self.work / self.tar, self.out_dir / self.tar)
+            atomic_rename(self.work / self.tar, self.out_dir / self.tar)
         else:  # a retry killed after renaming its tar may have left one that the table does not name
             (self.out_dir / self.tar).unlink(missing_ok=True)
         write_table(rows_to_table(rows), self.out_dir / f"{shard_name(self.shard)}.parquet")

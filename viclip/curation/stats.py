@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from viclip.atomic import atomic_path, atomic_write
+
 
 def _column(table: pa.Table, name: str, mask: np.ndarray | None = None) -> np.ndarray | None:
     """A numeric column as float64 with nulls dropped (after ``mask``), or None when absent or empty."""
@@ -168,10 +170,11 @@ def plot_stats(table: pa.Table, out_dir: str | os.PathLike) -> list[Path]:
         draw(ax)
         fig.tight_layout()
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=100)
+        with atomic_path(path, durable=False) as tmp:  # figures and summaries are redone from the table
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         paths.append(path)
     summary = summarize(table)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "summary.txt").write_text(format_summary(summary) + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1), durable=False)
+    atomic_write(out / "summary.txt", format_summary(summary) + "\n", durable=False)
     return paths

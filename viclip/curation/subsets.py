@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.table import table_files
 
 RULES = ("div", "flt", "aes", "random")
@@ -217,22 +218,17 @@ def _unified_schema(files: Sequence[Path]) -> pa.Schema:
 def _write_rows(files: Sequence[Path], rows: np.ndarray, ranks: np.ndarray, out: Path) -> None:
     """Pass 2: copy the rows at sorted global positions ``rows`` with their ranks, atomically."""
     schema = _unified_schema(files)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     offset = 0
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for path in files:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
-                    lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
-                    if hi > lo:
-                        taken = pa.Table.from_batches([batch]).take(rows[lo:hi] - offset)
-                        columns = [taken.column(f.name).cast(f.type) if f.name in taken.column_names
-                                   else pa.nulls(taken.num_rows, f.type) for f in schema if f.name != RANK_COLUMN]
-                        writer.write_table(pa.Table.from_arrays(columns + [pa.array(ranks[lo:hi])], schema=schema))
-                    offset += batch.num_rows
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+                lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
+                if hi > lo:
+                    taken = pa.Table.from_batches([batch]).take(rows[lo:hi] - offset)
+                    columns = [taken.column(f.name).cast(f.type) if f.name in taken.column_names
+                               else pa.nulls(taken.num_rows, f.type) for f in schema if f.name != RANK_COLUMN]
+                    writer.write_table(pa.Table.from_arrays(columns + [pa.array(ranks[lo:hi])], schema=schema))
+                offset += batch.num_rows
 
 
 def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, spec: SubsetSpec) -> SubsetReport:
@@ -257,7 +253,5 @@ def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, sp
     _write_rows(files, rows, ranks, out)
     report = SubsetReport(spec=asdict(spec), inputs=[str(f) for f in files], rows=num_rows, pool=pool,
                           selected=len(rows), counts=counts)
-    tmp = out.with_name(f".{out.name}.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(report), indent=1))
-    os.replace(tmp, out.with_name(out.name + ".json"))
+    atomic_write(out.with_name(out.name + ".json"), json.dumps(asdict(report), indent=1))
     return report

@@ -20,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from viclip.atomic import atomic_path
+
 CLIP_SCHEMA = pa.schema([
     ("video_id", pa.string()),
     ("source", pa.string()),
@@ -64,10 +66,8 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
 
 def write_table(table: pa.Table, path: str | os.PathLike) -> None:
     """Write parquet atomically: a killed job leaves no half-written table under the final name."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def table_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
