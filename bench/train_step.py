@@ -3,8 +3,9 @@
     python bench/train_step.py                       # CPU: tiny and vit_b16, 1 and 2 ranks (gloo)
     python bench/train_step.py --models vit_l14 --ranks 1 --masks 0.9 0.0 --batch 64   # on a GPU
 
-Each configuration runs under torchrun through the real pieces of ``train.py`` (Hydra config,
-DeepSpeed engine, data stream on generated synthetic shards, ClipLoss). Communication is the
+Each configuration runs under torchrun through the same ``viclip.train.Trainer`` as ``train.py``
+(Hydra config, its ``setup()``: DeepSpeed engine, optimizer from the config, loader on generated
+synthetic shards, ClipLoss); a subclass only swaps in a loss that times its feature gather. Communication is the
 feature all-gather of the loss plus DeepSpeed's gradient reduction (its ``bwd_allreduce`` timer);
 forward and backward are shown without them. On a GPU it adds clips/s per GPU and MFU (analytic
 FLOPs of the phase's masking, bf16 peak of the device). It also prints the memory of the loss's
@@ -53,61 +54,57 @@ def loss_memory(b_local: int = 512, world: int = 64) -> str:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One torchrun rank: a few warm-up steps, then timed ones; rank 0 prints a JSON line."""
-    import deepspeed
+    """One torchrun rank: the Trainer's setup, then a few warm-up steps and timed ones; rank 0 prints a JSON line."""
+    import dataclasses
+
     import torch
     import torch.distributed as dist
     from hydra import compose, initialize_config_dir
 
-    import viclip.train.loss as loss_mod
-    from viclip.train import data as train_data
-    from viclip.train.distributed import init_distributed, shutdown
-    from viclip.train.engine import build_model, deepspeed_config, vectorise_scalars
+    from viclip.distributed import shutdown
+    from viclip.train import Trainer
+    from viclip.train.loss import ClipLoss
     from viclip.train.meters import peak_flops, train_flops_per_clip
-    from viclip.train.optim import build_optimizer
+
+    class TimedLoss(ClipLoss):
+        """Adds up the time of the feature all-gather (communication, not forward)."""
+
+        gather_s = 0.0
+
+        def gather(self, x):
+            t0 = time.perf_counter()
+            out = super().gather(x)
+            self.gather_s += time.perf_counter() - t0
+            return out
+
+    class BenchTrainer(Trainer):
+        def build_loss(self) -> ClipLoss:
+            base = super().build_loss()
+            return TimedLoss(base.local_loss, base.same_video, base.rank, base.world_size, base.temp_min)
 
     gpu = torch.cuda.is_available()
     overrides = [f"model={args.model}", "data=synthetic", f"data.root={args.data}", "data.num_workers=1",
                  f"train.batch_size={args.batch}", "deepspeed=" + ("zero1_bf16" if gpu else "cpu_fp32"),
-                 "data.generate=null", "+deepspeed.wall_clock_breakdown=true"]
+                 "data.generate=null", "+deepspeed.wall_clock_breakdown=true", "logger=none",
+                 f"output_root={args.out}", f"run_name=bench_{args.model}"]
     if args.model != "tiny":
         overrides.append("model.clip_weights=null")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    info = init_distributed()
-    torch.manual_seed(0)
-    model = build_model(cfg, info.is_main)
-    vectorise_scalars(model)
-    optimizer = build_optimizer(model, 1e-4, 0.2, (0.9, 0.98), 1e-8)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           config=deepspeed_config(cfg, info.world_size))
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    stream = train_data.build_stream(cfg, model.cfg, info.rank, info.world_size)
-    batches = train_data.endless(stream)
-    gather_time = [0.0]
-    gather = loss_mod.gather_with_grad
-
-    def timed_gather(x, world_size):
-        t0 = time.perf_counter()
-        out = gather(x, world_size)
-        gather_time[0] += time.perf_counter() - t0
-        return out
-
-    loss_mod.gather_with_grad = timed_gather
-    loss_fn = loss_mod.ClipLoss(rank=info.rank, world_size=info.world_size)
+    trainer = BenchTrainer(cfg)
+    trainer.setup()
+    engine, info = trainer.engine, trainer.info
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     rows = {}
     for mask in args.masks:
+        phase = dataclasses.replace(trainer.phases[0], mask_ratio=mask)
         totals = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0, "comm": 0.0}
         for step in range(args.warmup + args.steps):
-            gather_time[0] = 0.0
+            trainer.loss_fn.gather_s = 0.0
             t0 = time.perf_counter()
-            batch = next(batches)
-            video = stream.normalize(batch["video"].to(info.device), dtype)
-            tokens = batch["text"].to(info.device)
+            batch = trainer.next_batch()
             t1 = time.perf_counter()
-            v, t = engine(video, tokens, mask_ratio=mask)
-            loss = loss_fn(v, t, engine.module.temp, batch["index"].to(info.device))
+            loss = trainer.forward_loss(batch, phase)
             sync()
             t2 = time.perf_counter()
             engine.backward(loss)
@@ -118,9 +115,10 @@ def worker(args: argparse.Namespace) -> None:
             t4 = time.perf_counter()
             reduce_s = engine.timers("bwd_allreduce_microstep").elapsed(reset=True) / 1000
             if step >= args.warmup:
-                comm = gather_time[0] + reduce_s
-                for key, value in (("data", t1 - t0), ("forward", t2 - t1 - gather_time[0]),
-                                   ("backward", t3 - t2 - reduce_s), ("optimizer", t4 - t3), ("comm", comm)):
+                gather_s = trainer.loss_fn.gather_s
+                for key, value in (("data", t1 - t0), ("forward", t2 - t1 - gather_s),
+                                   ("backward", t3 - t2 - reduce_s), ("optimizer", t4 - t3),
+                                   ("comm", gather_s + reduce_s)):
                     totals[key] += value
         per_step = {k: v / args.steps for k, v in totals.items()}
         # the slowest rank sets the pace
@@ -130,7 +128,7 @@ def worker(args: argparse.Namespace) -> None:
         total = sum(per_step.values())
         clips = args.batch / total
         peak = peak_flops(info.device)
-        mfu = clips * train_flops_per_clip(model.cfg, mask) / peak if peak else None
+        mfu = clips * train_flops_per_clip(engine.module.cfg, mask) / peak if peak else None
         rows[str(mask)] = {**per_step, "total": total, "clips_per_s_per_rank": clips, "mfu": mfu}
     if info.is_main:
         print("RESULT " + json.dumps({"model": args.model, "ranks": info.world_size, "batch": args.batch,
@@ -149,6 +147,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--data", default=None, help="synthetic data directory (default: a temporary one)")
+    p.add_argument("--out", default=None, help="run directory root of the workers (default: a temporary one)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -165,6 +164,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     print(loss_memory(), flush=True)
     data = args.data or tempfile.mkdtemp(prefix="viclip_bench_")
+    out = args.out or tempfile.mkdtemp(prefix="viclip_bench_runs_")
     make_synthetic(data, n_train=256, n_eval=4, size=64, shard_size=64)
     header = f"{'model':8} {'ranks':>5} {'batch':>5} {'mask':>4} | {'data':>7} {'fwd':>7} {'bwd':>7} {'optim':>7} " \
              f"{'comm':>7} | {'step s':>7} {'clips/s/rank':>12} {'MFU':>6}"
@@ -175,7 +175,7 @@ def main() -> None:
         for ranks in args.ranks:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                    __file__, "--worker", f"--model={model}", f"--batch={batch}", f"--steps={args.steps}",
-                   f"--warmup={args.warmup}", f"--data={data}", "--masks", *map(str, masks)]
+                   f"--warmup={args.warmup}", f"--data={data}", f"--out={out}/{ranks}", "--masks", *map(str, masks)]
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -2,7 +2,8 @@
 # The launch shared by slurm/train_l14.sh and slurm/train_b16.sh, sourced from the batch shell after
 # they set MODEL (l14 or b16; the requeue trap must live in that shell). Checks the path variables,
 # hands them to the configs, and starts one process per GPU with srun: train.py reads
-# SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID.
+# SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and derives MASTER_ADDR (first node, via scontrol) and
+# MASTER_PORT (from the job id) itself (viclip/distributed.py::launcher_env), the one place they are computed.
 EXPERIMENT=${EXPERIMENT:-viclip_${MODEL}_internvid_10m_flt}
 : "${SHARDS:?set SHARDS to the brace pattern of the training tars}"
 : "${CLIP_WEIGHTS:?set CLIP_WEIGHTS to the OpenAI CLIP weights of the model (ViT-L/14 or ViT-B/16)}"
@@ -12,8 +13,6 @@ DATA=${EXPERIMENT#viclip_${MODEL}_}
 # variable keeps the brace pattern away from Hydra's override parser.
 export "VICLIP_SHARDS_${DATA^^}=$SHARDS" "VICLIP_CLIP_${MODEL^^}=$CLIP_WEIGHTS" VICLIP_OUTPUT="$OUTPUT_ROOT"
 
-export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
 export DS_ACCELERATOR=cuda
 export OMP_NUM_THREADS=8
 export NCCL_ASYNC_ERROR_HANDLING=1

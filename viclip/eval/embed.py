@@ -1,6 +1,6 @@
 """Video and text embeddings for a whole evaluation set, split across ranks and gathered back.
 
-Each rank embeds its strided shard (see :mod:`viclip.eval.distributed`); rows come back in
+Each rank embeds its strided shard (see :mod:`viclip.distributed`); rows come back in
 dataset order on every rank. Unreadable videos keep a zero row and ``ok = False``, so indices stay
 aligned with the annotation file and the caller decides how to exclude and count them.
 """
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from viclip.data.annotations import VideoText, VideoTextDataset
 from viclip.data.transforms import VideoTransform
-from viclip.eval.distributed import gather_rows, shard_indices, world
+from viclip.distributed import gather_rows, shard_indices, world
 from viclip.model import ViCLIP, tokenize
 
 

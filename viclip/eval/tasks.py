@@ -13,7 +13,7 @@ from pathlib import Path
 
 from viclip.data.annotations import KINETICS_PATTERN, VideoText, load_kinetics, load_video_text_annotations
 from viclip.data.synthetic import make_synthetic
-from viclip.eval.distributed import barrier, world
+from viclip.distributed import barrier, world
 
 KINDS = ("zeroshot", "retrieval", "linear")
 FORMATS = {

@@ -12,14 +12,14 @@ import json
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from viclip.atomic import atomic_path
 from viclip.model.viclip import MODEL_CONFIGS, ViCLIP, ViCLIPConfig, get_config
 
 StateDict = dict[str, torch.Tensor]
@@ -181,20 +181,6 @@ def load_model(
     return model.to(device).eval()
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _export_tensors(model: ViCLIP) -> StateDict:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -203,7 +189,9 @@ def export_official(model: ViCLIP, path: str | os.PathLike) -> Path:
     """Write ``{'model': state_dict}`` as the official release does (plus our config, which the
     official loader ignores), atomically."""
     payload = {"model": _export_tensors(model), "viclip_config": dataclasses.asdict(model.cfg)}
-    return _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def export_safetensors(model: ViCLIP, path: str | os.PathLike) -> Path:
@@ -211,7 +199,9 @@ def export_safetensors(model: ViCLIP, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     meta = {"format": "pt", "viclip_config": json.dumps(dataclasses.asdict(model.cfg))}
-    return _atomic_write(path, lambda tmp: save_file(_export_tensors(model), tmp, metadata=meta))
+    with atomic_path(path) as tmp:
+        save_file(_export_tensors(model), tmp, metadata=meta)
+    return Path(path)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""ViCLIP training: DeepSpeed engine, distributed InfoNCE, two-phase recipe, checkpoints, meters."""
+"""ViCLIP training: the Trainer (DeepSpeed engine, two-phase recipe, resume), distributed InfoNCE, checkpoints."""
 
-from viclip.train.engine import TrainResult, train
+from viclip.train.trainer import Trainer, TrainResult, train
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "Trainer", "train"]

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from viclip.atomic import atomic_rename, atomic_write
+from viclip.distributed import barrier
 
 LATEST = "latest"
 _TAG_RE = re.compile(r"^step_(\d{8,})$")
@@ -30,20 +32,6 @@ _TAG_RE = re.compile(r"^step_(\d{8,})$")
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -103,7 +91,7 @@ class Checkpointer:
             for p in self.root.iterdir():
                 if p.name.startswith((".tmp-", ".trash-")):
                     shutil.rmtree(p, ignore_errors=True)
-        _barrier()
+        barrier()
 
     def save(self, engine, step: int, train_state: dict[str, Any], rank_state: dict[str, Any]) -> Path:
         """Collective: every rank calls it at the same step. Returns the final directory."""
@@ -115,22 +103,22 @@ class Checkpointer:
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.root / tmp_tag, ignore_errors=True)
-        _barrier()
+        barrier()
         engine.save_checkpoint(str(self.root), tag=tmp_tag, client_state={"train_state": train_state},
                                save_latest=False)
         torch.save(rank_state, self.root / tmp_tag / f"rank{self.rank:05d}.pt")
-        _barrier()
+        barrier()
         if self.rank == 0:
-            os.replace(self.root / tmp_tag, final)
-            _atomic_write_text(self.root / LATEST, tag)
+            atomic_rename(self.root / tmp_tag, final)
+            atomic_write(self.root / LATEST, tag)
             self._prune()
-        _barrier()
+        barrier()
         return final
 
     def _prune(self) -> None:
         for tag in complete_tags(self.root)[:-self.keep]:
             trash = self.root / f".trash-{tag}"
-            os.replace(self.root / tag, trash)
+            atomic_rename(self.root / tag, trash, durable=False)  # deleted next; a crash leaves trash to clean
             shutil.rmtree(trash, ignore_errors=True)
 
     def resolve(self, resume: str | None) -> Path | None:

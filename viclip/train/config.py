@@ -80,7 +80,7 @@ def phases_of(cfg: DictConfig) -> list[Phase]:
     return phases
 
 
-def check_config(cfg: DictConfig) -> None:
+def validate_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming every unset path and the first invalid field; does no work."""
     missing = missing_fields(cfg)
     if missing:

@@ -1,4 +1,4 @@
-"""The training side of the data layer: the config's ``data`` group turned into this rank's stream.
+"""The config's ``data`` group turned into this rank's training loader, and the batch keys the loss reads.
 
 Also generates the synthetic demo data when a config asks for it and it is absent.
 """
@@ -24,7 +24,7 @@ def prepare(data: DictConfig, is_main: bool) -> None:
         make_synthetic(Path(data.root), **OmegaConf.to_container(data.generate, resolve=True))
 
 
-def build_stream(cfg: DictConfig, model_cfg: ViCLIPConfig, rank: int, world_size: int) -> VideoTextLoader:
+def build_loader(cfg: DictConfig, model_cfg: ViCLIPConfig, rank: int, world_size: int) -> VideoTextLoader:
     """This rank's loader: a fixed number of batches per epoch (``len``), resumable by ``state_dict``."""
     aug = cfg.data.augment
     tokenizer = functools.partial(tokenize, context_length=model_cfg.context_length)

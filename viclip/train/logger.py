@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from viclip.atomic import atomic_write
+
 LOGGERS = ("wandb", "none")
 
 
@@ -65,12 +67,10 @@ class MetricsLogger:
                                      config=config, mode=wandb_mode(wandb_cfg.get("mode")))
 
     def _truncate(self, last_step: int) -> None:
-        """Keep the records up to ``last_step``; written to a temporary file, then renamed."""
+        """Keep the records up to ``last_step``. Not durable: a crash loses at most steps the run redoes."""
         lines = self.path.read_text().splitlines(keepends=True)
         kept = [line for line in lines if line.strip() and json.loads(line).get("global_step", 0) <= last_step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(kept), durable=False)
 
     def log(self, record: dict[str, Any], console: bool = True) -> None:
         if not self.enabled:

@@ -27,9 +27,10 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
+from viclip.model import ViCLIPConfig
+
 SameVideo = Literal["negative", "ignore", "positive"]
 SAME_VIDEO_CHOICES = ("negative", "ignore", "positive")
-MIN_TEMP = 0.01
 
 
 def gather_with_grad(x: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -63,17 +64,18 @@ def soft_target_nll(logits: torch.Tensor, positive: torch.Tensor, ignore: torch.
 
 
 class ClipLoss(nn.Module):
-    """Symmetric InfoNCE, logits = cos / temp with temp floored at ``MIN_TEMP``.
+    """Symmetric InfoNCE, logits = cos / temp with temp floored at ``temp_min``.
 
     Args:
         local_loss: each rank scores its own rows against all gathered columns (memory
             B_local x B_global). False reproduces the official global B_global x B_global computation.
         same_video: what a pair of different samples from one source video is.
         rank, world_size: of the data-parallel group (1 process: 0, 1).
+        temp_min: the model config's floor (``ViCLIPConfig.temp_min``), the one definition of it.
     """
 
     def __init__(self, local_loss: bool = True, same_video: SameVideo = "negative", rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, temp_min: float = ViCLIPConfig.temp_min) -> None:
         super().__init__()
         if same_video not in SAME_VIDEO_CHOICES:
             raise ValueError(f"loss.same_video must be one of {SAME_VIDEO_CHOICES}, got {same_video!r}")
@@ -81,6 +83,11 @@ class ClipLoss(nn.Module):
         self.same_video = same_video
         self.rank = rank
         self.world_size = world_size
+        self.temp_min = temp_min
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """All ranks' features, with gradient (a subclass may time it: bench/train_step.py)."""
+        return gather_with_grad(x, self.world_size)
 
     def pair_masks(self, n_rows: int, n_cols: int, row_offset: int, device: torch.device,
                    index_rows: torch.Tensor | None, index_cols: torch.Tensor | None,
@@ -110,9 +117,9 @@ class ClipLoss(nn.Module):
         """
         v = F.normalize(video_features.float(), dim=-1)
         t = F.normalize(text_features.float(), dim=-1)
-        inv_temp = 1.0 / temp.float().clamp(min=MIN_TEMP)
+        inv_temp = 1.0 / temp.float().clamp(min=self.temp_min)
         ws = self.world_size
-        all_v, all_t = gather_with_grad(v, ws), gather_with_grad(t, ws)
+        all_v, all_t = self.gather(v), self.gather(t)
         all_index = gather_no_grad(index, ws) if index is not None else None
         all_vid = gather_no_grad(video_id, ws) if video_id is not None and self.same_video != "negative" else None
 

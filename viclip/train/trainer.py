@@ -1,10 +1,13 @@
-"""The DeepSpeed training loop: two phases (masked, then unmasked) in one invocation, with resume.
+"""The :class:`Trainer`: it owns a run's DeepSpeed engine, loader, loss, meters, logger and checkpointer.
 
-One linear story: check the config, join the process group, build model, data stream, optimizer and
-DeepSpeed engine, restore the newest checkpoint if asked, then run each phase with its own
-warmup + cosine schedule, saving checkpoints every N steps and at each phase end, where the weights
-are also exported in the official format. A checkpoint is the sum of explicit states (engine,
-train state, each rank's data position and RNGs), so a killed run resumes bit-exactly on the CPU.
+One linear story, in torchtitan's manner: :meth:`Trainer.setup` checks the config, joins the process
+group, builds model, loader, optimizer and DeepSpeed engine and restores the newest checkpoint if asked
+(:meth:`Trainer.resume`, the one place resume happens); :meth:`Trainer.fit` runs each phase
+(:meth:`Trainer.run_phase`) with its own warmup + cosine schedule, one :meth:`Trainer.train_step` per
+optimizer step, saving checkpoints every N steps and at each phase end, where the weights are also
+exported in the official format. A checkpoint is the sum of explicit states (engine, and
+:meth:`Trainer.state_dict`: train state, this rank's data position and RNGs), so a killed run resumes
+bit-exactly on the CPU. Fine-tuning and the benchmark subclass it (e.g. :meth:`Trainer.build_loss`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import dataclasses
 import hashlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from viclip.distributed import DistInfo, init_distributed, set_cpu_threads, shutdown
 from viclip.model import ViCLIP, create_model, export_official, init_from_clip
-from viclip.train import data as train_data
+from viclip.train import loader as train_loader
 from viclip.train.checkpoint import Checkpointer, rng_state, set_rng_state
-from viclip.train.config import Phase, check_config, phases_of
-from viclip.train.distributed import DistInfo, init_distributed, set_cpu_threads, shutdown
+from viclip.train.config import Phase, phases_of, validate_train_config
 from viclip.train.logger import MetricsLogger
 from viclip.train.loss import ClipLoss
 from viclip.train.meters import ThroughputMeter, peak_flops, train_flops_per_clip
@@ -73,7 +75,8 @@ def save_resolved_config(cfg: DictConfig, run_dir: Path, info: DistInfo) -> None
         tmp.replace(run_dir / "config.yaml")
 
 
-def build_model(cfg: DictConfig, is_main: bool) -> ViCLIP:
+def build_train_model(cfg: DictConfig, is_main: bool) -> ViCLIP:
+    """The config's model, initialised from CLIP weights when ``model.clip_weights`` names them."""
     model = create_model(cfg.model.name, **OmegaConf.to_container(cfg.model.overrides))
     if cfg.model.clip_weights:
         report = init_from_clip(model, cfg.model.clip_weights)
@@ -138,161 +141,205 @@ def _reduce(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def train(cfg: DictConfig) -> TrainResult:
+class Trainer:
+    """Owns one training run; see the module docstring. Attributes are set by :meth:`setup`."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        validate_train_config(cfg)  # before any work: no run directory, no process group
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir)
+        self.phases = phases_of(cfg)
+        self.grad_accum = int(cfg.train.grad_accum)
+        self.state = TrainState()
+        self.last_loss: float | None = None
+
+    # -- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Join the process group and build every part; restore the run if ``resume`` asks for it."""
+        import deepspeed
+
+        cfg = self.cfg
+        self.info = info = init_distributed()
+        if info.device.type == "cpu":
+            set_cpu_threads(int(cfg.data.num_workers))
+        save_resolved_config(cfg, self.run_dir, info)
+        train_loader.prepare(cfg.data, info.is_main)
+        dist.barrier()
+
+        torch.manual_seed(int(cfg.seed))  # the same initial weights on every rank
+        model = build_train_model(cfg, info.is_main)
+        torch.manual_seed(int(cfg.seed) + 1 + info.rank)  # then distinct masking and drop-path draws per rank
+        self.loader = train_loader.build_loader(cfg, model.cfg, info.rank, info.world_size)
+        self.steps_per_epoch = int(cfg.train.steps_per_epoch or 0) or max(1, len(self.loader) // self.grad_accum)
+
+        vectorise_scalars(model)
+        optimizer = build_optimizer(model, lr=self.phases[0].lr, weight_decay=cfg.optim.weight_decay,
+                                    betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 config=deepspeed_config(cfg, info.world_size))
+        self.dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
+        self.loss_fn = self.build_loss()
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=int(cfg.train.keep_checkpoints),
+                                         rank=info.rank, world_size=info.world_size)
+        self.resume()
+        self.logger = MetricsLogger(self.run_dir, cfg.logger, cfg.run_name, OmegaConf.to_container(cfg, resolve=True),
+                                    OmegaConf.to_container(cfg.wandb), enabled=info.is_main,
+                                    start_step=self.state.global_step)
+        self.peak = peak_flops(info.device)
+        self.batches = train_loader.endless(self.loader)
+
+    def build_loss(self) -> ClipLoss:
+        cfg, info = self.cfg, self.info
+        return ClipLoss(local_loss=bool(cfg.loss.local), same_video=cfg.loss.same_video, rank=info.rank,
+                        world_size=info.world_size, temp_min=self.engine.module.cfg.temp_min)
+
+    # -- resume ------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Clean a killed save's leftovers, then restore the checkpoint ``cfg.resume`` designates, if any.
+
+        A run directory that already holds checkpoints is refused without ``resume``: a second run
+        would silently mix with the first.
+        """
+        ckpt = self.checkpointer
+        ckpt.clean_incomplete()
+        resume_dir = ckpt.resolve(self.cfg.resume)
+        if resume_dir is None and self.cfg.resume is None and ckpt.resolve("auto") is not None:
+            raise RuntimeError(f"{self.run_dir} already holds checkpoints: pass resume=auto to continue the run, "
+                               "or choose another run_name/output_dir")
+        if resume_dir is None:
+            return
+        train_state, rank_state = ckpt.load(self.engine, resume_dir)
+        self.load_state_dict({"train": train_state, **rank_state})
+        if self.info.is_main:
+            print(f"resumed from {resume_dir}: phase {self.state.phase} step {self.state.step} "
+                  f"(global {self.state.global_step})", flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the engine: the train state, this rank's data position and its RNGs."""
+        return {"train": dataclasses.asdict(self.state), "data": self.loader.state_dict(), "rng": rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = TrainState(**state["train"])
+        self.loader.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> None:
+        """Collective: the engine, plus :meth:`state_dict` (train state shared, the rest per rank)."""
+        state = self.state_dict()
+        self.checkpointer.save(self.engine, self.state.global_step, state.pop("train"), state)
+
+    # -- training ----------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Run the phases not yet done (all of them, on a fresh run)."""
+        for phase_idx, phase in enumerate(self.phases):
+            if phase_idx >= self.state.phase:
+                self.run_phase(phase)
+        self.logger.close()
+        return TrainResult(self.run_dir, dict(self.state.exports), self.last_loss, self.info.is_main)
+
+    def run_phase(self, phase: Phase) -> None:
+        """The phase's remaining steps, periodic checkpoints, then export and a checkpoint at its end."""
+        cfg, info, state = self.cfg, self.info, self.state
+        total = max(1, round(phase.epochs * self.steps_per_epoch))
+        schedule = WarmupCosine(phase.lr, total, min(total, round(phase.warmup_epochs * self.steps_per_epoch)),
+                                phase.min_lr_ratio)
+        self.flops = train_flops_per_clip(self.engine.module.cfg, phase.mask_ratio)
+        self.meter = ThroughputMeter()
+        if info.is_main:
+            print(f"[{phase.name}] {total} steps ({phase.epochs:g} epochs of {self.steps_per_epoch}), mask_ratio "
+                  f"{phase.mask_ratio}, lr {phase.lr:g}, warmup {schedule.warmup_steps} steps, "
+                  f"{info.world_size} rank(s) x {cfg.train.batch_size} clips x {self.grad_accum} accumulation",
+                  flush=True)
+        window: list[float] = []
+        while state.step < total:
+            lr = schedule(state.step)
+            window.extend(self.train_step(phase, lr))
+            self.last_loss = sum(window) / len(window) if window else float("nan")
+            if state.step % int(cfg.train.log_every) == 0 or state.step == total:
+                self.logger.log(self.record(phase, total, lr))
+                window.clear()
+            if state.step % int(cfg.train.ckpt_every) == 0 and state.step < total:
+                self.save_checkpoint()
+        # Export first: a kill between the two redoes the phase's end from the last checkpoint and
+        # writes the same file again; the other order could leave a finished phase unexported.
+        state.exports[phase.name] = export_phase(self.engine, phase, self.run_dir, info)
+        state.phase, state.step = self.phases.index(phase) + 1, 0
+        self.save_checkpoint()  # at every phase end, with the state pointing at the next phase
+
+    def train_step(self, phase: Phase, lr: float) -> list[float]:
+        """One optimizer step at ``lr`` (``grad_accum`` micro-batches); returns their mean losses."""
+        set_lr(self.optimizer, lr)
+        losses = [self.micro_step(phase) for _ in range(self.grad_accum)]
+        self.state.step += 1
+        self.state.global_step += 1
+        self.engine.module.clamp_temp()  # official: temp >= temp_min (the loss floors it too)
+        return losses
+
+    def next_batch(self) -> dict:
+        # Starting an epoch's DataLoader draws its worker seed from the global RNG; keep that draw out
+        # of the training RNG (masking, drop-path), which a resumed run must replay exactly.
+        with torch.random.fork_rng(devices=[]):
+            return next(self.batches)
+
+    def forward_loss(self, batch: dict, phase: Phase) -> torch.Tensor:
+        """The loss of one batch (on the device, in the engine's dtype) at the phase's masking."""
+        device = self.info.device
+        video = self.loader.normalize(batch["video"].to(device, non_blocking=True), self.dtype)
+        tokens = batch["text"].to(device, non_blocking=True)
+        video_features, text_features = self.engine(video, tokens, mask_ratio=phase.mask_ratio)
+        index, video_id = train_loader.positive_keys(batch, self.cfg.loss, device)
+        return self.loss_fn(video_features, text_features, self.engine.module.temp, index, video_id)
+
+    def micro_step(self, phase: Phase) -> float:
+        """One micro-batch; a non-finite loss (on any rank) skips it on every rank and is counted.
+
+        Skipping both backward and engine.step keeps DeepSpeed's accumulation counter in step with the
+        other ranks; the next micro-batch takes the skipped one's place.
+        """
+        state = self.state
+        while True:
+            self.meter.start()
+            batch = self.next_batch()
+            self.meter.data_ready()
+            loss = self.forward_loss(batch, phase)
+            finite = bool(torch.isfinite(loss))
+            loss_sum, bad = _reduce([loss.item() if finite else 0.0, 0.0 if finite else 1.0], self.info.device)
+            if bad:
+                state.bad_in_row += 1
+                state.nonfinite_steps += 1
+                self.meter.end(len(batch["video"]))
+                if state.bad_in_row >= int(self.cfg.train.max_bad_steps):
+                    raise NonFiniteLossError(
+                        f"{state.bad_in_row} non-finite losses in a row at {phase.name} step {state.step} (global "
+                        f"{state.global_step}); lower the lr, enable train.grad_clip or check the data")
+                continue
+            state.bad_in_row = 0
+            self.engine.backward(loss)
+            self.engine.step()
+            self.meter.end(len(batch["video"]))
+            return loss_sum / self.info.world_size
+
+    def record(self, phase: Phase, total: int, lr: float) -> dict[str, Any]:
+        """The metrics record of the step just done."""
+        state, loss, per_rank = self.state, self.last_loss, self.meter.clips_per_s()
+        return {
+            "phase": phase.name, "step": state.step, "steps": total, "global_step": state.global_step,
+            "loss": loss if math.isfinite(loss) else None, "lr": lr,
+            "temp": self.engine.module.temp.detach().float().item(), "mask_ratio": phase.mask_ratio,
+            "clips_per_s": per_rank * self.info.world_size, "clips_per_s_per_rank": per_rank,
+            "data_wait": self.meter.data_wait_share(), "skipped_samples": train_loader.skipped_samples(self.loader),
+            "nonfinite_steps": state.nonfinite_steps, "mfu": self.meter.mfu(self.flops, self.peak), "time": time.time(),
+        }
+
+
+def train(cfg: DictConfig, trainer_cls: type[Trainer] = Trainer) -> TrainResult:
     """Run every phase of ``cfg`` (a composed ``configs/train.yaml``); see the module docstring."""
-    check_config(cfg)
-    info = init_distributed()
+    trainer = trainer_cls(cfg)
     try:
-        result = _train(cfg, info)
+        trainer.setup()
+        result = trainer.fit()
     except BaseException:
         shutdown(clean=False)
         raise
     shutdown()
     return result
-
-
-def _train(cfg: DictConfig, info: DistInfo) -> TrainResult:
-    import deepspeed
-
-    run_dir = Path(cfg.output_dir)
-    phases = phases_of(cfg)
-    if info.device.type == "cpu":
-        set_cpu_threads(int(cfg.data.num_workers))
-    save_resolved_config(cfg, run_dir, info)
-    train_data.prepare(cfg.data, info.is_main)
-    dist.barrier()
-
-    torch.manual_seed(int(cfg.seed))  # the same initial weights on every rank
-    model = build_model(cfg, info.is_main)
-    torch.manual_seed(int(cfg.seed) + 1 + info.rank)  # then distinct masking and drop-path draws per rank
-    stream = train_data.build_stream(cfg, model.cfg, info.rank, info.world_size)
-    grad_accum = int(cfg.train.grad_accum)
-    steps_per_epoch = int(cfg.train.steps_per_epoch or 0) or max(1, len(stream) // grad_accum)
-
-    vectorise_scalars(model)
-    optimizer = build_optimizer(model, lr=phases[0].lr, weight_decay=cfg.optim.weight_decay,
-                                betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                   config=deepspeed_config(cfg, info.world_size))
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    loss_fn = ClipLoss(local_loss=bool(cfg.loss.local), same_video=cfg.loss.same_video, rank=info.rank,
-                       world_size=info.world_size)
-
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=int(cfg.train.keep_checkpoints), rank=info.rank,
-                        world_size=info.world_size)
-    ckpt.clean_incomplete()
-    state = TrainState()
-    resume_dir = ckpt.resolve(cfg.resume)
-    if resume_dir is None and cfg.resume is None and ckpt.resolve("auto") is not None:
-        raise RuntimeError(f"{run_dir} already holds checkpoints: pass resume=auto to continue the run, or "
-                           "choose another run_name/output_dir")
-    if resume_dir is not None:
-        train_state, rank_state = ckpt.load(engine, resume_dir)
-        state = TrainState(**train_state)
-        stream.load_state_dict(rank_state["data"])
-        set_rng_state(rank_state["rng"])
-        if info.is_main:
-            print(f"resumed from {resume_dir}: phase {state.phase} step {state.step} "
-                  f"(global {state.global_step})", flush=True)
-
-    logger = MetricsLogger(run_dir, cfg.logger, cfg.run_name, OmegaConf.to_container(cfg, resolve=True),
-                           OmegaConf.to_container(cfg.wandb), enabled=info.is_main,
-                           start_step=state.global_step)
-    peak = peak_flops(info.device)
-    batches = train_data.endless(stream)
-    last_loss = None
-
-    def save() -> None:
-        ckpt.save(engine, state.global_step, dataclasses.asdict(state),
-                  {"data": stream.state_dict(), "rng": rng_state()})
-
-    for phase_idx, phase in enumerate(phases):
-        if phase_idx < state.phase:
-            continue
-        total = max(1, round(phase.epochs * steps_per_epoch))
-        schedule = WarmupCosine(phase.lr, total, min(total, round(phase.warmup_epochs * steps_per_epoch)),
-                                phase.min_lr_ratio)
-        flops = train_flops_per_clip(engine.module.cfg, phase.mask_ratio)
-        meter = ThroughputMeter()
-        window: list[float] = []
-        if info.is_main:
-            print(f"[{phase.name}] {total} steps ({phase.epochs:g} epochs of {steps_per_epoch}), mask_ratio "
-                  f"{phase.mask_ratio}, lr {phase.lr:g}, warmup {schedule.warmup_steps} steps, "
-                  f"{info.world_size} rank(s) x {cfg.train.batch_size} clips x {grad_accum} accumulation",
-                  flush=True)
-        while state.step < total:
-            set_lr(optimizer, schedule(state.step))
-            for _ in range(grad_accum):
-                loss_value = _micro_step(engine, loss_fn, batches, stream.normalize, phase, dtype, info, meter,
-                                         state, cfg)
-                if loss_value is not None:
-                    window.append(loss_value)
-            state.step += 1
-            state.global_step += 1
-            engine.module.clamp_temp()  # official: temp >= 0.01 (the loss floors it too)
-            last_loss = sum(window) / len(window) if window else float("nan")
-            if state.step % int(cfg.train.log_every) == 0 or state.step == total:
-                logger.log(_record(phase, state, total, last_loss, schedule, engine, meter, stream, flops,
-                                   peak, info))
-                window.clear()
-            if state.step % int(cfg.train.ckpt_every) == 0 and state.step < total:
-                save()
-        # Export first: a kill between the two redoes the phase's end from the last checkpoint and
-        # writes the same file again; the other order could leave a finished phase unexported.
-        state.exports[phase.name] = export_phase(engine, phase, run_dir, info)
-        state.phase, state.step = phase_idx + 1, 0
-        save()  # at every phase end, with the state pointing at the next phase
-    logger.close()
-    return TrainResult(run_dir, dict(state.exports), last_loss, info.is_main)
-
-
-def _micro_step(engine, loss_fn: ClipLoss, batches, normalize: Callable[..., torch.Tensor], phase: Phase,
-                dtype: torch.dtype, info: DistInfo, meter: ThroughputMeter, state: TrainState,
-                cfg: DictConfig) -> float | None:
-    """One micro-batch; a non-finite loss (on any rank) skips it on every rank and is counted.
-
-    Skipping both backward and engine.step keeps DeepSpeed's accumulation counter in step with the
-    other ranks; the next micro-batch takes the skipped one's place.
-    """
-    while True:
-        meter.start()
-        # Starting an epoch's DataLoader draws its worker seed from the global RNG; keep that draw out
-        # of the training RNG (masking, drop-path), which a resumed run must replay exactly.
-        with torch.random.fork_rng(devices=[]):
-            batch = next(batches)
-        meter.data_ready()
-        video = normalize(batch["video"].to(info.device, non_blocking=True), dtype)
-        tokens = batch["text"].to(info.device, non_blocking=True)
-        video_features, text_features = engine(video, tokens, mask_ratio=phase.mask_ratio)
-        index, video_id = train_data.positive_keys(batch, cfg.loss, info.device)
-        loss = loss_fn(video_features, text_features, engine.module.temp, index, video_id)
-        finite = bool(torch.isfinite(loss))
-        loss_sum, bad = _reduce([loss.item() if finite else 0.0, 0.0 if finite else 1.0], info.device)
-        if bad:
-            state.bad_in_row += 1
-            state.nonfinite_steps += 1
-            meter.end(len(video))
-            if state.bad_in_row >= int(cfg.train.max_bad_steps):
-                raise NonFiniteLossError(
-                    f"{state.bad_in_row} non-finite losses in a row at {phase.name} step {state.step} (global "
-                    f"{state.global_step}); lower the lr, enable train.grad_clip or check the data")
-            continue
-        state.bad_in_row = 0
-        engine.backward(loss)
-        engine.step()
-        meter.end(len(video))
-        return loss_sum / info.world_size
-
-
-def _record(phase: Phase, state: TrainState, total: int, loss: float, schedule: WarmupCosine, engine,
-            meter: ThroughputMeter, stream, flops: float, peak: float | None, info: DistInfo) -> dict:
-    per_rank = meter.clips_per_s()
-    mfu = meter.mfu(flops, peak)
-    return {
-        "phase": phase.name, "step": state.step, "steps": total, "global_step": state.global_step,
-        "loss": loss if math.isfinite(loss) else None, "lr": schedule(state.step - 1), "temp": engine.module.temp.detach().float().item(),
-        "mask_ratio": phase.mask_ratio, "clips_per_s": per_rank * info.world_size,
-        "clips_per_s_per_rank": per_rank, "data_wait": meter.data_wait_share(),
-        "skipped_samples": train_data.skipped_samples(stream), "nonfinite_steps": state.nonfinite_steps,
-        "mfu": mfu, "time": time.time(),
-    }

@@ -69,13 +69,13 @@ def test_missing_paths_are_named_before_any_work(tmp_path, monkeypatch):
 
     monkeypatch.setenv("VICLIP_CLIP_L14", "/weights/clip_l14.pt")
     cfg = _compose(["experiment=viclip_l14_internvid_10m_flt", "data.sources.internvid_10m_flt.shards='/x/{0..9}.tar'"])
-    from viclip.train.config import check_config
+    from viclip.train.config import validate_train_config
 
-    check_config(cfg)  # both set: accepted
+    validate_train_config(cfg)  # both set: accepted
     with pytest.raises(ConfigError, match="phases.pretrain.mask_ratio"):
-        check_config(_compose(["experiment=demo", "phases.pretrain.mask_ratio=1.5"]))
+        validate_train_config(_compose(["experiment=demo", "phases.pretrain.mask_ratio=1.5"]))
     with pytest.raises(ConfigError, match="loss.same_video"):
-        check_config(_compose(["experiment=demo", "loss.same_video=maybe"]))
+        validate_train_config(_compose(["experiment=demo", "loss.same_video=maybe"]))
 
 
 def test_unknown_data_name_fails_at_compose_naming_the_group(tmp_path, data_root):
@@ -113,7 +113,7 @@ def test_two_rank_deepspeed_run_lowers_loss_through_both_phases(tmp_path, data_r
 def test_phases_set_masking_and_lr_on_the_model_and_optimizer(tmp_path, data_root, monkeypatch):
     """In-process run (1 rank): what the model and optimizer actually receive, call by call."""
     from viclip.model import ViCLIP
-    from viclip.train import engine
+    from viclip.train import trainer
     from viclip.train.optim import WarmupCosine
 
     monkeypatch.setenv("VICLIP_DATA", str(data_root))
@@ -126,7 +126,7 @@ def test_phases_set_masking_and_lr_on_the_model_and_optimizer(tmp_path, data_roo
         seen_masks.append(mask_ratio)
         return forward(self, video, tokens, mask_ratio)
 
-    set_lr = engine.set_lr
+    set_lr = trainer.set_lr
 
     def spy_set_lr(optimizer, lr):
         seen_lrs.append(lr)
@@ -134,10 +134,10 @@ def test_phases_set_masking_and_lr_on_the_model_and_optimizer(tmp_path, data_roo
         assert all(g["lr"] == lr for g in optimizer.param_groups)
 
     monkeypatch.setattr(ViCLIP, "forward", spy_forward)
-    monkeypatch.setattr(engine, "set_lr", spy_set_lr)
+    monkeypatch.setattr(trainer, "set_lr", spy_set_lr)
     cfg = _compose([*SMALL, f"output_root={tmp_path}", "run_name=spy", "phases.pretrain.epochs=1",
                     "phases.pretrain.warmup_epochs=0.5", "train.steps_per_epoch=4"])
-    result = engine.train(cfg)
+    result = trainer.train(cfg)
     # 4 steps per epoch (steps_per_epoch): pretrain 1 epoch, unmasked 1 epoch
     assert seen_masks == [0.5] * 4 + [0.0] * 4
     pre, post = WarmupCosine(1e-3, 4, 2, 0.01), WarmupCosine(1e-4, 4, 1, 0.01)
@@ -146,7 +146,7 @@ def test_phases_set_masking_and_lr_on_the_model_and_optimizer(tmp_path, data_roo
 
 
 def test_nonfinite_losses_are_skipped_counted_and_abort_after_k_in_a_row(tmp_path, data_root, monkeypatch):
-    from viclip.train import engine
+    from viclip.train import trainer
     from viclip.train.loss import ClipLoss
 
     monkeypatch.setenv("VICLIP_DATA", str(data_root))
@@ -164,8 +164,8 @@ def test_nonfinite_losses_are_skipped_counted_and_abort_after_k_in_a_row(tmp_pat
     monkeypatch.setattr(ClipLoss, "forward", flaky)
     cfg = _compose([*SMALL, f"output_root={tmp_path}", "run_name=nan", "train.max_bad_steps=3",
                     "train.steps_per_epoch=4"])
-    with pytest.raises(engine.NonFiniteLossError, match=r"3 non-finite losses in a row at pretrain step 3"):
-        engine.train(cfg)
+    with pytest.raises(trainer.NonFiniteLossError, match=r"3 non-finite losses in a row at pretrain step 3"):
+        trainer.train(cfg)
     recs = _records(tmp_path / "nan")
     # optimizer steps 1-3 used the finite micro-batches 1, 3 and 6; NaN ones were skipped, not stepped
     assert [r["step"] for r in recs] == [1, 2, 3]
