@@ -351,18 +351,18 @@ def test_tools_chain_split_caption_score_subset_icl(tmp_path, monkeypatch, tiny_
     blip, t5 = tiny_hf_models
     stage = make_stage(tmp_path / "clips")
     common = ("--device", "cpu", "--workers", "0", "--no-progress")
-    _run_tool(monkeypatch, "caption_clips", "--input", stage, "--out", tmp_path / "cap", "--captioner-model", blip,
-              "--summariser-model", t5, "--max-new-tokens", "4", "--summary-max-new-tokens", "4", *common)
+    _run_tool(monkeypatch, "caption_clips", "--input", stage, "--out", tmp_path / "cap", "--coarse-path", blip,
+              "--summariser-path", t5, "--coarse-max-new-tokens", "4", "--summariser-max-new-tokens", "4", *common)
     _run_tool(monkeypatch, "score_clips", "--input", tmp_path / "cap", "--out", tmp_path / "score",
               "--clip-model", tiny_scorers["clip_model"], "--clip-weights", tiny_scorers["clip_weights"],
               "--aesthetic-head", tiny_scorers["head"], "--similarity", "clip", *common)
     scored = read_tables([tmp_path / "score"])
     kept = [r for r in scored.to_pylist() if r["aesthetic"] is not None]
     assert len(kept) == 7 and all(r["caption_coarse"] is not None and r["clip_text_sim"] is not None for r in kept)
-    _run_tool(monkeypatch, "build_subset", tmp_path / "score", "--rule", "aes", "--aesthetic-threshold=-1e9",
+    _run_tool(monkeypatch, "build_subset", "--input", tmp_path / "score", "--rule", "aes", "--aesthetic-threshold=-1e9",
               "--out", tmp_path / "aes.parquet")
     assert pq.read_table(tmp_path / "aes.parquet").num_rows == 7
-    _run_tool(monkeypatch, "make_icl", tmp_path / "score", "--out", tmp_path / "icl.jsonl")
+    _run_tool(monkeypatch, "make_icl", "--input", tmp_path / "score", "--out", tmp_path / "icl.jsonl")
     lines = [json.loads(x) for x in (tmp_path / "icl.jsonl").read_text().splitlines()]
     assert {x["id"] for x in lines} == {"v0_0", "v0_1", "v1_0"}  # v1_1 lost its corrupt clip: one clip is too few
     videos = [i for x in lines for i in x["sequence"] if i["type"] == "video"]

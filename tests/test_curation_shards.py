@@ -82,7 +82,7 @@ def test_missing_captions_are_an_error_unless_allowed(stage, tmp_path):
 
 def test_plot_stats_writes_figures_and_summary(stage, tmp_path, capsys):
     argv = sys.argv
-    sys.argv = ["plot_stats.py", "--table", str(stage), "--out", str(tmp_path / "stats")]
+    sys.argv = ["plot_stats.py", "--input", str(stage), "--out", str(tmp_path / "stats")]
     try:
         runpy.run_path(str(ROOT / "tools" / "plot_stats.py"), run_name="__main__")
     finally:

@@ -176,3 +176,34 @@ def test_subset_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="rule must be one of"):
         SubsetSpec("best")
     assert not (tmp_path / "o.parquet").exists()
+
+
+def _build_subset_main(monkeypatch, *argv) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "build_subset.py"
+    spec = importlib.util.spec_from_file_location("build_subset", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr("sys.argv", [str(path), *map(str, argv)])
+    tool.main()
+
+
+def test_documented_div_command_on_an_annotation_table_without_status(tmp_path, monkeypatch, capsys):
+    # the release's annotations: file names and captions, no status column (every clip is a candidate)
+    rows = [{k: v for k, v in r.items() if k != "status"} for r in _official_like_rows(seed=3)]
+    _write(rows, tmp_path / "anno.parquet")
+    num = len(rows) // 4
+    _build_subset_main(monkeypatch, "--input", tmp_path / "anno.parquet", "--rule", "div", "--num", num,
+                       "--source-column", "video", "--source-prefix", 11, "--out", tmp_path / "d.parquet")
+    assert _by_rank(tmp_path / "d.parquet").column("video").to_pylist() == [x["video"] for x in official_div(rows, num)]
+    assert json.loads(capsys.readouterr().out)["pool"] == len(rows)
+
+    with pytest.raises(SystemExit) as exit_:  # a missing column is one line naming it, not a traceback
+        _build_subset_main(monkeypatch, "--input", tmp_path / "anno.parquet", "--rule", "div", "--num", 1,
+                           "--out", tmp_path / "e.parquet")
+    assert "needs columns ['video_id']" in str(exit_.value.code) and "\n" not in str(exit_.value.code)
+    with pytest.raises(SystemExit) as exit_:
+        _build_subset_main(monkeypatch, "--input", tmp_path / "nope.parquet", "--rule", "aes", "--out", tmp_path / "f")
+    assert str(exit_.value.code) == f"build_subset.py: error: clip table not found: {tmp_path / 'nope.parquet'}"

@@ -12,11 +12,12 @@ Failed sources (see the 'reason' column) can be redone later by rerunning with -
 
 import argparse
 
-from viclip.curation.cli import add_curation_args, add_run_args, config_from_args, run_kwargs
+from viclip.curation.cli import add_curation_args, add_run_args, config_from_args, one_line_errors, run_kwargs
 from viclip.curation.sources import annotated_sources, read_annotations, read_id_map
 from viclip.curation.stages import run_stage
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotations", required=True, help="InternVid JSONL (YoutubeID, Start/End_timestamp, Caption)")

@@ -1,8 +1,8 @@
 """Interleaved video-text sequences (InternVid-ICL) from captioned clip tables, as JSON lines.
 
-    python tools/make_icl.py captioned/ --format a --out icl_a.jsonl
-    python tools/make_icl.py captioned/ --format b --asr transcripts.jsonl --out icl_b.jsonl
-    python tools/make_icl.py captioned/ --format c --max-clips 16 --out icl_c.jsonl
+    python tools/make_icl.py --input captioned/ --format a --out icl_a.jsonl
+    python tools/make_icl.py --input captioned/ --format b --asr transcripts.jsonl --out icl_b.jsonl
+    python tools/make_icl.py --input captioned/ --format c --max-clips 16 --out icl_c.jsonl
 
 (a) one video's clips in temporal order, each video followed by its caption, each video dropped
 with probability --drop-prob (its caption stays); (b) (a) plus each clip's ASR text (segments with
@@ -18,27 +18,25 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from viclip.curation.cli import add_options, from_args, one_line_errors
 from viclip.curation.interleave import FORMATS, ASRIndex, ICLConfig, build_icl
 from viclip.curation.stages import clips_dir_of
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="captioned clip tables: stage directories or parquet files")
+    parser.add_argument("--input", nargs="+", required=True, help="captioned clip tables: stage directories or parquet")
     parser.add_argument("--out", required=True, help="output .jsonl")
-    parser.add_argument("--format", default="a", choices=FORMATS)
+    add_options(parser, ICLConfig, "sequences", choices={"format": FORMATS})
     parser.add_argument("--asr", help="ASR segments (format b): .jsonl or .parquet with video_id, start, end, text")
-    parser.add_argument("--drop-prob", type=float, default=0.3)
-    parser.add_argument("--min-clips", type=int, default=2)
-    parser.add_argument("--max-clips", type=int, help="cut longer videos into windows of this many clips")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clips-dir", help="where the tars are (default: from the first input stage directory)")
     a = parser.parse_args()
     clips_dir = a.clips_dir
-    if clips_dir is None and Path(a.inputs[0]).is_dir():
-        clips_dir = clips_dir_of(Path(a.inputs[0]))
-    cfg = ICLConfig(a.format, a.drop_prob, a.min_clips, a.max_clips, a.seed)
-    report = build_icl(a.inputs, a.out, cfg, clips_dir=clips_dir, asr=ASRIndex.load(a.asr) if a.asr else None)
+    if clips_dir is None and Path(a.input[0]).is_dir():
+        clips_dir = clips_dir_of(Path(a.input[0]))
+    report = build_icl(a.input, a.out, from_args(ICLConfig, a), clips_dir=clips_dir,
+                       asr=ASRIndex.load(a.asr) if a.asr else None)
     print(json.dumps({k: v for k, v in asdict(report).items() if k != "inputs"}, indent=1))
 
 

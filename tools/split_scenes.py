@@ -12,11 +12,12 @@ rerun to redo the failed videos of finished shards.
 
 import argparse
 
-from viclip.curation.cli import add_curation_args, add_run_args, config_from_args, run_kwargs
+from viclip.curation.cli import add_curation_args, add_run_args, config_from_args, one_line_errors, run_kwargs
 from viclip.curation.sources import list_folder, read_file_list
 from viclip.curation.stages import run_stage
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)

@@ -36,6 +36,7 @@ ImageCaptioner = Callable[[Sequence[np.ndarray]], list[str]]
 # texts -> one summary each, same order
 Summariser = Callable[[Sequence[str]], list[str]]
 CAPTION_COLUMNS = ("caption_coarse", "caption_fine", "frame_captions", "caption")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: bfloat16 on CUDA, float32 on CPU
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class CaptionConfig:
+    """The captioning models and how they run (``record()`` is what decides the captions)."""
+
     coarse: ModelSpec = ModelSpec("hf", "Salesforce/blip2-opt-2.7b")
     fine: ModelSpec | None = None  # frame captioner; None: the coarse captioner captions the frames too
     summariser: ModelSpec = ModelSpec("hf", "google-t5/t5-base", prompt="summarize: ", max_new_tokens=40,
@@ -77,8 +80,8 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
                        "cpu" if device == "auto" else device)
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     return dev, getattr(torch, dtype)
 
 

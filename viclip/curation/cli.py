@@ -1,14 +1,25 @@
-"""Command-line options shared by the curation tools, generated from the config dataclasses.
+"""Command-line options of the tools, generated from the package's config dataclasses and signatures.
 
-Each field of :class:`SceneConfig`, :class:`FilterConfig` and :class:`ExtractConfig` becomes an
-option (``--threshold``, ``--min-scene-len``, ``--short-side``, ``--copy`` ...) with the dataclass
-default, so the tools cannot drift from the package's defaults.
+Each field of a config dataclass (or keyword parameter of a function such as ``make_shards``)
+becomes an option (``--threshold``, ``--min-scene-len``, ``--short-side``, ``--copy`` ...) with the
+package's default, so the tools cannot drift from it: a bool is ``--x/--no-x``, ``T | None`` is an
+optional ``T``, a tuple takes several values, a field without a default is required, and a nested
+config dataclass gets options prefixed by its field name (``--coarse-path``). Every tool reads
+its stage directory or tables from ``--input`` and writes to ``--out``; ``--videos``, ``--list`` and
+``--annotations`` name source lists. A missing file or column ends the tool with one line naming it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from viclip.curation.clips import CurationConfig
@@ -17,34 +28,107 @@ from viclip.curation.filters import LONG_CLIP_POLICIES, FilterConfig
 from viclip.curation.pool import TimeBudget
 from viclip.curation.scenes import SceneConfig
 
+REQUIRED = object()  # a parameter without a default
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, seen: set[str]) -> None:
-    """One option per field; a field name shared with an earlier class (threads) sets both."""
-    group = parser.add_argument_group(title, (cls.__doc__ or "").strip().splitlines()[0])
-    for f in dataclasses.fields(cls):
-        if f.name in seen:
+def _params(source: type | Callable) -> list[tuple[str, Any, Any]]:
+    """``(name, type, default)`` of a dataclass's fields or a function's parameters."""
+    hints = typing.get_type_hints(source)
+    if dataclasses.is_dataclass(source):
+        return [(f.name, hints[f.name], f.default if f.default is not dataclasses.MISSING
+                 else f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
+                for f in dataclasses.fields(source)]
+    return [(p.name, hints.get(p.name, str), REQUIRED if p.default is p.empty else p.default)
+            for p in inspect.signature(source).parameters.values()]
+
+
+def _scalar(hint: Any) -> Any:
+    """``T`` of ``T | None``; ``str`` for other unions (paths given as ``str | PathLike``)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def add_options(parser: argparse.ArgumentParser, source: type | Callable, title: str, seen: set[str] | None = None,
+                skip: Sequence[str] = (), choices: dict[str, Sequence] | None = None, prefix: str = "",
+                base: Any = REQUIRED) -> None:
+    """One option per field/parameter of ``source``; a name already in ``seen`` (threads) is not added again.
+
+    ``base`` is the instance whose values are the defaults (a nested field's default; None: every
+    option optional and unset).
+    """
+    seen = set() if seen is None else seen
+    choices = choices or {}
+    doc = (source.__doc__ or "").strip()
+    generated = doc.startswith(f"{source.__name__}(")  # a dataclass without a docstring
+    group = parser.add_argument_group(title, None if generated or not doc else doc.splitlines()[0])
+    for name, hint, default in _params(source):
+        key = prefix + name
+        if name in skip or key in seen:
             continue
-        seen.add(f.name)
-        default = f.default
-        if isinstance(default, bool):
-            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default)
-        elif f.name == "long_clips":
-            group.add_argument(_flag(f.name), choices=LONG_CLIP_POLICIES, default=default)
+        seen.add(key)
+        if base is not REQUIRED:
+            default = getattr(base, name) if base is not None else None
+        if default is REQUIRED and type(None) in typing.get_args(hint):
+            default = None  # an optional parameter without a default (make_shards' clips_dir)
+        kind = _scalar(hint)
+        if dataclasses.is_dataclass(kind):
+            add_options(parser, kind, f"{title}: {name}", seen, choices=choices, prefix=f"{key}_", base=default)
+        elif kind is bool:
+            group.add_argument(_flag(key), action=argparse.BooleanOptionalAction, default=default)
         else:
-            group.add_argument(_flag(f.name), type=type(default), default=default, help=f"default {default}")
+            nargs = "+" if typing.get_origin(kind) is tuple else None
+            element = typing.get_args(kind)[0] if nargs else kind
+            opts = {"required": True} if default is REQUIRED else {"default": default, "help": None if default is None else f"default {default}"}
+            group.add_argument(_flag(key), type=element, nargs=nargs, choices=choices.get(name), **opts)
+
+
+def values_from_args(source: type | Callable, args: argparse.Namespace, prefix: str = "",
+                     fallbacks: dict[str, str] | None = None) -> dict[str, Any]:
+    """The parsed values of ``source``'s options; an unset optional nested config (all its options
+    unset) is None, a partly set one fills the rest from the sibling field ``fallbacks`` names."""
+    values: dict[str, Any] = {}
+    for name, hint, default in _params(source):
+        kind = _scalar(hint)
+        if dataclasses.is_dataclass(kind):
+            nested = values_from_args(kind, args, f"{prefix}{name}_")
+            if default is not None:
+                values[name] = dataclasses.replace(default, **nested)
+            elif any(v is not None for v in nested.values()):
+                given = {k: v for k, v in nested.items() if v is not None}
+                fallback = (fallbacks or {}).get(name)
+                values[name] = dataclasses.replace(values[fallback], **given) if fallback else kind(**given)
+            else:
+                values[name] = None
+        elif hasattr(args, prefix + name):
+            value = getattr(args, prefix + name)
+            values[name] = tuple(value) if typing.get_origin(kind) is tuple and value is not None else value
+    return values
+
+
+def from_args(cls: type, args: argparse.Namespace, fallbacks: dict[str, str] | None = None) -> Any:
+    return cls(**values_from_args(cls, args, fallbacks=fallbacks))
+
+
+def add_task_args(parser: argparse.ArgumentParser) -> None:
+    """SLURM array position and progress display, shared by every resumable stage."""
+    parser.add_argument("--task", type=int, default=0, help="array task index (e.g. $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--num-tasks", type=int, default=1, help="array size (e.g. $SLURM_ARRAY_TASK_COUNT)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines per shard only)")
 
 
 def add_curation_args(parser: argparse.ArgumentParser, scenes: bool = True) -> None:
     """Detection/filter options (scene splitting only) and clip encoding options."""
     seen: set[str] = set()
     if scenes:
-        add_dataclass_args(parser, SceneConfig, "scene detection", seen)
-        add_dataclass_args(parser, FilterConfig, "clip filters", seen)
-    add_dataclass_args(parser, ExtractConfig, "clip extraction", seen)
+        add_options(parser, SceneConfig, "scene detection", seen)
+        add_options(parser, FilterConfig, "clip filters", seen, choices={"long_clips": LONG_CLIP_POLICIES})
+    add_options(parser, ExtractConfig, "clip extraction", seen)
     parser.add_argument("--ytdlp-format", default=CurationConfig.ytdlp_format,
                         help="yt-dlp format for YouTube sources (needs the 'fetch' extra)")
 
@@ -53,8 +137,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     """Output directory, sharding of the sources, SLURM array position, workers and their time budget."""
     parser.add_argument("--out", required=True, help="stage output directory (tars, parquet tables, stats)")
     parser.add_argument("--videos-per-shard", type=int, default=100)
-    parser.add_argument("--task", type=int, default=0, help="array task index (e.g. $SLURM_ARRAY_TASK_ID)")
-    parser.add_argument("--num-tasks", type=int, default=1, help="array size (e.g. $SLURM_ARRAY_TASK_COUNT)")
+    add_task_args(parser)
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes, one video each; 0 runs in-process for debugging "
                              "(no time budget, and a crash or hang stops the run)")
@@ -66,16 +149,11 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                              "worker killed and fails with reason 'timeout' (default %(default)s)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also redo the failed videos of this task's finished shards and rewrite them")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines per shard only)")
-
-
-def _pick(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
 def config_from_args(args: argparse.Namespace) -> CurationConfig:
-    return CurationConfig(scenes=_pick(SceneConfig, args), filters=_pick(FilterConfig, args),
-                          extract=_pick(ExtractConfig, args), ytdlp_format=args.ytdlp_format)
+    return CurationConfig(scenes=from_args(SceneConfig, args), filters=from_args(FilterConfig, args),
+                          extract=from_args(ExtractConfig, args), ytdlp_format=args.ytdlp_format)
 
 
 def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,3 +161,15 @@ def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "num_tasks": args.num_tasks, "workers": args.workers,
             "budget": TimeBudget(args.budget_base, args.budget_factor), "retry_failed": args.retry_failed,
             "progress": not args.no_progress}
+
+
+def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
+    """A tool's ``main`` that ends with one line naming a missing file or column (or a bad value), no traceback."""
+    @functools.wraps(main)
+    def wrapped() -> None:
+        try:
+            main()
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            sys.exit(f"{Path(sys.argv[0]).name}: error: {message}")
+    return wrapped

@@ -38,6 +38,8 @@ CLIP_COLUMNS = ("video_id", "clip_id", "status", "start", "end", "caption", "cli
 
 @dataclass(frozen=True)
 class ICLConfig:
+    """One ICL format and its sampling (recorded in the report)."""
+
     format: str = "a"
     drop_prob: float = 0.3       # chance that a clip's video is left out (its caption stays)
     min_clips: int = 2           # a video with fewer captioned clips gives no sequence

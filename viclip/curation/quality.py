@@ -91,6 +91,8 @@ def clip_preprocess(frames: torch.Tensor, size: int, mean: tuple, std: tuple) ->
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    """The scoring models and how they run (``record()`` is what decides the scores)."""
+
     clip_model: str = "ViT-L-14-quickgelu"  # open_clip architecture (OpenAI weights use QuickGELU)
     clip_weights: str | None = None          # open_clip state dict of that architecture
     aesthetic_head: str | None = None        # LAION V1/V2 head weights; None: no aesthetic score

@@ -10,7 +10,9 @@ its source video's clip count and ``N`` positions are drawn with numpy's legacy
 ``RandomState(seed).choice(n, N, replace=False, p=w / w.sum())`` (the script seeds the global
 state with ``np.random.seed(42)``, which is the same generator). The output keeps the input order
 (rows of one tar stay together for ``make_shards``) and records the official list order in
-``subset_rank``: sorting by it gives the script's output list.
+``subset_rank``: sorting by it gives the script's output list. The pool is the rows with status
+``kept``; a table without a ``status`` column (the released annotations, whose clips were all kept)
+pools every row, as the official script does.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ class SubsetSpec:
     top_fraction: float = 0.3
     similarity_column: str = "clip_text_sim"
     aesthetic_threshold: float = 4.0     # Aes
-    kept_only: bool = True               # rows with status != 'kept' are never in the pool
+    kept_only: bool = True               # rows with status != 'kept' are never in the pool (a table
+                                         # without a status column, e.g. released annotations, pools every row)
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -130,7 +133,7 @@ class SubsetSpec:
     def columns(self) -> list[str]:
         cols = {"div": [self.source_column], "random": [],
                 "flt": ["duration", self.similarity_column, self.source_column], "aes": ["aesthetic"]}[self.rule]
-        return cols + (["status"] if self.kept_only else [])
+        return cols
 
 
 @dataclass
@@ -164,14 +167,14 @@ def _scan(files: Sequence[Path], spec: SubsetSpec) -> tuple[int, np.ndarray, dic
             raise KeyError(f"{path}: subset rule {spec.rule!r} needs columns {missing}")
     total = sum(pf.metadata.num_rows for pf in readers)
     positions = np.empty(total, dtype=np.int64)
-    cols = {c: np.empty(total, dtype=np.int32 if c == spec.source_column else np.float64)
-            for c in needed if c != "status"}
+    cols = {c: np.empty(total, dtype=np.int32 if c == spec.source_column else np.float64) for c in needed}
     codes: dict[str, int] = {}
     offset = filled = 0
     for path, pf in zip(files, readers):
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=needed):
+        by_status = spec.kept_only and "status" in pf.schema_arrow.names
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=needed + (["status"] if by_status else [])):
             pool = np.ones(batch.num_rows, dtype=bool)
-            if spec.kept_only:
+            if by_status:
                 pool = pc.equal(batch.column("status"), "kept").fill_null(False).to_numpy(zero_copy_only=False)
             rows = np.flatnonzero(pool)
             positions[filled:filled + len(rows)] = offset + rows

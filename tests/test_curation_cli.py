@@ -1,0 +1,41 @@
+"""Tool options come from the package's dataclasses: parsing no options gives the package defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+from viclip.curation.captioning import CaptionConfig, ModelSpec
+from viclip.curation.cli import add_curation_args, add_options, config_from_args, from_args, values_from_args
+from viclip.curation.clips import CurationConfig
+from viclip.curation.interleave import ICLConfig
+from viclip.curation.quality import ScoreConfig
+from viclip.curation.subsets import SubsetSpec
+from viclip.curation.writer import make_shards
+
+
+def _parser(source, **kwargs) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_options(parser, source, "options", **kwargs)
+    return parser
+
+
+def test_no_options_give_the_package_defaults():
+    parser = argparse.ArgumentParser()
+    add_curation_args(parser)
+    assert config_from_args(parser.parse_args([])) == CurationConfig()
+    assert from_args(CaptionConfig, _parser(CaptionConfig).parse_args([])) == CaptionConfig()
+    assert from_args(ICLConfig, _parser(ICLConfig).parse_args([])) == ICLConfig()
+    args = _parser(ScoreConfig).parse_args(["--viclip-checkpoint", "v.pth", "--clip-weights", "c.bin"])
+    assert from_args(ScoreConfig, args) == ScoreConfig(viclip_checkpoint="v.pth", clip_weights="c.bin")
+    assert from_args(SubsetSpec, _parser(SubsetSpec).parse_args(["--rule", "aes"])) == SubsetSpec("aes")
+    kwargs = values_from_args(make_shards, _parser(make_shards, skip=("tables", "out_dir")).parse_args([]))
+    assert kwargs == {"clips_dir": None, "max_samples": 1000, "max_bytes": 1 << 30, "caption_column": "caption",
+                      "allow_empty_captions": False}
+
+
+def test_nested_optional_and_bool_options():
+    args = _parser(CaptionConfig).parse_args(["--fine-path", "tag2text", "--summariser-num-beams", "2"])
+    cfg = from_args(CaptionConfig, args, fallbacks={"fine": "coarse"})
+    assert cfg.fine == ModelSpec("hf", "tag2text") and cfg.summariser.num_beams == 2
+    assert from_args(ICLConfig, _parser(ICLConfig).parse_args(["--max-clips", "16"])).max_clips == 16
+    assert not from_args(SubsetSpec, _parser(SubsetSpec).parse_args(["--rule", "aes", "--no-kept-only"])).kept_only
