@@ -82,7 +82,8 @@ def main() -> None:
         start = time.perf_counter()
         files = [str(p) for p in generate(tmp, args.rows, args.files)]
         size = sum(os.path.getsize(p) for p in files) / 2**20
-        print(f"generated {args.rows:,} rows in {len(files)} files ({size:.0f} MiB) in {time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        print(f"generated {args.rows:,} rows in {len(files)} files ({size:.0f} MiB) in {seconds:.1f} s")
         base, _ = measure(BASELINE)
         print(f"baseline process (imports only, torch included through viclip): {base:.2f} GiB peak RSS")
         div_num = args.rows * 10_647_458 // 234_000_000  # the official DIV ratio

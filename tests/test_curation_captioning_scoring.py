@@ -49,7 +49,8 @@ def make_stage(root: Path, shards: int = 2) -> Path:
                 rows.append({"video_id": f"v{s}_{c // 2}", "clip_id": f"v{s}_{c}", "status": "kept", "shard": s,
                              "start": 0.0, "end": duration, "duration": duration, "clip_tar": f"{s:05d}.tar",
                              "clip_key": key, "caption": "released caption"})
-        rows.insert(2, {"video_id": f"v{s}_0", "clip_id": f"v{s}_x", "status": "dropped", "reason": "still", "shard": s})
+        rows.insert(2, {"video_id": f"v{s}_0", "clip_id": f"v{s}_x", "status": "dropped", "reason": "still",
+                        "shard": s})
         write_table(rows_to_table(rows), root / f"{s:05d}.parquet")
         (root / f"{s:05d}.stats.json").write_text(json.dumps({"shard": s}))
     return root

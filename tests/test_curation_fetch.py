@@ -83,7 +83,8 @@ def test_jsonl_rebuilds_clips_at_their_timestamps(release):
             idx = [tv.read_index(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
         assert idx == list(range(first, last + 1))
         meta = json.loads(samples[key]["json"])
-        assert samples[key]["txt"].decode() == meta["caption"] == rows[(meta["video_id"], meta["clip_index"])]["caption"]
+        row = rows[(meta["video_id"], meta["clip_index"])]
+        assert samples[key]["txt"].decode() == meta["caption"] == row["caption"]
 
 
 def test_timestamps_and_bad_annotations_are_named(tmp_path):

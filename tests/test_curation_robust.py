@@ -6,13 +6,13 @@ import multiprocessing
 import os
 import shutil
 import signal
-import tarfile
 import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from stage_outputs import tar_keys
 
 from viclip.curation import clips, stages
 from viclip.curation.clips import CurationConfig, process_source
@@ -85,14 +85,6 @@ def clip_rows(out: Path) -> list[tuple]:
     """(video_id, clip_index, start, end, status, reason) of every row, in table order."""
     cols = ["video_id", "clip_index", "start", "end", "status", "reason"]
     return [tuple(r.values()) for r in read_tables([out]).select(cols).to_pylist()]
-
-
-def tar_keys(out: Path) -> list[str]:
-    keys = []
-    for tar in sorted(out.glob("*.tar")):
-        with tarfile.open(tar) as t:
-            keys += [n.split(".")[0] for n in t.getnames() if n.endswith(".mp4")]
-    return keys
 
 
 def mtimes(out: Path) -> dict[str, int]:

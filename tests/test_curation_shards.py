@@ -60,7 +60,8 @@ def test_subset_to_size_bounded_training_tars(stage, tmp_path):
         with open(tmp_path / "shards" / name, "rb") as f:
             for sample in iter_tar_samples(f):
                 meta = json.loads(sample["json"])
-                assert sample["txt"].decode() == meta["caption"] == f"clip {meta['clip_index']} of {meta['video_id']} with some words"
+                caption = f"clip {meta['clip_index']} of {meta['video_id']} with some words"
+                assert sample["txt"].decode() == meta["caption"] == caption
                 frames = read_video(sample["mp4"], num_frames=8, backend="pyav")  # what training reads
                 assert frames.shape == (8, H, W, 3)
                 seen.append(meta["clip_id"])

@@ -5,13 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from stage_outputs import tar_keys
 
 from viclip.curation.clips import CurationConfig
 from viclip.curation.scenes import SceneConfig
@@ -41,14 +41,6 @@ def sources(tmp_path_factory):
 def clip_set(out: Path) -> list[tuple]:
     rows = read_tables([out]).select(["video_id", "clip_index", "status", "reason", "clip_key"]).to_pylist()
     return sorted(tuple(r.values()) for r in rows)
-
-
-def tar_keys(out: Path) -> list[str]:
-    keys = []
-    for tar in sorted(out.glob("*.tar")):
-        with tarfile.open(tar) as t:
-            keys += [n.split(".")[0] for n in t.getnames() if n.endswith(".mp4")]
-    return keys
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from viclip.curation.stages import run_stage
 @one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotations", required=True, help="InternVid JSONL (YoutubeID, Start/End_timestamp, Caption)")
+    parser.add_argument("--annotations", required=True,
+                        help="InternVid JSONL (YoutubeID, Start/End_timestamp, Caption)")
     parser.add_argument("--id-map", help="JSON object or TSV/CSV (id, uri) mapping ids to local files or URLs")
     parser.add_argument("--template", help="URI template for ids missing from the map, e.g. '/videos/{id}.mp4'")
     add_run_args(parser)

@@ -84,7 +84,8 @@ def add_options(parser: argparse.ArgumentParser, source: type | Callable, title:
         else:
             nargs = "+" if typing.get_origin(kind) is tuple else None
             element = typing.get_args(kind)[0] if nargs else kind
-            opts = {"required": True} if default is REQUIRED else {"default": default, "help": None if default is None else f"default {default}"}
+            opts = ({"required": True} if default is REQUIRED else
+                    {"default": default, "help": None if default is None else f"default {default}"})
             group.add_argument(_flag(key), type=element, nargs=nargs, choices=choices.get(name), **opts)
 
 

@@ -44,7 +44,8 @@ def kept_clips(table: pa.Table) -> list[ClipRef]:
     cols = {c: table.column(c).to_pylist() for c in ("status", "clip_tar", "clip_key")}
     durations = table.column("duration").to_pylist() if "duration" in table.column_names else [None] * len(table)
     return [ClipRef(i, tar, key, float(d) if d is not None and not math.isnan(d) else 0.0)
-            for i, (status, tar, key, d) in enumerate(zip(cols["status"], cols["clip_tar"], cols["clip_key"], durations))
+            for i, (status, tar, key, d) in enumerate(zip(cols["status"], cols["clip_tar"], cols["clip_key"],
+                                                          durations))
             if status == "kept" and tar and key]
 
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from viclip.distributed import broadcast_object, init_from_env, world
 from viclip.eval import linear_probe as lp
 from viclip.eval.cache import EmbeddingCache, cache_key
-from viclip.distributed import broadcast_object, init_from_env, world
 from viclip.eval.dual_softmax import dual_softmax
 from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.eval.metrics import retrieval_metrics, topk_accuracy

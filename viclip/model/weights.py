@@ -66,7 +66,8 @@ def _unwrap(obj: object, path: Path) -> StateDict:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), "
+                              f"got {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}")
@@ -166,7 +167,8 @@ def load_weights(model: ViCLIP, checkpoint: str | os.PathLike | Mapping[str, tor
 
 
 def load_model(
-    name: str | None = None, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu", **overrides
+    name: str | None = None, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+    **overrides
 ) -> ViCLIP:
     """A ViCLIP in eval mode with weights from ``checkpoint``; the size is read from the file when
     ``name`` is None. ``overrides`` (e.g. ``num_frames=16``) change the config before loading."""
