@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(config_path="configs", config_name="eval", version_base="1.3")
+@hydra.main(config_path="viclip/configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from viclip.eval.runner import evaluate
 

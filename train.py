@@ -10,7 +10,7 @@ from hydra import compose
 from omegaconf import DictConfig
 
 
-@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+@hydra.main(config_path="viclip/configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from viclip.train import train
 

@@ -89,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
                  f"output_root={args.out}", f"run_name=bench_{args.model}"]
     if args.model != "tiny":
         overrides.append("model.clip_weights=null")
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "viclip" / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     trainer = BenchTrainer(cfg)
     trainer.setup()

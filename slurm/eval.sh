@@ -6,7 +6,7 @@
 #
 # Paths (environment variables; the job stops at once, naming the one that is unset):
 #   CHECKPOINT   an official .pth, a .safetensors file or a training run directory
-#   VICLIP_DATA  root of the benchmark annotations and videos (see configs/task/*.yaml)
+#   VICLIP_DATA  root of the benchmark annotations and videos (see viclip/configs/task/*.yaml)
 #   VICLIP_OUTPUT where runs/eval/<job id>/ goes (results JSON and tables; default: runs)
 #   PYTHON       the interpreter of the environment with viclip installed (default: python)
 #SBATCH --job-name=viclip_eval

@@ -9,7 +9,7 @@ EXPERIMENT=${EXPERIMENT:-viclip_${MODEL}_internvid_10m_flt}
 : "${CLIP_WEIGHTS:?set CLIP_WEIGHTS to the OpenAI CLIP weights of the model (ViT-L/14 or ViT-B/16)}"
 : "${OUTPUT_ROOT:?set OUTPUT_ROOT to the directory that holds the runs}"
 DATA=${EXPERIMENT#viclip_${MODEL}_}
-# The configs read these variables (configs/model/vit_<model>.yaml, configs/data/<data>.yaml); a
+# The configs read these variables (viclip/configs/model/vit_<model>.yaml, viclip/configs/data/<data>.yaml); a
 # variable keeps the brace pattern away from Hydra's override parser.
 export "VICLIP_SHARDS_${DATA^^}=$SHARDS" "VICLIP_CLIP_${MODEL^^}=$CLIP_WEIGHTS" VICLIP_OUTPUT="$OUTPUT_ROOT"
 

@@ -74,7 +74,7 @@ def test_wise_ft_blends_with_the_clip_initialisation(tmp_path):
 
 
 def test_non_default_options_are_named():
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "viclip" / "configs"), version_base="1.3"):
         default = compose("eval", overrides=["output_dir=."])
         custom = compose("eval", overrides=["output_dir=.", "templates.reduce=embed", "dual_softmax=true",
                                             "wise_ft.clip=/w/clip.pt", "protocol.num_frames=16"])

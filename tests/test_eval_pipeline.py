@@ -41,7 +41,7 @@ def _common(setup, tag: str) -> list[str]:
 
 
 def _evaluate(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "viclip" / "configs"), version_base="1.3"):
         return evaluate(compose("eval", overrides=overrides))
 
 

@@ -41,7 +41,7 @@ def _env(data_root: Path, out: Path) -> dict:
 
 
 def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "viclip" / "configs"), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 

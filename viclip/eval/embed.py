@@ -23,7 +23,7 @@ from viclip.model import ViCLIP, tokenize
 @dataclass(frozen=True)
 class VideoProtocol:
     """How videos become model input. The defaults are the official evaluation protocol, defined only
-    here: ``configs/eval.yaml`` leaves these fields null and :mod:`viclip.eval.runner` reads them from
+    here: ``viclip/configs/eval.yaml`` leaves these fields null and :mod:`viclip.eval.runner` reads them from
     this class (``image_size`` is always the model's)."""
 
     num_frames: int = 8

@@ -74,7 +74,7 @@ def variant_suffix(cfg: DictConfig, kind: str) -> str:
 
 
 def _model_choice(cfg: DictConfig) -> str | None:
-    # `model=NAME` selects configs/model/NAME.yaml (a group shared with training): use its name only.
+    # `model=NAME` selects viclip/configs/model/NAME.yaml (a group shared with training): use its name only.
     if cfg.get("model") is None:
         return None
     return cfg.model if isinstance(cfg.model, str) else cfg.model.name

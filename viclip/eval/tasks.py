@@ -1,4 +1,4 @@
-"""From a task config (``configs/task/*.yaml``) to the videos, labels and texts it evaluates.
+"""From a task config (``viclip/configs/task/*.yaml``) to the videos, labels and texts it evaluates.
 
 Every path a task needs is a field of the task; a missing one fails before any model is loaded,
 naming the field and the format it expects. Videos listed but absent on disk are *kept* here and

@@ -333,7 +333,7 @@ class Trainer:
 
 
 def train(cfg: DictConfig, trainer_cls: type[Trainer] = Trainer) -> TrainResult:
-    """Run every phase of ``cfg`` (a composed ``configs/train.yaml``); see the module docstring."""
+    """Run every phase of ``cfg`` (a composed ``viclip/configs/train.yaml``); see the module docstring."""
     trainer = trainer_cls(cfg)
     try:
         trainer.setup()
