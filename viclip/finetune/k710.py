@@ -1,0 +1,175 @@
+"""Kinetics-710: the union of the K400, K600 and K700 class lists and training videos (paper appendix E.2,
+after UniFormerV2, Li et al. 2022), used to fine-tune before the target set (``ft_k710`` then ``ft_k710_k400``).
+
+Classes are merged by their normalised name (lower case, ``_`` as a space, spaces collapsed), in order of
+first appearance: K400's classes keep their indices 0..399, so a K710 head sliced by the label map is a
+K400 head. A label file that names one class twice is refused, naming the file and both lines, since its
+label indices would be ambiguous. Training videos are merged by YouTube id (the first source listing one
+wins) and every one whose YouTube id appears in any evaluation list (val, test, of any of the three) is
+removed, so no evaluation video was trained on.
+
+Outputs, written atomically: ``classes.txt`` (one K710 name a line), ``train.json`` and ``val.json``
+(official JSON lists, ``caption`` = K710 class name, ``video`` relative to the common video root) and
+``label_map.json`` (each source's label index -> K710 index, and the counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from viclip.atomic import atomic_write
+from viclip.data.annotations import KINETICS_PATTERN, VideoText, load_kinetics
+
+_CLIP_SUFFIX = re.compile(r"_\d+_\d+$")  # Kinetics file names: {youtube_id}_{start:06d}_{end:06d}.mp4
+
+
+def normalise_label(name: str) -> str:
+    """The name classes are merged by: ``"Dyeing_Hair "`` and ``"dyeing hair"`` are one class."""
+    return " ".join(name.strip().strip("\"'").replace("_", " ").lower().split())
+
+
+def youtube_id(video: str) -> str:
+    """The YouTube id of a Kinetics clip path (``.../{youtube_id}_{start}_{end}.mp4``)."""
+    return _CLIP_SUFFIX.sub("", Path(video).stem)
+
+
+def read_label_file(path: str | os.PathLike) -> list[str]:
+    """One class name a line (the line order is the label order), normalised; a repeated class is an error."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label file not found: {path}") from None
+    names: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        name = normalise_label(line)
+        if not name:
+            continue
+        if name in first_line:
+            raise ValueError(f"{path}:{number}: {line.strip()!r} is class {name!r} of line {first_line[name]} "
+                             "again; a label file names each class once")
+        first_line[name] = number
+        names.append(name)
+    if not names:
+        raise ValueError(f"{path}: no class names (expected one class name a line)")
+    return names
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """The merged classes and, per source, its label index -> merged index (UMT's ``label_mixto{N}``)."""
+
+    classes: list[str]
+    sources: dict[str, list[int]]
+
+    def index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
+
+
+def build_label_map(label_files: dict[str, str | os.PathLike]) -> LabelMap:
+    """Merge the label files (``{"k400": path, ...}``, in merge order) by normalised name."""
+    classes: list[str] = []
+    index: dict[str, int] = {}
+    sources = {}
+    for source, path in label_files.items():
+        mapping = []
+        for name in read_label_file(path):
+            if name not in index:
+                index[name] = len(classes)
+                classes.append(name)
+            mapping.append(index[name])
+        sources[source] = mapping
+    return LabelMap(classes, sources)
+
+
+@dataclass(frozen=True)
+class KineticsSource:
+    """One Kinetics version's files: its label list, training list and the evaluation lists to keep out."""
+
+    name: str
+    classes: str
+    train: str
+    video_root: str
+    eval: Sequence[str] = field(default_factory=tuple)  # val (joins K710's val.json) first, then test lists
+    filename_pattern: str = KINETICS_PATTERN
+
+
+def _records(path: str, video_root: str, pattern: str, label_map: LabelMap) -> list[tuple[str, str, int]]:
+    """(video path, YouTube id, K710 label) of an annotation list (Kinetics CSV or JSON list)."""
+    records: list[VideoText]
+    records, names = load_kinetics(path, video_root, filename_pattern=pattern, missing="keep")
+    index = label_map.index()
+    unknown = sorted({normalise_label(n) for n in names} - index.keys())
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} labels are in no label file, e.g. {unknown[:3]}")
+    return [(r.video, youtube_id(r.video), index[normalise_label(names[r.label])]) for r in records]
+
+
+def _first_of_each(rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        if row[1] not in seen:
+            seen.add(row[1])
+            out.append(row)
+    return out
+
+
+def _as_list(rows: list[tuple[str, str, int]], root: str, classes: list[str]) -> str:
+    return json.dumps([{"video": os.path.relpath(video, root), "caption": classes[label]}
+                       for video, _, label in rows], indent=0)
+
+
+def build_k710(sources: Sequence[KineticsSource], out_dir: str | os.PathLike,
+               video_root: str | os.PathLike | None = None) -> dict:
+    """Write the K710 label map, training and validation lists under ``out_dir``; return the counts.
+
+    ``video_root`` is the directory the written ``video`` paths are relative to (by default the common
+    parent of the sources' video roots): give it as the fine-tuning data's ``video_root``.
+    """
+    if not sources:
+        raise ValueError("build_k710 needs at least one Kinetics source")
+    label_map = build_label_map({s.name: s.classes for s in sources})
+    root = os.path.abspath(video_root) if video_root else os.path.commonpath(
+        [os.path.abspath(s.video_root) for s in sources])
+    held_out: set[str] = set()
+    val: list[tuple[str, str, int]] = []
+    for s in sources:
+        for k, path in enumerate(s.eval):
+            rows = _records(path, os.path.abspath(s.video_root), s.filename_pattern, label_map)
+            held_out.update(yt for _, yt, _ in rows)
+            if k == 0:
+                val.extend(rows)
+    train, counts = [], {}
+    for s in sources:
+        rows = _records(s.train, os.path.abspath(s.video_root), s.filename_pattern, label_map)
+        kept = [r for r in rows if r[1] not in held_out]
+        counts[s.name] = {"listed": len(rows), "in_eval": len(rows) - len(kept)}
+        train.extend(kept)
+    train, val = _first_of_each(train), _first_of_each(val)  # a clip listed by several versions once
+    out = Path(out_dir)
+    atomic_write(out / "classes.txt", "\n".join(label_map.classes) + "\n")
+    atomic_write(out / "train.json", _as_list(train, root, label_map.classes))
+    atomic_write(out / "val.json", _as_list(val, root, label_map.classes))
+    report = {"num_classes": len(label_map.classes), "video_root": root, "train": len(train), "val": len(val),
+              "counts": counts}
+    atomic_write(out / "label_map.json", json.dumps({"classes": label_map.classes, "sources": label_map.sources,
+                                                     **report}, indent=1))
+    return report
+
+
+def read_label_map(path: str | os.PathLike) -> LabelMap:
+    """The :class:`LabelMap` of a ``label_map.json`` written by :func:`build_k710`."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return LabelMap(list(data["classes"]), {k: list(v) for k, v in data["sources"].items()})
+    except FileNotFoundError:
+        raise FileNotFoundError(f"K710 label map not found: {path}") from None
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a K710 label_map.json ({e})") from None
