@@ -39,6 +39,15 @@ class ViCLIPConfig:
     temp_min: float = 0.01
 
 
+@dataclass(frozen=True)
+class VideoFeatures:
+    """What :meth:`ViCLIP.forward_features` returns: the tokens a video-language model reads, and the embedding."""
+
+    class_token: torch.Tensor  # [B, W]
+    patch_tokens: torch.Tensor  # [B, T', N, W]: T' = frames / tubelet_size, N patches per frame, row-major
+    embedding: torch.Tensor  # [B, D], = encode_video(video)
+
+
 MODEL_CONFIGS: dict[str, ViCLIPConfig] = {
     "vit_l14": ViCLIPConfig(grad_checkpointing=True),
     "vit_b16": ViCLIPConfig(
@@ -104,6 +113,23 @@ class ViCLIP(nn.Module):
         """``[B, T, 3, H, W]`` (or ``[B, 3, H, W]``) normalised pixels -> ``[B, D]``; never masked."""
         return self.vision_encoder(video, mask_ratio=0.0)
 
+    def forward_features(self, video: torch.Tensor, ln_post: bool = True) -> VideoFeatures:
+        """Token features of ``[B, T, 3, H, W]`` normalised pixels for a downstream model; never masked.
+
+        ``ln_post=True`` gives the tokens after the final LayerNorm (what ``proj`` sees), ``False`` the last
+        block's raw output. Either way ``embedding`` is exactly :meth:`encode_video`'s.
+        """
+        vision = self.vision_encoder
+        tokens = vision.forward_tokens(video, mask_ratio=0.0)
+        cls = vision.ln_post(tokens[:, 0])  # the pooled path's own op, so the embedding matches bit for bit
+        patches = tokens[:, 1:]
+        b, _, w = patches.shape
+        grid = (vision.image_size // vision.patch_size) ** 2
+        patches = patches.reshape(b, -1, grid, w)
+        return VideoFeatures(class_token=cls if ln_post else tokens[:, 0],
+                             patch_tokens=vision.ln_post(patches) if ln_post else patches,
+                             embedding=cls @ vision.proj)
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[N, context_length]`` (see ``viclip.tokenize``) -> ``[N, D]``."""
         return self.text_encoder(tokens)
@@ -148,10 +174,9 @@ def forward_flops(cfg: ViCLIPConfig, mask_ratio: float = 0.0, text: bool = True)
     Per block of width w over n tokens: 24 n w^2 (qkv, out-proj, 4x MLP) + 4 n^2 w (QK^T and AV).
     Backward costs about twice the forward, so a training step is ~3x this (more with recompute).
     """
-    patches = (cfg.num_frames // cfg.tubelet_size) * (cfg.image_size // cfg.patch_size) ** 2
     n = vision_tokens(cfg, mask_ratio)
     w = cfg.width
-    patch_embed = 2 * patches * (3 * cfg.tubelet_size * cfg.patch_size**2) * w  # conv runs before masking
+    patch_embed = 2 * (n - 1) * (3 * cfg.tubelet_size * cfg.patch_size**2) * w  # conv1 on the kept patches only
     vision = patch_embed + cfg.layers * (24 * n * w * w + 4 * n * n * w) + 2 * w * cfg.embed_dim
     if not text:
         return vision

@@ -88,16 +88,14 @@ class Transformer(nn.Module):
         return x
 
 
-def random_masking(x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-    """Keep a random ``L - int(mask_ratio * L)`` tokens of each sample ``[B, L, C]``, in their order.
+def random_keep(batch: int, length: int, mask_ratio: float, device: torch.device | None = None) -> torch.Tensor:
+    """Indices ``[B, keep]`` of the ``length - int(mask_ratio * length)`` tokens each sample keeps, in order.
 
     Dropped tokens are removed (not zeroed), so attention and MLP cost fall with the ratio; the
     choice differs per sample (argsort of uniform noise, as MAE and the official code do).
     """
-    b, length, c = x.shape
     keep = length - int(mask_ratio * length)
-    ids = torch.rand(b, length, device=x.device).argsort(dim=1)[:, :keep].sort(dim=1).values
-    return x.gather(1, ids.unsqueeze(-1).expand(-1, -1, c))
+    return torch.rand(batch, length, device=device).argsort(dim=1)[:, :keep].sort(dim=1).values
 
 
 class VisionTransformer(nn.Module):
@@ -134,33 +132,57 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        """``x``: float ``[B, T, 3, H, W]`` (or ``[B, 3, H, W]`` for images) -> ``[B, output_dim]``."""
+    def embed(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
+        """Patch tokens with their positions, ``[B, L, C]``: all of them, or a random kept share.
+
+        When masking, the kept patches are drawn first and only they go through ``conv1``: a stride-equal
+        Conv3d is a linear map of each patch, so its weights apply as one matmul to the gathered patches
+        (the same tokens as embedding everything and then dropping, without paying for the dropped ones).
+        """
         if x.ndim == 4:
             # An image is a clip of one tubelet of identical frames.
             x = x.unsqueeze(1).expand(-1, self.tubelet_size, -1, -1, -1)
-        x = self.conv1(x.transpose(1, 2))  # [B, C, T', H', W']
-        x = x.flatten(3).permute(0, 2, 3, 1)  # [B, T', N, C]
-        b, t, n, c = x.shape
+        kt, p = self.tubelet_size, self.patch_size
+        b, frames, _, height, width = x.shape
+        t, gh, gw = frames // kt, height // p, width // p  # conv1's output grid (a remainder is dropped)
+        n = gh * gw
         if n + 1 != self.positional_embedding.shape[0]:
             raise ValueError(
                 f"input of {n} patches per frame does not match positional_embedding "
                 f"({self.positional_embedding.shape[0] - 1} patches for image_size {self.image_size})"
             )
-        temporal = self.temporal_positional_embedding
+        temporal = self.temporal_positional_embedding[0]
         if t == 1:
             # Images: the official code adds the mean temporal embedding (keeps the parameter used).
-            temporal = temporal.mean(1, keepdim=True)
-        elif t != temporal.shape[1]:
+            temporal = temporal.mean(0, keepdim=True)
+        elif t != temporal.shape[0]:
             raise ValueError(
-                f"got {t * self.tubelet_size} frames but the model has a temporal embedding for "
+                f"got {t * kt} frames but the model has a temporal embedding for "
                 f"{self.num_frames}; load weights with a matching num_frames (weights are interpolated)"
             )
-        x = x + self.positional_embedding[1:].to(x.dtype) + temporal.unsqueeze(2).to(x.dtype)
-        x = x.reshape(b, t * n, c)
-        if mask_ratio > 0:
-            x = random_masking(x, mask_ratio)
+        if mask_ratio <= 0:
+            x = self.conv1(x.transpose(1, 2)).flatten(3).permute(0, 2, 3, 1)  # [B, T', N, C]
+            x = x + self.positional_embedding[1:].to(x.dtype) + temporal.unsqueeze(1).to(x.dtype)
+            return x.reshape(b, t * n, -1)
+        ids = random_keep(b, t * n, mask_ratio, x.device)  # token index = frame * N + row * W' + column
+        grid = x[:, : t * kt, :, : gh * p, : gw * p].view(b, t, kt, 3, gh, p, gw, p)
+        rows = torch.arange(b, device=x.device).unsqueeze(1)
+        patches = grid[rows, ids // n, :, :, ids % n // gw, :, ids % gw, :]  # [B, K, kt, 3, p, p]
+        # conv1.weight is [C, 3, kt, p, p]: order each patch's pixels the same way.
+        x = patches.transpose(2, 3).reshape(b, ids.shape[1], -1) @ self.conv1.weight.flatten(1).T
+        return x + self.positional_embedding[1:][ids % n].to(x.dtype) + temporal[ids // n].to(x.dtype)
+
+    def forward_tokens(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
+        """Every token after the last block, ``[B, 1 + L, C]`` (class token first), before ``ln_post``.
+
+        The shared trunk of :meth:`forward` and ``ViCLIP.forward_features`` (token features for a connector).
+        """
+        x = self.embed(x, mask_ratio)
+        b, _, c = x.shape
         cls = (self.class_embedding + self.positional_embedding[0]).to(x.dtype).expand(b, 1, c)
         x = self.ln_pre(torch.cat([cls, x], dim=1))
-        x = self.transformer(x)
-        return self.ln_post(x[:, 0]) @ self.proj
+        return self.transformer(x)
+
+    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
+        """``x``: float ``[B, T, 3, H, W]`` (or ``[B, 3, H, W]`` for images) -> ``[B, output_dim]``."""
+        return self.ln_post(self.forward_tokens(x, mask_ratio)[:, 0]) @ self.proj
