@@ -5,6 +5,7 @@ from viclip.model.viclip import (
     MODEL_CONFIGS,
     ViCLIP,
     ViCLIPConfig,
+    VideoFeatures,
     create_model,
     forward_flops,
     get_config,
@@ -23,7 +24,7 @@ from viclip.model.weights import (
 )
 
 __all__ = [
-    "MODEL_CONFIGS", "CheckpointError", "ViCLIP", "ViCLIPConfig", "clean_caption", "create_model",
+    "MODEL_CONFIGS", "CheckpointError", "ViCLIP", "ViCLIPConfig", "VideoFeatures", "clean_caption", "create_model",
     "export_official", "export_safetensors", "forward_flops", "get_config", "init_from_clip",
     "list_models", "load_checkpoint_file", "load_model", "load_weights", "tokenize", "vision_tokens",
     "zero_shot",
