@@ -23,7 +23,7 @@ from typing_extensions import Self
 from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 
-from viclip.atomic import atomic_path, atomic_write
+from viclip.atomic import atomic_path, atomic_write, join, local_path
 
 SIZES_FILE = "sizes.json"
 
@@ -31,11 +31,12 @@ SIZES_FILE = "sizes.json"
 class ShardWriter:
     """Write samples into numbered tars under ``out_dir``, starting a new tar at a count or size limit.
 
-    Each tar is written under a temporary name (:func:`viclip.atomic.atomic_path`) and renamed when
-    complete, so a crashed job never leaves a truncated tar under a final name; the temporary files
-    a killed job left for a shard are removed when that shard is written again. ``close()`` writes
-    ``sizes.json`` atomically; when ``start_shard > 0`` (a later job appending to the same directory)
-    existing entries are kept.
+    ``out_dir`` is a local directory or any fsspec URL. Each tar is written through
+    :func:`viclip.atomic.atomic_path` (renamed into place locally, uploaded whole elsewhere), so a
+    crashed job never leaves a truncated tar under a final name; the temporary files a killed job left
+    for a local shard are removed when that shard is written again. ``close()`` writes ``sizes.json``
+    last, atomically; when ``start_shard > 0`` (a later job appending to the same directory) existing
+    entries are kept.
     """
 
     def __init__(self, out_dir: str | os.PathLike, max_samples: int = 1000, max_bytes: int = 1 << 30,
@@ -43,8 +44,10 @@ class ShardWriter:
         if max_samples < 1 or max_bytes < 1:
             raise ValueError(f"ShardWriter needs max_samples >= 1 and max_bytes >= 1, got {max_samples}, "
                              f"{max_bytes}")
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = os.fspath(out_dir)
+        self._local_dir = local_path(out_dir)  # None on an object store: nothing to create or clean there
+        if self._local_dir is not None:
+            self._local_dir.mkdir(parents=True, exist_ok=True)
         self.max_samples, self.max_bytes = max_samples, max_bytes
         self.shard = self.start_shard = start_shard
         self.sizes: dict[str, int] = {}
@@ -59,9 +62,10 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         name = self._name(self.shard)
-        for leftover in self.out_dir.glob(f".{name}.tmp*"):  # a killed run's partial tar
-            leftover.unlink(missing_ok=True)
-        tmp = self._commit.enter_context(atomic_path(self.out_dir / name))
+        if self._local_dir is not None:
+            for leftover in self._local_dir.glob(f".{name}.tmp*"):  # a killed run's partial tar
+                leftover.unlink(missing_ok=True)
+        tmp = self._commit.enter_context(atomic_path(join(self.out_dir, name)))
         # stays open across write() calls; closed in _finish_current or __exit__
         self._tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._count = self._bytes = 0
@@ -107,11 +111,9 @@ class ShardWriter:
         if self._closed:
             return self.sizes
         self._finish_current()
-        sizes_path = self.out_dir / SIZES_FILE
-        keep = self.start_shard > 0 and sizes_path.exists()
-        merged = json.loads(sizes_path.read_text()) if keep else {}
+        merged = (read_sizes(self.out_dir) or {}) if self.start_shard > 0 else {}
         merged.update(self.sizes)
-        atomic_write(sizes_path, json.dumps(dict(sorted(merged.items())), indent=1))
+        atomic_write(join(self.out_dir, SIZES_FILE), json.dumps(dict(sorted(merged.items())), indent=1))
         self._closed = True
         return self.sizes
 

@@ -1,0 +1,66 @@
+"""viclip.progress: log lines off a terminal, nothing when disabled, a bar on a terminal, ETA arithmetic."""
+
+import io
+
+import pytest
+from tqdm import tqdm
+
+from viclip.progress import LogProgress, eta_seconds, format_duration, progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_eta_is_the_rest_at_the_mean_rate():
+    assert eta_seconds(25, 100, 10.0) == pytest.approx(30.0)
+    assert eta_seconds(100, 100, 10.0) == 0.0
+    assert eta_seconds(120, 100, 10.0) == 0.0  # overshoot (a retried item counted twice) is never negative
+    assert eta_seconds(0, 100, 10.0) is None and eta_seconds(5, None, 10.0) is None
+
+
+def test_durations_read_as_clock_times():
+    assert format_duration(3725.4) == "1:02:05"
+    assert format_duration(59) == "0:00:59"
+    assert format_duration(2 * 86400 + 61) == "2 days, 0:01:01"
+    assert format_duration(None) == "?"
+
+
+def test_not_a_terminal_gives_log_lines_with_rate_and_eta():
+    out = io.StringIO()
+    bar = progress(total=4, desc="embed", unit="video", file=out, interval=0.0)
+    assert isinstance(bar, LogProgress)
+    for i in range(4):
+        bar.set_postfix({"failed": i})
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("embed: 1/4 video (25.0%) | ") and "video/s" in lines[0] and "ETA " in lines[0]
+    assert lines[-1].startswith("embed: 4/4 video (100.0%)") and "ETA 0:00:00" in lines[-1]
+    assert len(lines) == 4 and lines[-1].endswith("| failed 3") and "\r" not in out.getvalue()
+
+
+def test_log_lines_wait_for_the_interval_and_end_with_the_total():
+    out = io.StringIO()
+    for _ in progress(range(1000), desc="rows", file=out, interval=3600.0):
+        pass
+    assert len(out.getvalue().splitlines()) == 1  # the final count only
+    assert out.getvalue().startswith("rows: 1000/1000 it (100.0%)")
+
+
+def test_disabled_shows_nothing():
+    for file in (io.StringIO(), Terminal()):
+        bar = progress(range(3), total=3, desc="quiet", enabled=False, file=file, interval=0.0)
+        assert list(bar) == [0, 1, 2]
+        bar.close()
+        assert file.getvalue() == ""
+
+
+def test_a_terminal_gets_a_tqdm_bar():
+    file = Terminal()
+    bar = progress(total=2, desc="bar", file=file)
+    assert isinstance(bar, tqdm)
+    bar.update(2)
+    bar.close()
+    assert "bar" in file.getvalue() and "2/2" in file.getvalue()
