@@ -26,7 +26,7 @@ def test_groups_leave_frozen_text_out_and_skip_decay_on_vectors_and_embeddings()
     assert decay | no_decay == trainable
     assert groups["decay"]["weight_decay"] == 0.2 and groups["no_decay"]["weight_decay"] == 0.0
 
-    opt = build_optimizer(model, lr=1e-3, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-8)
+    opt = build_optimizer(param_groups(model, weight_decay=0.2), lr=1e-3, betas=(0.9, 0.98), eps=1e-8)
     model(*_tiny_batch(model)).__getitem__(0).sum().backward()
     opt.step()
     stateful = {names[id(p)] for p in opt.state}

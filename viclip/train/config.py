@@ -80,25 +80,35 @@ def phases_of(cfg: DictConfig) -> list[Phase]:
     return phases
 
 
-def validate_train_config(cfg: DictConfig) -> None:
-    """Raise ConfigError naming every unset path and the first invalid field; does no work."""
+def check_missing(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every unset path (:func:`missing_fields`)."""
     missing = missing_fields(cfg)
     if missing:
         raise ConfigError("required config field(s) not set: " + "; ".join(missing))
-    try:
-        get_config(cfg.model.name, **OmegaConf.to_container(cfg.model.overrides))
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from e
+
+
+def check_run_fields(cfg: DictConfig) -> None:
+    """The fields every Trainer reads (pre-training and fine-tuning): loss, logger, train.*, phases."""
     if cfg.loss.same_video not in SAME_VIDEO_CHOICES:
         raise ConfigError(f"loss.same_video must be one of {SAME_VIDEO_CHOICES}, got {cfg.loss.same_video!r}")
     if cfg.logger not in LOGGERS:
         raise ConfigError(f"logger must be one of {LOGGERS}, got {cfg.logger!r}")
+    for field in ("batch_size", "grad_accum", "max_bad_steps", "log_every", "ckpt_every", "keep_checkpoints"):
+        if int(cfg.train[field]) < 1:
+            raise ConfigError(f"train.{field} must be >= 1, got {cfg.train[field]}")
+    phases_of(cfg)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every unset path and the first invalid field; does no work."""
+    check_missing(cfg)
+    try:
+        get_config(cfg.model.name, **OmegaConf.to_container(cfg.model.overrides))
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
     if not cfg.data.get("sources"):
         raise ConfigError("data.sources is empty: name at least one shard set")
     for name, src in cfg.data.sources.items():
         if float(src.weight) <= 0:
             raise ConfigError(f"data.sources.{name}.weight must be > 0, got {src.weight}")
-    for field in ("batch_size", "grad_accum", "max_bad_steps", "log_every", "ckpt_every", "keep_checkpoints"):
-        if int(cfg.train[field]) < 1:
-            raise ConfigError(f"train.{field} must be >= 1, got {cfg.train[field]}")
-    phases_of(cfg)
+    check_run_fields(cfg)

@@ -33,8 +33,9 @@ def format_line(m: dict[str, Any]) -> str:
     """The console progress line."""
     parts = [f"[{m['phase']}] step {m['step']}/{m['steps']}",
              "loss n/a" if m["loss"] is None else f"loss {m['loss']:.4f}", f"lr {m['lr']:.3g}",
-             f"temp {m['temp']:.4f}", f"clips/s {m['clips_per_s']:.1f}", f"data-wait {100 * m['data_wait']:.0f}%",
-             f"skipped {m['skipped_samples']}", f"nonfinite {m['nonfinite_steps']}"]
+             *([] if m["temp"] is None else [f"temp {m['temp']:.4f}"]), f"clips/s {m['clips_per_s']:.1f}",
+             f"data-wait {100 * m['data_wait']:.0f}%", f"skipped {m['skipped_samples']}",
+             f"nonfinite {m['nonfinite_steps']}"]
     if m.get("mfu") is not None:
         parts.append(f"mfu {100 * m['mfu']:.1f}%")
     return " | ".join(parts)

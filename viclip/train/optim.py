@@ -30,10 +30,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    eps: float) -> torch.optim.AdamW:
-    """A plain torch AdamW: DeepSpeed takes it as a client optimizer and compiles no Adam of its own."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+def build_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], eps: float) -> torch.optim.AdamW:
+    """A plain torch AdamW over ``groups`` (e.g. :func:`param_groups`): DeepSpeed takes it as a client
+    optimizer and compiles no Adam of its own."""
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class WarmupCosine:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Write ``lr`` into every parameter group (DeepSpeed's wrappers expose the inner groups)."""
+    """Write ``lr`` into every parameter group, times the group's ``lr_scale`` when it has one (timm's
+    layer-decay groups carry it); DeepSpeed's wrappers expose the inner groups."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

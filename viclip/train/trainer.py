@@ -7,7 +7,15 @@ group, builds model, loader, optimizer and DeepSpeed engine and restores the new
 optimizer step, saving checkpoints every N steps and at each phase end, where the weights are also
 exported in the official format. A checkpoint is the sum of explicit states (engine, and
 :meth:`Trainer.state_dict`: train state, this rank's data position and RNGs), so a killed run resumes
-bit-exactly on the CPU. Fine-tuning and the benchmark subclass it (e.g. :meth:`Trainer.build_loss`).
+bit-exactly on the CPU.
+
+Fine-tuning (:mod:`viclip.finetune`) and the benchmark subclass it through hooks that ``setup`` and
+the loop call: :meth:`Trainer.check_config`, :meth:`Trainer.build_model`, :meth:`Trainer.build_loader`
+(a loader with ``len``, ``state_dict``/``load_state_dict``, ``normalize(video, dtype)`` and
+``skip_counts()`` that yields batch dicts and moves to the next epoch by itself),
+:meth:`Trainer.param_groups`, :meth:`Trainer.build_loss`, :meth:`Trainer.forward_loss`,
+:meth:`Trainer.after_step`, :meth:`Trainer.end_epoch`, :meth:`Trainer.flops_per_clip` and
+:meth:`Trainer.export`.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from viclip.train.config import Phase, phases_of, validate_train_config
 from viclip.train.logger import MetricsLogger
 from viclip.train.loss import ClipLoss
 from viclip.train.meters import ThroughputMeter, peak_flops, train_flops_per_clip
-from viclip.train.optim import WarmupCosine, build_optimizer, set_lr
+from viclip.train.optim import WarmupCosine, build_optimizer, param_groups, set_lr
 
 
 class NonFiniteLossError(RuntimeError):
@@ -145,7 +153,7 @@ class Trainer:
     """Owns one training run; see the module docstring. Attributes are set by :meth:`setup`."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        validate_train_config(cfg)  # before any work: no run directory, no process group
+        self.check_config(cfg)  # before any work: no run directory, no process group
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
         self.phases = phases_of(cfg)
@@ -167,14 +175,14 @@ class Trainer:
         dist.barrier()
 
         torch.manual_seed(int(cfg.seed))  # the same initial weights on every rank
-        model = build_train_model(cfg, info.is_main)
+        model = self.build_model()
         torch.manual_seed(int(cfg.seed) + 1 + info.rank)  # then distinct masking and drop-path draws per rank
-        self.loader = train_loader.build_loader(cfg, model.cfg, info.rank, info.world_size)
+        self.loader = self.build_loader(model)
         self.steps_per_epoch = int(cfg.train.steps_per_epoch or 0) or max(1, len(self.loader) // self.grad_accum)
 
         vectorise_scalars(model)
-        optimizer = build_optimizer(model, lr=self.phases[0].lr, weight_decay=cfg.optim.weight_decay,
-                                    betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        optimizer = build_optimizer(self.param_groups(model), lr=self.phases[0].lr, betas=tuple(cfg.optim.betas),
+                                    eps=cfg.optim.eps)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  config=deepspeed_config(cfg, info.world_size))
         self.dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
@@ -187,6 +195,22 @@ class Trainer:
                                     start_step=self.state.global_step)
         self.peak = peak_flops(info.device)
         self.batches = train_loader.endless(self.loader)
+
+    def check_config(self, cfg: DictConfig) -> None:
+        """Raise ConfigError naming every unset path and the first invalid field; does no work."""
+        validate_train_config(cfg)
+
+    def build_model(self) -> torch.nn.Module:
+        """The model to train (the same initial weights on every rank: the seed is set before)."""
+        return build_train_model(self.cfg, self.info.is_main)
+
+    def build_loader(self, model: torch.nn.Module):
+        """This rank's training loader (see the module docstring for what it must offer)."""
+        return train_loader.build_loader(self.cfg, model.cfg, self.info.rank, self.info.world_size)
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict]:
+        """The optimizer's parameter groups; a group's ``lr_scale`` multiplies the scheduled lr."""
+        return param_groups(model, float(self.cfg.optim.weight_decay))
 
     def build_loss(self) -> ClipLoss:
         cfg, info = self.cfg, self.info
@@ -243,7 +267,7 @@ class Trainer:
         total = max(1, round(phase.epochs * self.steps_per_epoch))
         schedule = WarmupCosine(phase.lr, total, min(total, round(phase.warmup_epochs * self.steps_per_epoch)),
                                 phase.min_lr_ratio)
-        self.flops = train_flops_per_clip(self.engine.module.cfg, phase.mask_ratio)
+        self.flops = self.flops_per_clip(phase)
         self.meter = ThroughputMeter()
         if info.is_main:
             print(f"[{phase.name}] {total} steps ({phase.epochs:g} epochs of {self.steps_per_epoch}), mask_ratio "
@@ -258,13 +282,27 @@ class Trainer:
             if state.step % int(cfg.train.log_every) == 0 or state.step == total:
                 self.logger.log(self.record(phase, total, lr))
                 window.clear()
+            if state.step % self.steps_per_epoch == 0:
+                self.end_epoch(phase, total)  # before the periodic save, so that it holds what end_epoch did
             if state.step % int(cfg.train.ckpt_every) == 0 and state.step < total:
                 self.save_checkpoint()
         # Export first: a kill between the two redoes the phase's end from the last checkpoint and
         # writes the same file again; the other order could leave a finished phase unexported.
-        state.exports[phase.name] = export_phase(self.engine, phase, self.run_dir, info)
+        state.exports[phase.name] = self.export(phase)
         state.phase, state.step = self.phases.index(phase) + 1, 0
         self.save_checkpoint()  # at every phase end, with the state pointing at the next phase
+
+    def flops_per_clip(self, phase: Phase) -> float:
+        """Training FLOPs per clip at the phase's masking, for the MFU of the log."""
+        return train_flops_per_clip(self.engine.module.cfg, phase.mask_ratio)
+
+    def end_epoch(self, phase: Phase, total: int) -> None:
+        """Called after each epoch's last step (``state.step`` is a multiple of ``steps_per_epoch``);
+        pre-training does nothing there, fine-tuning evaluates and keeps the best weights."""
+
+    def export(self, phase: Phase) -> str:
+        """Write the phase's official-format weights at its end; returns their path. Collective."""
+        return export_phase(self.engine, phase, self.run_dir, self.info)
 
     def train_step(self, phase: Phase, lr: float) -> list[float]:
         """One optimizer step at ``lr`` (``grad_accum`` micro-batches); returns their mean losses."""
@@ -272,8 +310,12 @@ class Trainer:
         losses = [self.micro_step(phase) for _ in range(self.grad_accum)]
         self.state.step += 1
         self.state.global_step += 1
-        self.engine.module.clamp_temp()  # official: temp >= temp_min (the loss floors it too)
+        self.after_step()
         return losses
+
+    def after_step(self) -> None:
+        """After each optimizer step: ViCLIP's temp >= temp_min (official; the loss floors it too)."""
+        self.engine.module.clamp_temp()
 
     def next_batch(self) -> dict:
         # Starting an epoch's DataLoader draws its worker seed from the global RNG; keep that draw out
@@ -322,10 +364,11 @@ class Trainer:
     def record(self, phase: Phase, total: int, lr: float) -> dict[str, Any]:
         """The metrics record of the step just done."""
         state, loss, per_rank = self.state, self.last_loss, self.meter.clips_per_s()
+        temp = getattr(self.engine.module, "temp", None)  # a classifier being fine-tuned has none
         return {
             "phase": phase.name, "step": state.step, "steps": total, "global_step": state.global_step,
             "loss": loss if math.isfinite(loss) else None, "lr": lr,
-            "temp": self.engine.module.temp.detach().float().item(), "mask_ratio": phase.mask_ratio,
+            "temp": None if temp is None else temp.detach().float().item(), "mask_ratio": phase.mask_ratio,
             "clips_per_s": per_rank * self.info.world_size, "clips_per_s_per_rank": per_rank,
             "data_wait": self.meter.data_wait_share(), "skipped_samples": train_loader.skipped_samples(self.loader),
             "nonfinite_steps": state.nonfinite_steps, "mfu": self.meter.mfu(self.flops, self.peak), "time": time.time(),
