@@ -22,8 +22,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from viclip.curation.errors import SourceError
+from viclip.data.video import VIDEO_EXTENSIONS
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv", ".3gp")
 # released score names -> clip table columns (the paper's aesthetic score and UMT clip-caption similarity)
 SCORE_FIELDS = {"Aesthetic_Score": "aesthetic", "UMT_Score": "clip_text_sim"}
 ANNOTATION_FIELDS = ("YoutubeID", "Start_timestamp", "End_timestamp", "Caption")

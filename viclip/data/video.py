@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
+# File suffixes a folder of videos is listed by (curation sources, embeddings, viclip_score).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv", ".3gp")
+
 
 def write_mp4(
     frames: np.ndarray,
@@ -128,34 +131,80 @@ def _reformatter() -> VideoReformatter:
     return _local.reformatter
 
 
-def _decode_pts(ctx, packets: list, wanted: set[int], fmt: dict, out: dict[int, np.ndarray]) -> None:
-    """Feed ``packets`` (decode order) to a flushed decoder, keeping the frames whose pts is wanted."""
+# skip_frame for a packet whose frame is not sampled: FFmpeg drops it unparsed when no other picture
+# references it and decodes it as usual when one does, so every reference stays intact. Only codecs
+# whose mark is exact get it: H.264's nal_ref_idc. HEVC's sub-layer non-reference NAL types may still
+# be referenced from a higher temporal sub-layer, which FFmpeg's check ignores, so HEVC and the rest
+# decode every packet of a run.
+_SKIP_UNSAMPLED = "NONREF"
+_SKIP_NONREF_CODECS = frozenset({"h264"})
+
+
+def _decode_pts(ctx, packets: list, wanted: set[int], fmt: dict, out: dict[int, np.ndarray], skip: str) -> int:
+    """Feed ``packets`` (decode order, from a keyframe) to a flushed decoder and keep the frames whose
+    pts is wanted; returns how many pictures the decoder reconstructed.
+
+    A packet whose frame is not wanted goes in with ``skip_frame=skip`` (``_SKIP_UNSAMPLED`` or
+    ``"DEFAULT"``), a wanted one with ``"DEFAULT"``. Feeding stops at the last wanted packet; the
+    drain (``None``) then releases the frames the decoder holds back for reordering.
+    """
     ctx.flush_buffers()
     need = wanted - out.keys()
+    last = max((k for k, p in enumerate(packets) if p.pts in need), default=-1)
     reformatter = _reformatter()
-    for packet in [*packets, None]:  # None drains the frames the decoder still holds
+    decoded = 0
+    for packet in [*packets[:last + 1], None]:
+        if packet is not None:
+            ctx.skip_frame = skip if packet.pts not in need else "DEFAULT"
         for frame in ctx.decode(packet):
+            decoded += 1
             if frame.pts in need:
                 out[frame.pts] = reformatter.reformat(frame, threads=1, **fmt).to_ndarray()
                 need.discard(frame.pts)
-        if not need:
-            return
+    ctx.skip_frame = "DEFAULT"
+    return decoded
+
+
+def _decode_runs(packets: list, wanted: set[int]) -> list[tuple[int, int]]:
+    """Packet ranges ``[start, stop)`` (decode order) that decode every wanted pts, each from a keyframe.
+
+    A run starts at the last keyframe before the wanted packet whose pts is not later than the
+    wanted one: a frame shown before that keyframe (an open GOP's leading picture) references the
+    previous group, so its run starts a group earlier. Runs that overlap are merged (one pass, no flush).
+    """
+    keys = [k for k, p in enumerate(packets) if p.is_keyframe]
+    runs: list[tuple[int, int]] = []
+    for k, packet in enumerate(packets):
+        if packet.pts not in wanted:
+            continue
+        j = bisect.bisect_right(keys, k) - 1
+        while j >= 0 and packets[keys[j]].pts > packet.pts:
+            j -= 1
+        runs.append((keys[j] if j >= 0 else 0, k + 1))
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(runs):
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
 
 
 # FFmpeg's stream probe would decode the first picture and read up to 5 s of packets (~2 ms per
 # 256p clip, a tenth of the cost of 8 frames); the headers of mp4, mkv, webm, avi, MPEG-TS/PS
-# already give what the reader needs (tests/test_data_video.py). skip_frame reaches only the
-# probing decoder: the one that decodes the sampled frames skips nothing.
+# already give what the reader needs (tests/test_data_video.py). This skip_frame reaches only the
+# probing decoder: the one that decodes the sampled frames sets its own per packet (_decode_pts).
 _FAST_PROBE = {"skip_frame": "all", "probesize": "32", "analyzeduration": "0"}
 
 
-def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
-    """Demux once, then decode only the groups of pictures that hold a sampled frame.
+def _pyav_decode(src, num_frames: int, sampling: str, size, rng) -> tuple[np.ndarray, int]:
+    """The sampled frames and how many pictures were decoded to get them (tests/test_data_decode_skip.py).
 
-    Frame numbers come from the packet timestamps (sorted: display order), so nothing is decoded
-    to count frames; each needed GOP is decoded from its keyframe with the packets already in
-    memory, which costs less than seeking the container. Should an open GOP hide a frame from
-    that shortcut, the stream is decoded from its start instead.
+    Demux once; frame numbers come from the packet timestamps (sorted: display order), so nothing
+    is decoded to count frames. Each run of packets that holds sampled frames (:func:`_decode_runs`)
+    is decoded from its keyframe with the packets already in memory, which costs less than seeking
+    the container, skipping the non-reference pictures between sampled frames and stopping at the
+    last one. Should the decoder still hold a frame back, the stream is decoded from its start.
     """
     with av.open(src, options=_FAST_PROBE) as container:
         stream = container.streams.video[0]
@@ -169,22 +218,22 @@ def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
         hw = _target_size(stream.height, stream.width, size)
         fmt = {"format": "rgb24"} if hw is None else {
             "format": "rgb24", "height": hw[0], "width": hw[1], "interpolation": "BICUBIC"}
-        starts = [k for k, p in enumerate(packets) if p.is_keyframe] or [0]
-        start_pts = [packets[k].pts for k in starts]
-        by_gop: dict[int, set[int]] = {}
-        for t in {pts[i] for i in indices}:
-            by_gop.setdefault(max(0, bisect.bisect_right(start_pts, t) - 1), set()).add(t)
+        skip = _SKIP_UNSAMPLED if ctx.name in _SKIP_NONREF_CODECS else "DEFAULT"
+        wanted = {pts[i] for i in indices}
         frames: dict[int, np.ndarray] = {}
-        for g, wanted in sorted(by_gop.items()):
-            end = starts[g + 1] if g + 1 < len(starts) else len(packets)
-            _decode_pts(ctx, packets[starts[g]:end], wanted, fmt, frames)
-        missing = {pts[i] for i in indices} - frames.keys()
+        decoded = sum(_decode_pts(ctx, packets[start:stop], wanted, fmt, frames, skip)
+                      for start, stop in _decode_runs(packets, wanted))
+        missing = wanted - frames.keys()
         if missing:
-            _decode_pts(ctx, packets, missing, fmt, frames)
-        if len(frames) < len({pts[i] for i in indices}):
-            lost = sorted(missing - frames.keys())[:3]
+            decoded += _decode_pts(ctx, packets, missing, fmt, frames, skip)
+        if len(frames) < len(wanted):
+            lost = sorted(wanted - frames.keys())[:3]
             raise ValueError(f"frames at pts {lost} never came out of the decoder")
-        return np.stack([frames[pts[i]] for i in indices])
+        return np.stack([frames[pts[i]] for i in indices]), decoded
+
+
+def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
+    return _pyav_decode(src, num_frames, sampling, size, rng)[0]
 
 
 def _read_decord(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:

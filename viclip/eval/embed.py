@@ -42,6 +42,30 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def protocol_transform(protocol: VideoProtocol) -> VideoTransform:
+    """The eval resize to uint8 (for the loader workers); its ``normalize`` runs on the device."""
+    # uint8 through the workers and onto the device (a quarter of float32's bytes), normalised there
+    return VideoTransform(False, image_size=protocol.image_size, mean=protocol.mean, normalize=False)
+
+
+@torch.no_grad()
+def encode_video_batch(model: ViCLIP, video: torch.Tensor, transform: VideoTransform, device: torch.device,
+                       precision: str = "fp32") -> torch.Tensor:
+    """uint8 clips ``[B, T, 3, H, W]`` from :func:`protocol_transform` -> float32 ``[B, D]`` on the CPU."""
+    with autocast(device, precision):
+        emb = model.encode_video(transform.normalize(video.to(device, non_blocking=True)))
+    return emb.float().cpu()
+
+
+@torch.no_grad()
+def encode_text_batch(model: ViCLIP, texts: Sequence[str], device: torch.device, precision: str = "fp32",
+                      official_cleaning: bool = True) -> torch.Tensor:
+    """Texts -> float32 ``[N, D]`` on the CPU, tokenised with the official cleaning (one forward pass)."""
+    tokens = tokenize(list(texts), context_length=model.cfg.context_length, official_cleaning=official_cleaning)
+    with autocast(device, precision):
+        return model.encode_text(tokens.to(device)).float().cpu()
+
+
 @torch.no_grad()
 def embed_videos(
     model: ViCLIP, records: Sequence[VideoText], protocol: VideoProtocol, device: torch.device,
@@ -50,8 +74,7 @@ def embed_videos(
     """``(embeddings [N, D] float32 on the CPU, ok [N] bool)`` in the order of ``records``."""
     rank, world_size = world()
     mine = shard_indices(len(records), rank, world_size)
-    # uint8 through the workers and onto the device (a quarter of float32's bytes), normalised there
-    transform = VideoTransform(False, image_size=protocol.image_size, mean=protocol.mean, normalize=False)
+    transform = protocol_transform(protocol)
     dataset = VideoTextDataset([records[i] for i in mine], num_frames=protocol.num_frames,
                                sampling=protocol.sampling, transform=transform, backend=protocol.backend)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
@@ -62,9 +85,7 @@ def embed_videos(
     for batch in loader:
         if batch["video"] is None:
             continue
-        with autocast(device, precision):
-            emb = model.encode_video(transform.normalize(batch["video"].to(device, non_blocking=True)))
-        local[batch["index"]] = emb.float().cpu()
+        local[batch["index"]] = encode_video_batch(model, batch["video"], transform, device, precision)
         ok[batch["index"]] = True
     return _gather(local, len(records), device), _gather(ok, len(records), device)
 
@@ -80,9 +101,7 @@ def embed_texts(
     local = torch.zeros(len(mine), model.cfg.embed_dim)
     for start in range(0, len(mine), batch_size):
         chunk = [texts[i] for i in mine[start:start + batch_size]]
-        tokens = tokenize(chunk, context_length=model.cfg.context_length, official_cleaning=official_cleaning)
-        with autocast(device, precision):
-            local[start:start + len(chunk)] = model.encode_text(tokens.to(device)).float().cpu()
+        local[start:start + len(chunk)] = encode_text_batch(model, chunk, device, precision, official_cleaning)
     return _gather(local, len(texts), device)
 
 

@@ -31,6 +31,7 @@ COLUMNS = {
     "zeroshot": ("Zero-shot action recognition (paper Table 2)", (("top-1", "top1"), ("AVG", "avg"))),
     "retrieval": ("Zero-shot video-text retrieval, R@1 (paper Table 4)", (("T2V", "t2v_r1"), ("V2T", "v2t_r1"))),
     "linear": ("Linear probing (paper Table 16)", (("top-1", "top1"), ("AVG", "avg"))),
+    "score": ("ViCLIP score: mean cosine similarity of each video with its prompt", (("mean", "mean"),)),
 }
 RETRIEVAL_DETAIL = ("r1", "r5", "r10", "medr", "meanr")
 

@@ -26,6 +26,7 @@ from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.eval.metrics import retrieval_metrics, topk_accuracy
 from viclip.eval.model_loading import file_sha256, model_name_of, resolve_checkpoint, wise_ft
 from viclip.eval.report import SCHEMA, format_table, write_results
+from viclip.eval.score import cosine_per_video, score_summary
 from viclip.eval.tasks import EvalSplit, load_task
 from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
 from viclip.model import load_model
@@ -64,7 +65,7 @@ def variant_suffix(cfg: DictConfig, kind: str) -> str:
             parts.append(f"tpl-{cfg.templates.set}")
         if cfg.templates.reduce != "sim":
             parts.append(cfg.templates.reduce)
-    if kind != "linear" and cfg.dual_softmax:
+    if kind in ("zeroshot", "retrieval") and cfg.dual_softmax:
         parts.append("dsl")
     if cfg.wise_ft.clip:
         parts.append(f"wiseft{cfg.wise_ft.alpha:g}")
@@ -168,6 +169,13 @@ class Evaluator:
         return retrieval_metrics(t2v, v2t, text_to_video), {**_counts(ok), "num_texts": len(flat),
                                                             "paragraph": paragraph}
 
+    def score(self, split: EvalSplit) -> tuple[dict, dict]:
+        """ViCLIP score: each video's cosine with its own prompt (viclip.score gives the same numbers)."""
+        video, ok = self.videos(split)
+        sims = cosine_per_video(video, ok, self.texts([r.captions[0] for r in split.records]))
+        metrics, per_video = score_summary(split.records, sims)
+        return metrics, {**_counts(ok), "per_video": per_video}
+
     def linear(self, train: EvalSplit, val: EvalSplit) -> tuple[dict, dict]:
         train_x, train_ok = self.videos(train)
         val_x, val_ok = self.videos(val)
@@ -206,6 +214,8 @@ def evaluate(cfg: DictConfig) -> dict:
         metrics, data = evaluator.zeroshot(splits["eval"])
     elif kind == "retrieval":
         metrics, data = evaluator.retrieval(splits["eval"])
+    elif kind == "score":
+        metrics, data = evaluator.score(splits["eval"])
     else:
         metrics, data = evaluator.linear(splits["train"], splits["eval"])
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from viclip.data.annotations import KINETICS_PATTERN, VideoText, load_kinetics, load_video_text_annotations
 from viclip.data.synthetic import make_synthetic
 from viclip.distributed import barrier, world
+from viclip.eval.score import PROMPTS_FORMAT, read_prompts
 
-KINDS = ("zeroshot", "retrieval", "linear")
+KINDS = ("zeroshot", "retrieval", "linear", "score", "finetuned")
 FORMATS = {
     "classification": "a Kinetics CSV (label,youtube_id,time_start,time_end[,split]) or a JSON list of "
                       '{"video": relative path, "caption": class name}',
@@ -85,6 +86,10 @@ def load_task(task: dict, cache_dir: str | None = None) -> dict[str, EvalSplit]:
     if task.get("kind") not in KINDS:
         raise ValueError(f"task.kind must be one of {KINDS}, got {task.get('kind')!r} (task {task.get('name')})")
     task = {**task, **_with_synthetic(task, cache_dir)}
+    if task["kind"] == "score":  # viclip_score: a folder of (generated) videos and a prompt for each
+        videos = _require(task, "videos", "a directory of videos (videos=DIR)", is_dir=True)
+        prompts = _require(task, "prompts", PROMPTS_FORMAT + " (prompts=FILE)")
+        return {"eval": EvalSplit(prompts, videos, read_prompts(videos, prompts))}
     if task["kind"] == "retrieval":
         annotation = _require(task, "annotation", FORMATS["video_text"])
         video_root = _require(task, "video_root", FORMATS["video_root"], is_dir=True)
