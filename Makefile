@@ -14,9 +14,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN))
 
-# The demo trains with DeepSpeed, so the main install carries the [train] extra.
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[train]"
+# The demo trains with DeepSpeed, so the main install carries the [train] extra. Both installs take the
+# tested set of versions from constraints.txt (pyproject.toml itself keeps compatible ranges).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q -c constraints.txt -e ".[train]"
 	touch $@
 
 # The tests run the torchcodec backend too ([gpu] is part of [dev]); torchcodec loads FFmpeg's shared
@@ -30,8 +31,8 @@ $(VENV)/.ffmpeg-libs: | $(PY)
 	else echo "FFmpeg's shared libraries are missing: the torchcodec tests will be skipped"; fi
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY) $(VENV)/.ffmpeg-libs
-	$(PIP) install -q -e ".[dev]"
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY) $(VENV)/.ffmpeg-libs
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
 setup: $(VENV)/.installed

@@ -1,36 +1,6 @@
-"""Multiscale captions for the clips of a finished stage (split_scenes or fetch_clips output).
+"""``viclip-curate caption-clips`` from a clone: the same command (viclip/commands/caption_clips.py)."""
 
-    python tools/caption_clips.py --input clips/ --out captioned/ \
-        --coarse-path /models/blip2-opt-2.7b --summariser-path /models/t5-base
-    # a SLURM array: task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT, resumable per shard
-    python tools/caption_clips.py --input clips/ --out captioned/ --task 3 --num-tasks 16
-
-Adds caption_coarse (middle frame), frame_captions (at --fine-fps), caption_fine (their summary)
-and caption (the summary of both) to each shard's table. Models are local directories or hub ids
-already in the Hugging Face cache; --coarse-kind/--summariser-kind take "package.module:factory" to
-plug in other models (factory(spec, device, dtype, batch_size) -> callable). Any --fine-* option
-gives the frames their own captioner (paper: Tag2Text), its other settings taken from --coarse-*.
-"""
-
-from __future__ import annotations
-
-import argparse
-
-from viclip.curation.captioning import DTYPES, CaptionConfig, run_captioning
-from viclip.curation.cli import add_options, add_task_args, from_args, one_line_errors
-
-
-@one_line_errors
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="finished stage directory (clip tables + tars)")
-    parser.add_argument("--out", required=True, help="output directory (one table per shard)")
-    add_options(parser, CaptionConfig, "captioning", choices={"dtype": DTYPES})
-    add_task_args(parser)
-    a = parser.parse_args()
-    cfg = from_args(CaptionConfig, a, fallbacks={"fine": "coarse"})
-    print(run_captioning(a.input, a.out, cfg, task=a.task, num_tasks=a.num_tasks, progress=not a.no_progress))
-
+from viclip.commands.caption_clips import main
 
 if __name__ == "__main__":
     main()

@@ -1,44 +1,6 @@
-"""Interleaved video-text sequences (InternVid-ICL) from captioned clip tables, as JSON lines.
+"""``viclip-curate make-icl`` from a clone: the same command (viclip/commands/make_icl.py)."""
 
-    python tools/make_icl.py --input captioned/ --format a --out icl_a.jsonl
-    python tools/make_icl.py --input captioned/ --format b --asr transcripts.jsonl --out icl_b.jsonl
-    python tools/make_icl.py --input captioned/ --format c --max-clips 16 --out icl_c.jsonl
-
-(a) one video's clips in temporal order, each video followed by its caption, each video dropped
-with probability --drop-prob (its caption stays); (b) (a) plus each clip's ASR text (segments with
-video_id, start, end, text in JSON lines or parquet); (c) two videos' (a) sequences concatenated.
-Video items name their tar (under --clips-dir, default: where the input stage's clips are) and key.
-A report is written beside the output as OUT.json.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-from dataclasses import asdict
-from pathlib import Path
-
-from viclip.curation.cli import add_options, from_args, one_line_errors
-from viclip.curation.interleave import FORMATS, ASRIndex, ICLConfig, build_icl
-from viclip.curation.stages import clips_dir_of
-
-
-@one_line_errors
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, help="captioned clip tables: stage directories or parquet")
-    parser.add_argument("--out", required=True, help="output .jsonl")
-    add_options(parser, ICLConfig, "sequences", choices={"format": FORMATS})
-    parser.add_argument("--asr", help="ASR segments (format b): .jsonl or .parquet with video_id, start, end, text")
-    parser.add_argument("--clips-dir", help="where the tars are (default: from the first input stage directory)")
-    a = parser.parse_args()
-    clips_dir = a.clips_dir
-    if clips_dir is None and Path(a.input[0]).is_dir():
-        clips_dir = clips_dir_of(Path(a.input[0]))
-    report = build_icl(a.input, a.out, from_args(ICLConfig, a), clips_dir=clips_dir,
-                       asr=ASRIndex.load(a.asr) if a.asr else None)
-    print(json.dumps({k: v for k, v in asdict(report).items() if k != "inputs"}, indent=1))
-
+from viclip.commands.make_icl import main
 
 if __name__ == "__main__":
     main()

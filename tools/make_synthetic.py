@@ -1,24 +1,6 @@
-"""Write the synthetic demo data: training shards, a zero-shot set and a retrieval set.
+"""``viclip-curate make-synthetic`` from a clone: the same command (viclip/commands/make_synthetic.py)."""
 
-    python tools/make_synthetic.py --out data/synthetic --n-train 2000 --n-eval 200 --size 64
-"""
-
-import argparse
-
-from viclip.curation.cli import add_options, one_line_errors, values_from_args
-from viclip.data.synthetic import make_synthetic
-
-
-@one_line_errors
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="data/synthetic", help="output directory (default %(default)s)")
-    add_options(parser, make_synthetic, "synthetic data", skip=("out_dir",))
-    args = parser.parse_args()
-    paths = make_synthetic(args.out, **values_from_args(make_synthetic, args))
-    for field, value in vars(paths).items():
-        print(f"{field:22s} {value}")
-
+from viclip.commands.make_synthetic import main
 
 if __name__ == "__main__":
     main()

@@ -1,35 +1,6 @@
-"""Aesthetic and clip-caption similarity scores for the clips of a finished stage (usually captioned).
+"""``viclip-curate score-clips`` from a clone: the same command (viclip/commands/score_clips.py)."""
 
-    python tools/score_clips.py --input captioned/ --out scored/ \
-        --clip-weights /models/vit_l14_openai.bin --aesthetic-head /models/sac+logos+ava1-l14-linearMSE.pth \
-        --viclip-checkpoint /models/ViClip-InternVid-10M-FLT.pth
-    # frame-averaged CLIP similarity instead of ViCLIP; no aesthetic score:
-    python tools/score_clips.py --input captioned/ --out scored/ --similarity clip --clip-weights W.bin
-
-Adds aesthetic (max over --aesthetic-frames frames), aesthetic_frames, clip_text_sim (raw cosine)
-and clip_text_model to each shard's table; resumable per shard, SLURM arrays via --task/--num-tasks.
-"""
-
-from __future__ import annotations
-
-import argparse
-
-from viclip.curation.captioning import DTYPES
-from viclip.curation.cli import add_options, add_task_args, from_args, one_line_errors
-from viclip.curation.quality import SIMILARITY_MODELS, ScoreConfig, run_scoring
-
-
-@one_line_errors
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="finished stage directory (clip tables; tars found from it)")
-    parser.add_argument("--out", required=True, help="output directory (one table per shard)")
-    add_options(parser, ScoreConfig, "scoring", choices={"similarity": SIMILARITY_MODELS, "dtype": DTYPES})
-    add_task_args(parser)
-    a = parser.parse_args()
-    cfg = from_args(ScoreConfig, a)
-    print(run_scoring(a.input, a.out, cfg, task=a.task, num_tasks=a.num_tasks, progress=not a.no_progress))
-
+from viclip.commands.score_clips import main
 
 if __name__ == "__main__":
     main()

@@ -6,20 +6,17 @@ package's default, so the tools cannot drift from it: a bool is ``--x/--no-x``, 
 optional ``T``, a tuple takes several values, a field without a default is required, and a nested
 config dataclass gets options prefixed by its field name (``--coarse-path``). Every tool reads
 its stage directory or tables from ``--input`` and writes to ``--out``; ``--videos``, ``--list`` and
-``--annotations`` name source lists. A missing file or column ends the tool with one line naming it.
+``--annotations`` name source lists. The tools themselves are viclip.commands' modules.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import inspect
-import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from viclip.curation.clips import CurationConfig
@@ -163,14 +160,3 @@ def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "budget": TimeBudget(args.budget_base, args.budget_factor), "retry_failed": args.retry_failed,
             "progress": not args.no_progress}
 
-
-def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
-    """A tool's ``main`` that ends with one line naming a missing file or column (or a bad value), no traceback."""
-    @functools.wraps(main)
-    def wrapped() -> None:
-        try:
-            main()
-        except (FileNotFoundError, KeyError, ValueError) as e:
-            message = e.args[0] if isinstance(e, KeyError) and e.args else e
-            sys.exit(f"{Path(sys.argv[0]).name}: error: {message}")
-    return wrapped

@@ -1,0 +1,80 @@
+"""The console commands: ``viclip-train``, ``viclip-eval``, ``viclip-curate <stage>``, ``viclip-convert``.
+
+Each command is a module here with a ``main()`` (pyproject's ``[project.scripts]``); the clone's
+``train.py``, ``eval.py`` and ``tools/*.py`` call the same ``main``. This is the top layer: it may
+import every other part of the package, and nothing imports it but the entry points.
+
+A user error (a missing file, field or column, a bad value) ends a command with one line that
+names it, exit status 1 and no traceback; ``--debug`` or ``HYDRA_FULL_ERROR=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf.errors import ConfigAttributeError, MissingMandatoryValue, OmegaConfBaseException
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONFIGS = "pkg://viclip.configs"  # the Hydra configs shipped inside the package
+DEBUG_FLAG = "--debug"
+# What a user's input causes: reported in one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+               KeyError, ValueError, MissingMandatoryValue, ConfigAttributeError)
+
+
+def debug_requested() -> bool:
+    """Whether tracebacks were asked for; takes ``--debug`` off the command line (the parsers do not know it)
+    and sets ``HYDRA_FULL_ERROR=1``, Hydra's own switch, so Hydra's errors show theirs too."""
+    if DEBUG_FLAG in sys.argv[1:]:
+        sys.argv.remove(DEBUG_FLAG)
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def error_line(e: BaseException) -> str:
+    """The message of a user error on one line, naming the path or config key."""
+    if isinstance(e, OmegaConfBaseException):
+        key = e.full_key
+        if isinstance(e, MissingMandatoryValue) and key:
+            return f"{e.msg} (set {key}=... on the command line)"
+        return f"{e.msg} (config key {key})" if key else str(e.msg)
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"  # open()'s own errors: "[Errno 2] ..." reworded
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])  # str(KeyError) quotes the message
+    return str(e)
+
+
+def one_line_errors(main: F) -> F:
+    """``main`` (a tool's or a Hydra task function) ending a user error with ``PROG: error: MESSAGE``."""
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if debug_requested():
+            return main(*args, **kwargs)
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as e:
+            sys.exit(f"{Path(sys.argv[0]).name}: error: {error_line(e)}")
+    return wrapped  # type: ignore[return-value]
+
+
+def hydra_command(task: Callable[[Any], None], config_name: str) -> Callable[[], None]:
+    """The console entry of a Hydra app over the shipped configs; wrap ``task`` in one_line_errors first.
+
+    User config folders join the search path with Hydra's ``--config-dir DIR`` or
+    ``hydra.searchpath=[file://DIR]``; ``--debug`` is taken off the command line before Hydra parses it.
+    """
+    import hydra
+
+    app = hydra.main(config_path=CONFIGS, config_name=config_name, version_base="1.3")(task)
+
+    def main() -> None:
+        debug_requested()
+        app()
+    return main

@@ -1,0 +1,28 @@
+"""Write training shards (webdataset tars + sizes.json) from a clip table or a subset of it.
+
+    viclip-curate make-shards --input /data/clips --out /data/shards/internvid_10m_flt
+    viclip-curate make-shards --input subset_flt.parquet --clips-dir /data/clips --out shards/ --max-samples 2000
+
+--clips-dir is the stage directory holding the clip tars (default: the table's directory).
+"""
+
+import argparse
+
+from viclip.commands import one_line_errors
+from viclip.curation.cli import add_options, values_from_args
+from viclip.curation.writer import make_shards
+
+
+@one_line_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, help="parquet clip tables or stage directories")
+    parser.add_argument("--out", required=True, help="output directory")
+    add_options(parser, make_shards, "shards", skip=("tables", "out_dir"))
+    args = parser.parse_args()
+    sizes = make_shards(args.input, out_dir=args.out, **values_from_args(make_shards, args))
+    print(f"{sum(sizes.values())} samples in {len(sizes)} tars under {args.out}")
+
+
+if __name__ == "__main__":
+    main()

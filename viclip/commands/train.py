@@ -1,0 +1,36 @@
+"""Train ViCLIP: ``viclip-train experiment=<paper run | demo | ft_*> [field=value ...]`` (configs/train.yaml).
+
+From a clone ``python train.py ...`` is the same command. ``trainer`` picks the Trainer (pretrain, or
+the fine-tuning ones of viclip.finetune: retrieval, recognition). Launch with torchrun
+(``torchrun --standalone --nproc_per_node=N --no-python viclip-train ...``), srun (slurm/train_l14.sh)
+or as one process; ``-m sweep=<name>`` runs the ablation sweeps. A config with ``final_eval`` (the
+demo) then evaluates the last exported weights with the eval config and runner.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from viclip.commands import hydra_command, one_line_errors
+
+
+@one_line_errors
+def train_task(cfg: DictConfig) -> None:
+    """Both phases of the composed config, then its ``final_eval`` if any."""
+    from hydra import compose
+
+    from viclip.train import train, trainer_class
+
+    result = train(cfg, trainer_class(cfg.trainer))
+    if cfg.final_eval is not None and result.is_main:
+        from viclip.eval.runner import evaluate
+
+        weights = list(result.exports.values())[-1]
+        evaluate(compose(config_name="eval", overrides=[
+            f"checkpoint={weights}", f"output_dir={result.run_dir / 'eval'}", *cfg.final_eval.overrides]))
+
+
+main = hydra_command(train_task, "train")
+
+if __name__ == "__main__":
+    main()
