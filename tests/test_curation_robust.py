@@ -172,7 +172,7 @@ def kill_before_stats(monkeypatch):
     original = stages._atomic_json
 
     def atomic_json(path, obj):
-        if path.name.endswith(".stats.json"):
+        if str(path).endswith(".stats.json"):  # a local path or an fsspec URL
             raise Killed(path)
         original(path, obj)
     monkeypatch.setattr(stages, "_atomic_json", atomic_json)

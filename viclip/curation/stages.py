@@ -4,9 +4,12 @@ For shard ``s`` a stage writes ``{s:05d}.tar`` (kept clips: ``{key}.mp4/.txt/.js
 :class:`viclip.data.tars.ShardWriter`), then ``{s:05d}.parquet`` (every clip row, failed videos
 included), then ``{s:05d}.stats.json``, which marks the shard done. Each file is renamed into place
 when complete, so a killed run leaves at most temporary files, which the next run deletes before it
-redoes that shard; finished shards are skipped. Shards are fixed slices of the source list (the list
-and the config are recorded in ``config.json`` and checked on every rerun), so SLURM array task
-``i`` of ``N`` takes shards ``s`` with ``s % N == i`` and any mix of reruns yields each clip once.
+redoes that shard; finished shards are skipped. The output directory may be any fsspec URL
+(``s3://bucket/clips``): each file is then uploaded whole once finished (:mod:`viclip.atomic`), the
+stats file still last, and the shard's work files stay in a local temporary directory. Shards are
+fixed slices of the source list (the list and the config are recorded in ``config.json`` and checked
+on every rerun), so SLURM array task ``i`` of ``N`` takes shards ``s`` with ``s % N == i`` and any
+mix of reruns yields each clip once.
 
 Videos run in supervised workers (:mod:`viclip.curation.pool`): a video that hangs or kills its
 worker becomes a ``timeout`` or ``crashed`` row and the shard goes on. ``retry_failed`` reruns the
@@ -22,22 +25,24 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from viclip.atomic import atomic_rename, atomic_write
+from viclip.atomic import atomic_rename, atomic_write, join, local_path
 from viclip.curation.clips import CurationConfig, VideoResult
 from viclip.curation.pool import TimeBudget, process_sources
 from viclip.curation.sources import Source
 from viclip.curation.table import STATS_SUFFIX, rows_to_table, write_table
 from viclip.data.tars import SIZES_FILE, ShardWriter
+from viclip.progress import progress as progress_bar
 
 CONFIG_FILE = "config.json"
 WORK_DIR = ".work"
@@ -49,8 +54,51 @@ def shard_name(shard: int) -> str:
     return f"{shard:05d}"
 
 
-def stats_path(out_dir: Path, shard: int) -> Path:
-    return out_dir / f"{shard_name(shard)}{STATS_SUFFIX}"
+class StageDir:
+    """A stage's output directory: a local path or any fsspec URL; files are named relative to it."""
+
+    def __init__(self, url: str | os.PathLike) -> None:
+        self.url = os.fspath(url)
+        self.fs = fsspec.core.url_to_fs(self.url)[0]
+        self.local = local_path(self.url)  # None on an object store, which never shows temporary names
+
+    def __str__(self) -> str:
+        return self.url
+
+    def path(self, name: str) -> str:
+        return join(self.url, name)
+
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self.path(name))
+
+    def read_json(self, name: str) -> object:
+        return json.loads(self.fs.cat_file(self.path(name)))
+
+    def read_table(self, name: str) -> pa.Table:
+        with self.fs.open(self.path(name), "rb") as f:
+            return pq.read_table(f)
+
+    def remove(self, name: str) -> None:
+        if self.exists(name):
+            self.fs.rm_file(self.path(name))
+
+    def remove_leftovers(self, pattern: str) -> None:
+        """Delete a killed run's temporary files matching ``pattern`` (they exist only on local disks)."""
+        if self.local is not None:
+            for leftover in self.local.glob(pattern):
+                leftover.unlink(missing_ok=True)
+
+    def work_root(self) -> Path:
+        """Where shards in progress are built: ``.work`` inside a local directory; for a URL a local
+        temporary directory named after it, so a rerun finds (and removes) a killed run's files."""
+        if self.local is not None:
+            return self.local / WORK_DIR
+        digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"viclip-stage-{digest}"
+
+
+def stats_name(shard: int) -> str:
+    return f"{shard_name(shard)}{STATS_SUFFIX}"
 
 
 def plan_shards(sources: Sequence[Source], videos_per_shard: int) -> list[list[Source]]:
@@ -78,21 +126,20 @@ def _sources_digest(sources: Sequence[Source]) -> str:
     return h.hexdigest()
 
 
-def _atomic_json(path: Path, obj: object) -> None:
+def _atomic_json(path: str, obj: object) -> None:
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
-def record_or_check_settings(out_dir: Path, record: dict) -> None:
+def record_or_check_settings(out_dir: StageDir, record: dict) -> None:
     """Record the run's config and source list, or refuse to resume a directory made with others."""
-    path = out_dir / CONFIG_FILE
-    if path.exists():
-        old = json.loads(path.read_text())
+    if out_dir.exists(CONFIG_FILE):
+        old = out_dir.read_json(CONFIG_FILE)
         if old != record:
             keys = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise ValueError(f"{out_dir} was made with a different {', '.join(keys)} ({path}); "
-                             "use a new output directory or the original settings")
+            raise ValueError(f"{out_dir} was made with a different {', '.join(keys)} "
+                             f"({out_dir.path(CONFIG_FILE)}); use a new output directory or the original settings")
         return
-    _atomic_json(path, record)
+    _atomic_json(out_dir.path(CONFIG_FILE), record)
 
 
 @dataclass
@@ -131,12 +178,11 @@ class _ShardState:
     when run again: the table still names only the clips it had.
     """
 
-    def __init__(self, out_dir: Path, shard: int, num_videos: int, finished: _Finished | None = None) -> None:
+    def __init__(self, out_dir: StageDir, shard: int, num_videos: int, finished: _Finished | None = None) -> None:
         self.out_dir, self.shard, self.remaining, self.finished = out_dir, shard, num_videos, finished
-        self.work = out_dir / WORK_DIR / shard_name(shard)
+        self.work = out_dir.work_root() / shard_name(shard)
         shutil.rmtree(self.work, ignore_errors=True)  # leftovers of a killed run
-        for leftover in out_dir.glob(f".{shard_name(shard)}.*.tmp*"):  # half-written table or stats
-            leftover.unlink(missing_ok=True)
+        out_dir.remove_leftovers(f".{shard_name(shard)}.*.tmp*")  # half-written table or stats
         self.writer = ShardWriter(self.work, max_samples=MAX_CLIPS_PER_SHARD + 1, max_bytes=1 << 62,
                                   start_shard=shard)
         self.results: list[list[dict]] = []  # rows of each source, in source order
@@ -152,8 +198,8 @@ class _ShardState:
         wanted = {r["clip_key"] for r in rows if r["status"] == "kept"}
         if not wanted:
             return
-        path, sample = self.out_dir / self.tar, {}
-        with tarfile.open(path) as tar:
+        path, sample = self.out_dir.path(self.tar), {}
+        with self.out_dir.fs.open(path, "rb") as f, tarfile.open(fileobj=f) as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 if key not in wanted:
@@ -198,10 +244,10 @@ class _ShardState:
                     for r in (next(retried) if old["status"] == "failed" else [old])]
         kept = [r for r in rows if r["status"] == "kept"]
         if kept:  # ShardWriter opens no tar for a shard without clips
-            atomic_rename(self.work / self.tar, self.out_dir / self.tar)
+            atomic_rename(self.work / self.tar, self.out_dir.path(self.tar))
         else:  # a retry killed after renaming its tar may have left one that the table does not name
-            (self.out_dir / self.tar).unlink(missing_ok=True)
-        write_table(rows_to_table(rows), self.out_dir / f"{shard_name(self.shard)}.parquet")
+            self.out_dir.remove(self.tar)
+        write_table(rows_to_table(rows), self.out_dir.path(f"{shard_name(self.shard)}.parquet"))
         failed = [r for r in rows if r["status"] == "failed"]
         stats = {
             "shard": self.shard,
@@ -217,21 +263,21 @@ class _ShardState:
             "video_seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
         }
-        _atomic_json(stats_path(self.out_dir, self.shard), stats)  # last: marks the shard done
+        _atomic_json(self.out_dir.path(stats_name(self.shard)), stats)  # last: marks the shard done
         shutil.rmtree(self.work, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.work.parent.rmdir()  # only when no other shard is in progress
         return stats
 
 
-def _to_retry(out_dir: Path, shard: int, sources: Sequence[Source]) -> _Finished | None:
+def _to_retry(out_dir: StageDir, shard: int, sources: Sequence[Source]) -> _Finished | None:
     """A finished shard's failed sources to redo; None when it has none and its stats agree.
 
     No failed rows but stats that count some mean a retry was killed between writing the table and
     the stats: such a shard is rebuilt with nothing to redo.
     """
-    rows = pq.read_table(out_dir / f"{shard_name(shard)}.parquet").to_pylist()
-    stats = json.loads(stats_path(out_dir, shard).read_text())
+    rows = out_dir.read_table(f"{shard_name(shard)}.parquet").to_pylist()
+    stats = out_dir.read_json(stats_name(shard))
     failed = [r for r in rows if r["status"] == "failed"]
     if not failed and stats["failed"] == 0:
         return None
@@ -239,17 +285,16 @@ def _to_retry(out_dir: Path, shard: int, sources: Sequence[Source]) -> _Finished
     return _Finished(rows, stats, [by_id[r["video_id"], r["source"]] for r in failed])
 
 
-def write_sizes_if_complete(out_dir: Path, num_shards: int) -> bool:
+def write_sizes_if_complete(out_dir: StageDir, num_shards: int) -> bool:
     """Write ``sizes.json`` once every shard of the plan is done (any task may be the last one)."""
     stats = []
     for s in range(num_shards):
-        p = stats_path(out_dir, s)
-        if not p.exists():
+        if not out_dir.exists(stats_name(s)):
             return False
-        stats.append(json.loads(p.read_text()))
-    sizes, path = {st["tar"]: st["kept"] for st in stats if st["tar"]}, out_dir / SIZES_FILE
-    if not path.exists() or json.loads(path.read_text()) != sizes:  # a rerun that changed nothing writes nothing
-        _atomic_json(path, sizes)
+        stats.append(out_dir.read_json(stats_name(s)))
+    sizes = {st["tar"]: st["kept"] for st in stats if st["tar"]}
+    if not out_dir.exists(SIZES_FILE) or out_dir.read_json(SIZES_FILE) != sizes:  # an idle rerun writes nothing
+        _atomic_json(out_dir.path(SIZES_FILE), sizes)
     return True
 
 
@@ -265,8 +310,7 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
     also redoes the failed videos of this task's finished shards and rewrites those shards.
     """
     cfg = cfg or CurationConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = StageDir(out_dir)
     shards = plan_shards(sources, videos_per_shard)
     settings = dataclasses.asdict(cfg)
     for part in ("scenes", "extract"):
@@ -274,18 +318,18 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
     record_or_check_settings(out_dir, {"config": settings, "videos_per_shard": videos_per_shard,
                            "num_sources": len(sources), "sources_sha256": _sources_digest(sources)})
     mine = task_shards(len(shards), task, num_tasks)
-    pending = [s for s in mine if not stats_path(out_dir, s).exists()]
+    pending = [s for s in mine if not out_dir.exists(stats_name(s))]
     finished = [s for s in mine if s not in pending]
     for s in finished:  # a kill between marking a shard done and removing its work dir
-        shutil.rmtree(out_dir / WORK_DIR / shard_name(s), ignore_errors=True)
+        shutil.rmtree(out_dir.work_root() / shard_name(s), ignore_errors=True)
     retry = {s: f for s in finished if retry_failed and (f := _to_retry(out_dir, s, shards[s])) is not None}
     summary = StageSummary(shards=len(mine), skipped=len(finished) - len(retry))
     todo = {s: retry[s].sources if s in retry else shards[s] for s in sorted([*pending, *retry])}
     jobs = [(s, src) for s, srcs in todo.items() for src in srcs]
     started = time.time()
-    bar = tqdm(total=len(jobs), unit="video", disable=not progress, smoothing=0.1,
-               desc=f"task {task}/{num_tasks}: {len(pending)} shards, {len(retry)} to retry "
-                    f"({summary.skipped} done before)")
+    bar = progress_bar(total=len(jobs), unit="video", enabled=progress, smoothing=0.1,
+                       desc=f"task {task}/{num_tasks}: {len(pending)} shards, {len(retry)} to retry "
+                            f"({summary.skipped} done before)")
     states: dict[int, _ShardState] = {}
 
     def finish(shard: int) -> None:
@@ -327,7 +371,7 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
         bar.close()
     summary.seconds = time.time() - started
     with contextlib.suppress(OSError):
-        (out_dir / WORK_DIR).rmdir()  # only when no shard of another task is in progress
+        out_dir.work_root().rmdir()  # only when no shard of another task is in progress
     write_sizes_if_complete(out_dir, len(shards))
     return summary
 
@@ -364,28 +408,29 @@ def run_table_stage(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """
     if not 0 <= task < num_tasks:
         raise ValueError(f"task must be in [0, num_tasks), got task={task}, num_tasks={num_tasks}")
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    in_dir, out_dir = Path(in_dir), StageDir(out_dir)
     if not in_dir.is_dir():
         raise FileNotFoundError(f"input stage directory not found: {in_dir}")
     clips_dir = clips_dir_of(in_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     record_or_check_settings(out_dir, {**record, "input": str(in_dir.resolve()), "clips_dir": str(clips_dir)})
     finished = sorted(int(p.name[:-len(STATS_SUFFIX)]) for p in in_dir.glob(f"*{STATS_SUFFIX}"))
     mine = [s for s in finished if s % num_tasks == task]
-    pending = [s for s in mine if not stats_path(out_dir, s).exists()]
+    pending = [s for s in mine if not out_dir.exists(stats_name(s))]
     summary = StageSummary(shards=len(mine), skipped=len(mine) - len(pending))
     started = time.time()
     process = make_process() if pending else None
-    for shard in tqdm(pending, unit="shard", disable=not progress,
-                      desc=f"task {task}/{num_tasks} ({summary.skipped} shards done before)"):
-        name = shard_name(shard)
-        for leftover in out_dir.glob(f".{name}.parquet.tmp*"):  # a killed run's partial table
-            leftover.unlink(missing_ok=True)
-        table, stats = process(TableShard(shard, pq.read_table(in_dir / f"{name}.parquet"), clips_dir))
-        write_table(table, out_dir / f"{name}.parquet")
-        _atomic_json(stats_path(out_dir, shard), {"shard": shard, **stats})  # last: marks the shard done
-        summary.done += 1
-        summary.kept += stats.get("clips", 0)
-        summary.failed += stats.get("failed", 0)
+    rows = {s: pq.read_metadata(in_dir / f"{shard_name(s)}.parquet").num_rows for s in pending}  # footers only
+    with progress_bar(total=sum(rows.values()), unit="clip", enabled=progress,
+                      desc=f"task {task}/{num_tasks}: {len(pending)} shards ({summary.skipped} done before)") as bar:
+        for shard in pending:
+            name = shard_name(shard)
+            out_dir.remove_leftovers(f".{name}.parquet.tmp*")  # a killed run's partial table
+            table, stats = process(TableShard(shard, pq.read_table(in_dir / f"{name}.parquet"), clips_dir))
+            write_table(table, out_dir.path(f"{name}.parquet"))
+            _atomic_json(out_dir.path(stats_name(shard)), {"shard": shard, **stats})  # last: marks the shard done
+            summary.done += 1
+            summary.kept += stats.get("clips", 0)
+            summary.failed += stats.get("failed", 0)
+            bar.update(rows[shard])
     summary.seconds = time.time() - started
     return summary

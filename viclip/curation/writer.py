@@ -3,7 +3,8 @@
 Kept rows are looked up in the stage tars they were written to (``clip_tar``/``clip_key``), read
 one tar at a time in a single sequential pass, and rewritten through
 :class:`~viclip.data.tars.ShardWriter` with the row's caption as ``.txt`` and every column as
-``.json``, into size-bounded tars with a ``sizes.json``.
+``.json``, into size-bounded tars with a ``sizes.json``. ``clips_dir`` and ``out_dir`` may be any
+fsspec URL: tars are uploaded whole once finished and ``sizes.json`` last (:mod:`viclip.atomic`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from viclip.atomic import join
 from viclip.curation.stages import clips_dir_of
 from viclip.curation.table import read_tables
 from viclip.data.tars import ShardWriter
+from viclip.progress import progress as progress_bar
 
 
 def _json_value(v: Any) -> Any:
@@ -29,7 +33,8 @@ def _json_value(v: Any) -> Any:
 
 def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str | os.PathLike | None,
                 out_dir: str | os.PathLike, max_samples: int = 1000, max_bytes: int = 1 << 30,
-                caption_column: str = "caption", allow_empty_captions: bool = False) -> dict[str, int]:
+                caption_column: str = "caption", allow_empty_captions: bool = False,
+                progress: bool = True) -> dict[str, int]:
     """Write the kept clips of ``tables`` to training tars under ``out_dir``; returns ``{tar: samples}``.
 
     ``clips_dir`` is the stage directory holding the tars named in ``clip_tar``; by default the one
@@ -62,14 +67,15 @@ def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str |
             raise ValueError(f"clip {row.get('clip_id')} has no {caption_column!r}")
         by_tar.setdefault(row["clip_tar"], {})[row["clip_key"]] = row
 
-    clips_dir = Path(clips_dir)
-    with ShardWriter(out_dir, max_samples=max_samples, max_bytes=max_bytes) as writer:
+    fs = fsspec.core.url_to_fs(os.fspath(clips_dir))[0]
+    with ShardWriter(out_dir, max_samples=max_samples, max_bytes=max_bytes) as writer, \
+            progress_bar(total=len(rows), unit="clip", desc=f"shards to {out_dir}", enabled=progress) as bar:
         for tar_name, wanted in by_tar.items():
-            path = clips_dir / tar_name
-            if not path.exists():
+            path = join(clips_dir, tar_name)
+            if not fs.exists(path):
                 raise FileNotFoundError(f"stage tar {path} (named in clip_tar) not found")
             found = 0
-            with tarfile.open(path) as tar:
+            with fs.open(path, "rb") as f, tarfile.open(fileobj=f) as tar:
                 for member in tar:
                     key, _, ext = member.name.partition(".")
                     if ext != "mp4" or key not in wanted:
@@ -78,6 +84,7 @@ def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str |
                     meta = {k: _json_value(v) for k, v in row.items() if k != caption_column}
                     writer.write(tar.extractfile(member).read(), row.get(caption_column) or "", meta)
                     found += 1
+                    bar.update(1)
             if found != len(wanted):
                 raise ValueError(f"{path}: {len(wanted) - found} of the table's clips are missing from the tar")
     return writer.sizes
