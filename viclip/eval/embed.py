@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from viclip.data.annotations import VideoText, VideoTextDataset
 from viclip.data.transforms import VideoTransform
 from viclip.distributed import gather_rows, shard_indices, world
+from viclip.eval.views import MultiViewDataset, Views, encode_views
 from viclip.model import ViCLIP, tokenize
 
 
@@ -31,6 +32,7 @@ class VideoProtocol:
     image_size: int = 224
     mean: str = "imagenet"
     backend: str = "auto"
+    views: str = "1x1"  # temporal clips x spatial crops, scores averaged (viclip.eval.views)
 
 
 def autocast(device: torch.device, precision: str):
@@ -71,21 +73,31 @@ def embed_videos(
     model: ViCLIP, records: Sequence[VideoText], protocol: VideoProtocol, device: torch.device,
     batch_size: int = 32, num_workers: int = 4, precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(embeddings [N, D] float32 on the CPU, ok [N] bool)`` in the order of ``records``."""
+    """``(embeddings [N, D] float32 on the CPU, ok [N] bool)`` in the order of ``records``; ``[N, V, D]``
+    for a protocol of V > 1 views."""
     rank, world_size = world()
     mine = shard_indices(len(records), rank, world_size)
     transform = protocol_transform(protocol)
-    dataset = VideoTextDataset([records[i] for i in mine], num_frames=protocol.num_frames,
-                               sampling=protocol.sampling, transform=transform, backend=protocol.backend)
+    views = Views.parse(protocol.views)
+    if views.count == 1:
+        dataset = VideoTextDataset([records[i] for i in mine], num_frames=protocol.num_frames,
+                                   sampling=protocol.sampling, transform=transform, backend=protocol.backend)
+    else:
+        dataset = MultiViewDataset([records[i] for i in mine], protocol.num_frames, views, protocol.image_size,
+                                   sampling=protocol.sampling, backend=protocol.backend)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                         collate_fn=VideoTextDataset.collate, pin_memory=device.type == "cuda",
                         persistent_workers=False)
-    local = torch.zeros(len(mine), model.cfg.embed_dim)
+    local = torch.zeros(len(mine), *([views.count] if views.count > 1 else []), model.cfg.embed_dim)
     ok = torch.zeros(len(mine), dtype=torch.bool)
     for batch in loader:
         if batch["video"] is None:
             continue
-        local[batch["index"]] = encode_video_batch(model, batch["video"], transform, device, precision)
+        if views.count == 1:
+            local[batch["index"]] = encode_video_batch(model, batch["video"], transform, device, precision)
+        else:
+            local[batch["index"]] = encode_views(lambda v: encode_video_batch(model, v, transform, device, precision),
+                                                 batch["video"])
         ok[batch["index"]] = True
     return _gather(local, len(records), device), _gather(ok, len(records), device)
 

@@ -29,7 +29,9 @@ from viclip.eval.report import SCHEMA, format_table, write_results
 from viclip.eval.score import cosine_per_video, score_summary
 from viclip.eval.tasks import EvalSplit, load_task
 from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
+from viclip.eval.views import Views, mean_view_scores
 from viclip.model import load_model
+from viclip.model.classifier import classifier_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,13 @@ def video_protocol(cfg: DictConfig) -> VideoProtocol:
     """``cfg.protocol``'s video fields over the official protocol (:class:`VideoProtocol`'s defaults,
     which a null field keeps); ``image_size`` is left to the caller, as it is the model's."""
     chosen = {f: cfg.protocol[f] for f in ("num_frames", "sampling", "backend") if cfg.protocol.get(f) is not None}
-    return VideoProtocol(**chosen)
+    views = cfg.protocol.get("views") or task_views(cfg)
+    return VideoProtocol(**chosen, views=str(Views.parse(views)))
+
+
+def task_views(cfg: DictConfig) -> str:
+    """The task's own test views (a fine-tuned task's multi-view protocol), else the single view."""
+    return str(Views.parse(cfg.task.get("views")))
 
 
 def variant_suffix(cfg: DictConfig, kind: str) -> str:
@@ -58,6 +66,8 @@ def variant_suffix(cfg: DictConfig, kind: str) -> str:
         parts.append(f"f{protocol.num_frames}")
     if protocol.sampling != official.sampling:
         parts.append(protocol.sampling)
+    if protocol.views != task_views(cfg):
+        parts.append(f"v{protocol.views}")
     if not cfg.protocol.official_cleaning:
         parts.append("rawtext")
     if kind == "zeroshot":
@@ -88,7 +98,11 @@ class Evaluator:
         self.cfg, self.device = cfg, device
         protocol = video_protocol(cfg)
         # the temporal embedding is resampled if the checkpoint was trained with another frame count
-        self.model = load_model(_model_choice(cfg), checkpoint=weights, device=device, num_frames=protocol.num_frames)
+        if cfg.task.kind == "finetuned":  # a fine-tuned classifier: the video tower and its head
+            self.model = classifier_from_checkpoint(weights, num_frames=protocol.num_frames).to(device).eval()
+        else:
+            self.model = load_model(_model_choice(cfg), checkpoint=weights, device=device,
+                                    num_frames=protocol.num_frames)
         self.wise = None
         if cfg.wise_ft.clip:
             wise_ft(self.model, cfg.wise_ft.clip, cfg.wise_ft.alpha)
@@ -146,7 +160,7 @@ class Evaluator:
         video, ok = self.videos(split)
         prompts = expand(split.class_names, templates)
         protos = class_prototypes(self.texts(prompts), len(templates), self.cfg.templates.reduce)
-        scores = class_scores(video[ok], protos)
+        scores = mean_view_scores(lambda v: class_scores(v, protos), video[ok])
         if self.cfg.dual_softmax:
             scores = dual_softmax(scores / self.temp)
         labels = torch.tensor([r.label for r in split.records])[ok]
@@ -175,6 +189,17 @@ class Evaluator:
         sims = cosine_per_video(video, ok, self.texts([r.captions[0] for r in split.records]))
         metrics, per_video = score_summary(split.records, sims)
         return metrics, {**_counts(ok), "per_video": per_video}
+
+    def finetuned(self, split: EvalSplit) -> tuple[dict, dict]:
+        """A fine-tuned classifier: softmax of its head over each view, averaged (UMT's ``merge``)."""
+        head = self.model.head
+        if head.out_features != len(split.class_names):
+            raise ValueError(f"checkpoint {self.cfg.checkpoint}: its head has {head.out_features} classes, task "
+                             f"{self.cfg.task.name} {len(split.class_names)}; fine-tune on this task's classes")
+        video, ok = self.videos(split)
+        probs = mean_view_scores(lambda v: head(v.to(self.device)).float().softmax(-1).cpu(), video[ok])
+        labels = torch.tensor([r.label for r in split.records])[ok]
+        return topk_accuracy(probs, labels), {**_counts(ok), "num_classes": len(split.class_names)}
 
     def linear(self, train: EvalSplit, val: EvalSplit) -> tuple[dict, dict]:
         train_x, train_ok = self.videos(train)
@@ -205,6 +230,12 @@ def evaluate(cfg: DictConfig) -> dict:
     weights = resolve_checkpoint(cfg.checkpoint)
     task = OmegaConf.to_container(cfg.task, resolve=True)
     splits = load_task(task, cache_dir=cfg.cache_dir)  # fails on a bad path before any model is built
+    views = video_protocol(cfg).views
+    if Views.parse(views).count > 1 and task["kind"] not in ("zeroshot", "finetuned"):
+        raise ValueError(f"protocol.views={views} applies to zeroshot and finetuned tasks, not to the "
+                         f"{task['kind']} task {task['name']}")
+    if task["kind"] == "finetuned" and cfg.wise_ft.clip:
+        raise ValueError("wise_ft.clip blends ViCLIP checkpoints; a finetuned task evaluates a classifier")
     sha = broadcast_object(file_sha256(weights) if rank == 0 else None)
     evaluator = Evaluator(cfg, device, weights, sha)
     loaded = time.perf_counter()
@@ -216,6 +247,8 @@ def evaluate(cfg: DictConfig) -> dict:
         metrics, data = evaluator.retrieval(splits["eval"])
     elif kind == "score":
         metrics, data = evaluator.score(splits["eval"])
+    elif kind == "finetuned":
+        metrics, data = evaluator.finetuned(splits["eval"])
     else:
         metrics, data = evaluator.linear(splits["train"], splits["eval"])
 
