@@ -30,8 +30,9 @@ def main() -> None:
     parser.add_argument("--input", nargs="+", required=True, help="clip tables: parquet files or stage directories")
     parser.add_argument("--out", required=True, help="output parquet file")
     add_options(parser, SubsetSpec, "subset rule", choices={"rule": RULES})
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
     args = parser.parse_args()
-    report = build_subset(args.input, args.out, from_args(SubsetSpec, args))
+    report = build_subset(args.input, args.out, from_args(SubsetSpec, args), progress=not args.no_progress)
     print(json.dumps({k: v for k, v in asdict(report).items() if k != "inputs"}, indent=1))
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from viclip.atomic import atomic_path, atomic_write
+from viclip.atomic import atomic_path, atomic_write, join
 
 
 def _column(table: pa.Table, name: str, mask: np.ndarray | None = None) -> np.ndarray | None:
@@ -123,15 +122,14 @@ def _hist(ax, values: np.ndarray, title: str, xlabel: str, bins: Any = 30, **kw)
     ax.set_ylabel("% of total")
 
 
-def plot_stats(table: pa.Table, out_dir: str | os.PathLike) -> list[Path]:
-    """Write one PNG per available statistic plus ``summary.json``/``summary.txt``; returns the PNG paths."""
+def plot_stats(table: pa.Table, out_dir: str | os.PathLike) -> list[str]:
+    """Write one PNG per available statistic plus ``summary.json``/``summary.txt`` under ``out_dir`` (a
+    local directory or an fsspec URL); returns the PNG paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     kept = _status_mask(table, "kept")
     figures: list[tuple[str, Any]] = []
     src = per_video(table, "source_duration")
@@ -169,12 +167,12 @@ def plot_stats(table: pa.Table, out_dir: str | os.PathLike) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         draw(ax)
         fig.tight_layout()
-        path = out / f"{name}.png"
+        path = join(out_dir, f"{name}.png")
         with atomic_path(path, durable=False) as tmp:  # figures and summaries are redone from the table
             fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         paths.append(path)
     summary = summarize(table)
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1), durable=False)
-    atomic_write(out / "summary.txt", format_summary(summary) + "\n", durable=False)
+    atomic_write(join(out_dir, "summary.json"), json.dumps(summary, indent=1), durable=False)
+    atomic_write(join(out_dir, "summary.txt"), format_summary(summary) + "\n", durable=False)
     return paths

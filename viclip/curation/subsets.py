@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.table import table_files
+from viclip.progress import progress as progress_bar
 
 RULES = ("div", "flt", "aes", "random")
 RANK_COLUMN = "subset_rank"
@@ -153,7 +154,8 @@ def _numeric(batch: pa.RecordBatch, name: str, path: Path) -> np.ndarray:
     return pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
 
-def _scan(files: Sequence[Path], spec: SubsetSpec) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
+def _scan(files: Sequence[Path], spec: SubsetSpec,
+          progress: bool = True) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
     """Pass 1: the pool's row positions and the rule's columns for the pool only, file by file.
 
     Arrays are sized once from the parquet footers and filled in place (no list of parts to
@@ -170,9 +172,11 @@ def _scan(files: Sequence[Path], spec: SubsetSpec) -> tuple[int, np.ndarray, dic
     cols = {c: np.empty(total, dtype=np.int32 if c == spec.source_column else np.float64) for c in needed}
     codes: dict[str, int] = {}
     offset = filled = 0
+    bar = progress_bar(total=total, unit="row", desc=f"subset {spec.rule}: pass 1/2 (scan)", enabled=progress)
     for path, pf in zip(files, readers):
         by_status = spec.kept_only and "status" in pf.schema_arrow.names
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=needed + (["status"] if by_status else [])):
+            bar.update(batch.num_rows)
             pool = np.ones(batch.num_rows, dtype=bool)
             if by_status:
                 pool = pc.equal(batch.column("status"), "kept").fill_null(False).to_numpy(zero_copy_only=False)
@@ -186,6 +190,7 @@ def _scan(files: Sequence[Path], spec: SubsetSpec) -> tuple[int, np.ndarray, dic
                 out[filled:filled + len(rows)] = values
             offset += batch.num_rows
             filled += len(rows)
+    bar.close()
     return offset, positions[:filled], {c: v[:filled] for c, v in cols.items()}
 
 
@@ -218,13 +223,16 @@ def _unified_schema(files: Sequence[Path]) -> pa.Schema:
     return schema.append(pa.field(RANK_COLUMN, pa.int64()))
 
 
-def _write_rows(files: Sequence[Path], rows: np.ndarray, ranks: np.ndarray, out: Path) -> None:
+def _write_rows(files: Sequence[Path], rows: np.ndarray, ranks: np.ndarray, out: Path, num_rows: int,
+                progress: bool = True) -> None:
     """Pass 2: copy the rows at sorted global positions ``rows`` with their ranks, atomically."""
     schema = _unified_schema(files)
     offset = 0
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
+            progress_bar(total=num_rows, unit="row", desc="subset: pass 2/2 (copy)", enabled=progress) as bar:
         for path in files:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+                bar.update(batch.num_rows)
                 lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
                 if hi > lo:
                     taken = pa.Table.from_batches([batch]).take(rows[lo:hi] - offset)
@@ -234,15 +242,17 @@ def _write_rows(files: Sequence[Path], rows: np.ndarray, ranks: np.ndarray, out:
                 offset += batch.num_rows
 
 
-def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, spec: SubsetSpec) -> SubsetReport:
+def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, spec: SubsetSpec,
+                 progress: bool = True) -> SubsetReport:
     """Select a subset of clip tables (parquet files or stage directories) into one parquet file.
 
     Rows are written in input order with ``subset_rank`` (the rule's order: draw order for DIV, FLT
     and random, input order for Aes); a report JSON is written beside the output as ``{out}.json``.
+    ``progress`` shows each pass's rows and time left (:func:`viclip.progress.progress`).
     """
     files = table_files(inputs)
     out = Path(out)
-    num_rows, positions, cols = _scan(files, spec)
+    num_rows, positions, cols = _scan(files, spec, progress)
     pool = len(positions)
     chosen, counts = select(spec, pool, cols)
     del cols  # the temporaries below are what bounds memory on a 234M-row table: free as we go
@@ -253,7 +263,7 @@ def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, sp
     else:
         ranks = np.argsort(rows, kind="stable")  # the i-th row in input order was drawn ranks[i]-th
         rows = rows[ranks]
-    _write_rows(files, rows, ranks, out)
+    _write_rows(files, rows, ranks, out, num_rows, progress)
     report = SubsetReport(spec=asdict(spec), inputs=[str(f) for f in files], rows=num_rows, pool=pool,
                           selected=len(rows), counts=counts)
     atomic_write(out.with_name(out.name + ".json"), json.dumps(asdict(report), indent=1))
