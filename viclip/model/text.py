@@ -3,12 +3,15 @@
 open_clip's ``TextTransformer`` has exactly the official parameter names (``token_embedding``,
 ``positional_embedding``, ``transformer.resblocks.N.*``, ``ln_final``, ``text_projection``), keeps its
 causal mask as a non-persistent buffer and pools the EOT token (argmax of the ids), so it is reused
-as is rather than rewritten.
+as is rather than rewritten. Fine-tuning on longer texts grows its position table
+(:func:`extend_positional_embedding`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+import torch
 
 from viclip.model.vision import QuickGELU
 
@@ -35,3 +38,39 @@ def build_text_tower(
         pool_type="argmax",
         proj_type="linear",
     )
+
+
+POSITION_INITS = ("last", "clip")
+
+
+def extend_positional_embedding(table: torch.Tensor, length: int, init: str = "last",
+                                clip_table: torch.Tensor | None = None) -> torch.Tensor:
+    """The text position table ``[n, W]`` grown to ``[length, W]`` for longer fine-tuning texts.
+
+    The first ``n`` rows are kept as they are: the tower is causal and pools the EOT token, so a text
+    of at most ``n`` tokens embeds exactly as before. The new rows are, by ``init``:
+
+    - ``last``: copies of row ``n - 1``, the last position the checkpoint was trained at;
+    - ``clip``: CLIP's own rows ``n ... 76`` from ``clip_table`` ``[77, W]`` (ViCLIP's rows are CLIP's
+      first ``n``, cut at initialisation and never trained while the tower is frozen), and copies of
+      CLIP's last row beyond it (MSVD's 150 exceeds CLIP's 77).
+
+    Fine-tuning trains the new rows (the text tower is trainable there).
+    """
+    n, width = table.shape
+    if length <= n:
+        raise ValueError(f"text context length {length} must exceed the checkpoint's {n} to extend it")
+    if init not in POSITION_INITS:
+        raise ValueError(f"text position init must be one of {POSITION_INITS}, got {init!r}")
+    if init == "last":
+        source = table[-1:]
+    else:
+        if clip_table is None:
+            raise ValueError("text position init 'clip' needs CLIP's position table (clip_weights)")
+        if clip_table.ndim != 2 or clip_table.shape[1] != width or clip_table.shape[0] <= n:
+            raise ValueError(f"CLIP's position table {tuple(clip_table.shape)} does not continue the "
+                             f"checkpoint's [{n}, {width}]")
+        source = clip_table[n:length].to(table)
+    rows = length - n
+    tail = torch.cat([source, source[-1:].expand(max(0, rows - len(source)), width)])[:rows]
+    return torch.cat([table, tail.to(table)])

@@ -129,18 +129,25 @@ def fp32_state_dict(engine) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_phase(engine, phase: Phase, run_dir: Path, info: DistInfo) -> str:
-    """Export the official ``{'model': state_dict}`` file of this phase's end (fp32 master weights)."""
+def export_weights(engine, path: Path, info: DistInfo) -> str:
+    """Write the engine's ViCLIP as an official ``{'model': state_dict}`` file (fp32 master weights) on
+    rank 0. Collective: every rank calls it."""
     sd = fp32_state_dict(engine)
-    path = run_dir / "weights" / f"{phase.name}.pth"
     if info.is_main:
         model = ViCLIP(engine.module.cfg)
         shapes = model.state_dict()
         model.load_state_dict({k: v.reshape(shapes[k].shape) for k, v in sd.items()})
         model.clamp_temp()
         export_official(model, path)
-        print(f"[{phase.name}] exported official-format weights to {path}", flush=True)
     return str(path)
+
+
+def export_phase(engine, phase: Phase, run_dir: Path, info: DistInfo) -> str:
+    """Export the official-format weights of this phase's end to ``weights/{phase}.pth``."""
+    path = export_weights(engine, run_dir / "weights" / f"{phase.name}.pth", info)
+    if info.is_main:
+        print(f"[{phase.name}] exported official-format weights to {path}", flush=True)
+    return path
 
 
 def _reduce(values: list[float], device: torch.device) -> list[float]:
