@@ -19,6 +19,7 @@ from viclip.data.transforms import VideoTransform
 from viclip.distributed import gather_rows, shard_indices, world
 from viclip.eval.views import MultiViewDataset, Views, encode_views
 from viclip.model import ViCLIP, tokenize
+from viclip.progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,10 @@ def encode_text_batch(model: ViCLIP, texts: Sequence[str], device: torch.device,
 @torch.no_grad()
 def embed_videos(
     model: ViCLIP, records: Sequence[VideoText], protocol: VideoProtocol, device: torch.device,
-    batch_size: int = 32, num_workers: int = 4, precision: str = "fp32",
+    batch_size: int = 32, num_workers: int = 4, precision: str = "fp32", progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(embeddings [N, D] float32 on the CPU, ok [N] bool)`` in the order of ``records``; ``[N, V, D]``
-    for a protocol of V > 1 views."""
+    for a protocol of V > 1 views. ``progress`` shows rank 0's share with its time left."""
     rank, world_size = world()
     mine = shard_indices(len(records), rank, world_size)
     transform = protocol_transform(protocol)
@@ -90,7 +91,10 @@ def embed_videos(
                         persistent_workers=False)
     local = torch.zeros(len(mine), *([views.count] if views.count > 1 else []), model.cfg.embed_dim)
     ok = torch.zeros(len(mine), dtype=torch.bool)
+    desc = "video embeddings" + (f" (rank 0: {len(mine)} of {len(records)})" if world_size > 1 else "")
+    bar = progress_bar(total=len(mine), desc=desc, unit="video", enabled=progress and rank == 0)
     for batch in loader:
+        bar.update(len(batch["index"]) + len(batch["skipped"]))
         if batch["video"] is None:
             continue
         if views.count == 1:
@@ -99,6 +103,7 @@ def embed_videos(
             local[batch["index"]] = encode_views(lambda v: encode_video_batch(model, v, transform, device, precision),
                                                  batch["video"])
         ok[batch["index"]] = True
+    bar.close()
     return _gather(local, len(records), device), _gather(ok, len(records), device)
 
 

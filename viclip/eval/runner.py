@@ -131,7 +131,7 @@ class Evaluator:
         def compute():
             emb, ok = embed_videos(self.model, split.records, self.protocol, self.device,
                                    batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                                   precision=self.cfg.precision)
+                                   precision=self.cfg.precision, progress=bool(self.cfg.progress))
             return {"embeddings": emb, "ok": ok}
 
         out = self._cached("video", key, compute)
