@@ -9,9 +9,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from viclip.eval.model_loading import model_name_of, resolve_checkpoint, wise_ft
+from viclip.eval.model_loading import resolve_checkpoint, wise_ft
 from viclip.eval.runner import variant_suffix
-from viclip.model import ViCLIP, create_model, export_official, export_safetensors, init_from_clip
+from viclip.model import CheckpointError, ViCLIP, create_model, export_official, export_safetensors, init_from_clip
+from viclip.model.weights import model_name_of
+from viclip.testing.hub_cache import add_to_hub_cache, offline_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +36,20 @@ def test_resolve_file_and_newest_export_of_a_run_directory(tmp_path):
         resolve_checkpoint(tmp_path / "absent.pth")
     with pytest.raises(ValueError, match="checkpoint= is required"):
         resolve_checkpoint(None)
+
+
+def test_resolve_pretrained_folder_and_hub_name(tmp_path, monkeypatch):
+    model = create_model("tiny")
+    folder = model.save_pretrained(tmp_path / "folder")
+    export_safetensors(model, folder / "extra" / "newer.safetensors")  # a folder is not searched like a run directory
+    assert resolve_checkpoint(folder) == folder / "model.safetensors"
+    offline_hub(monkeypatch, tmp_path / "hub")
+    files = {n: folder / n for n in ("config.json", "model.safetensors")}
+    commit = add_to_hub_cache(tmp_path / "hub", "org/tiny", files)
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / commit
+    assert resolve_checkpoint("hf-hub:org/tiny") == snapshot / "model.safetensors"
+    with pytest.raises(CheckpointError, match="hf-hub:org/other: model.safetensors is not in the Hugging Face cache"):
+        resolve_checkpoint("hf-hub:org/other")
 
 
 def test_model_name_from_geometry():
@@ -64,13 +80,15 @@ def test_wise_ft_blends_with_the_clip_initialisation(tmp_path):
     before = {k: v.clone() for k, v in finetuned.state_dict().items()}
     zero_shot_end = ViCLIP(finetuned.cfg)
     init_from_clip(zero_shot_end, clip_path)
-    wise_ft(finetuned, clip_path, alpha=0.5)
+    assert wise_ft(finetuned, clip_path, alpha=0.5) == clip_path
     after = finetuned.state_dict()
     for name, value in zero_shot_end.state_dict().items():
         torch.testing.assert_close(after[name], 0.5 * value + 0.5 * before[name], msg=name)
     assert not torch.equal(after["vision_encoder.conv1.weight"], before["vision_encoder.conv1.weight"])
     with pytest.raises(ValueError, match="alpha"):
         wise_ft(finetuned, clip_path, alpha=1.5)
+    with pytest.raises(CheckpointError, match="wise_ft.clip=openia: CLIP weights 'openia': no such file"):
+        wise_ft(finetuned, "openia", alpha=0.5)
 
 
 def test_non_default_options_are_named():

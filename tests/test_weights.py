@@ -1,7 +1,9 @@
-"""Weights: safe loading, strict checks, export round trips, temporal resampling, CLIP initialisation.
+"""Weights: safe loading, strict checks, export round trips, temporal resampling, CLIP initialisation
+from state dicts, OpenAI TorchScript archives and open_clip pretrained tags.
 
 No real weights are available offline: the CLIP reference is open_clip's own model with random
-weights of the real architecture family (QuickGELU CLIP ViT), shrunk to test size.
+weights of the real architecture family (QuickGELU CLIP ViT), shrunk to test size; open_clip tags
+resolve against a Hugging Face cache the tests lay out, in offline mode.
 """
 
 import os
@@ -15,7 +17,13 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 import viclip
 from viclip.model import CheckpointError, export_official, export_safetensors, init_from_clip, load_weights
-from viclip.model.weights import interpolate_temporal_embedding, load_checkpoint_file, read_config
+from viclip.model.weights import (
+    interpolate_temporal_embedding,
+    load_checkpoint_file,
+    read_config,
+    resolve_clip_weights,
+)
+from viclip.testing.hub_cache import add_to_hub_cache, offline_hub
 
 
 @pytest.fixture(scope="module")
@@ -149,13 +157,103 @@ def test_missing_checkpoint_is_named(tmp_path):
         viclip.load_model("tiny", checkpoint=tmp_path / "nope.pth")
 
 
-def test_convert_checkpoint_tool_round_trip(tmp_path, tiny):
-    import subprocess
+def test_convert_checkpoint_tool_round_trip(tmp_path, tiny, monkeypatch):
     import sys
 
-    tool = Path(__file__).parents[1] / "tools" / "convert_checkpoint.py"
+    from viclip.commands.convert import main  # tools/convert_checkpoint.py runs it (a subprocess in test_hub.py)
+
     src = export_official(tiny, tmp_path / "tiny.pth")
-    subprocess.run([sys.executable, tool, src, tmp_path / "tiny.safetensors"], check=True, capture_output=True)
+    monkeypatch.setattr(sys, "argv", ["viclip-convert", "--input", str(src), "--out", f"{tmp_path}/tiny.safetensors"])
+    main()
     converted = viclip.load_model(checkpoint=tmp_path / "tiny.safetensors")
     for a, b in zip(_outputs(tiny), _outputs(converted)):
         assert torch.equal(a, b)
+
+
+def _traced_openai_clip(path: Path) -> torch.nn.Module:
+    """An OpenAI-style TorchScript CLIP archive (as ``ViT-L-14.pt``) of the test-size CLIP: traced, with an
+    ``input_resolution`` entry as OpenAI's archives keep beside the weights."""
+    import warnings
+
+    clip = _open_clip_model()
+    clip.register_buffer("input_resolution", torch.tensor(32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(clip, (torch.randn(1, 3, 32, 32), open_clip.tokenize(["a"])), strict=False,
+                                 check_trace=False)
+    traced.save(str(path))
+    return clip
+
+
+def test_openai_torchscript_archive_initialises_viclip(tmp_path):
+    clip = _traced_openai_clip(tmp_path / "ViT-T-8.pt")
+    model = viclip.create_model("tiny", tubelet_size=1).eval()
+    report = init_from_clip(model, tmp_path / "ViT-T-8.pt")
+    assert report.unused == ["attn_mask"]  # the traced causal mask; input_resolution is dropped
+    image = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_video(image.unsqueeze(1)), clip.encode_image(image), atol=1e-5,
+                                   rtol=1e-4)
+    archive = (tmp_path / "ViT-T-8.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(archive[: len(archive) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        init_from_clip(model, tmp_path / "cut.pt")
+
+
+def _laid_out_open_clip_cache(cache: Path, repo_id: str, state_dict) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, cache / "weights.safetensors")
+    commit = add_to_hub_cache(cache, repo_id, {"open_clip_model.safetensors": cache / "weights.safetensors"})
+    return cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit / "open_clip_model.safetensors"
+
+
+def test_open_clip_tags_resolve_through_its_registry_and_the_hub_cache(tmp_path, monkeypatch):
+    """The real registry entries of ViT-L-14 (openai, laion2b_s32b_b82k) against a cache the test fills."""
+    offline_hub(monkeypatch, tmp_path)
+    weights = {"logit_scale": torch.tensor(4.0)}  # resolution reads no tensors: any file stands in for the weights
+    openai = _laid_out_open_clip_cache(tmp_path, "timm/vit_large_patch14_clip_224.openai", weights)
+    assert resolve_clip_weights("openai", "vit_l14") == openai
+    laion = _laid_out_open_clip_cache(tmp_path, "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", weights)
+    with pytest.warns(UserWarning, match="trained with GELU"):
+        assert resolve_clip_weights("laion2b_s32b_b82k", "vit_l14") == laion
+    with pytest.raises(CheckpointError, match=r"not an open_clip pretrained tag of ViT-L-14 \(tags: openai, "):
+        resolve_clip_weights("openia", "vit_l14")
+    with pytest.raises(CheckpointError, match="open_clip tags are known only for vit_l14 .* not tiny: give a file"):
+        resolve_clip_weights("openai", "tiny")
+
+
+def test_uncached_open_clip_tag_names_the_cache_path(tmp_path, monkeypatch):
+    offline_hub(monkeypatch, tmp_path / "empty")
+    with pytest.raises(CheckpointError) as err:
+        init_from_clip(viclip.create_model("tiny"), "openai", cache_dir=tmp_path / "cache")  # tiny: no open_clip arch
+    assert "not tiny" in str(err.value)
+    with pytest.raises(CheckpointError) as err:
+        resolve_clip_weights("openai", "vit_b16")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"CLIP weights ViT-B-16/openai are not in the cache "
+                              f"{tmp_path / 'empty' / 'models--timm--vit_base_patch16_clip_224.openai'} ")
+    assert "HF_HUB_CACHE" in message and "file path" in message
+
+
+def test_clip_init_by_tag_end_to_end(tmp_path, monkeypatch):
+    """init_from_clip(model, 'openai') as training calls it, on a test-size architecture registered for the test
+    (no open_clip architecture is this small): the tag's weights come from the laid-out cache."""
+    import open_clip.pretrained
+
+    from viclip.model import weights
+
+    monkeypatch.setitem(weights.CLIP_ARCHITECTURES, "tiny", "viclip-test-tiny-clip")
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "viclip-test-tiny-clip",
+                        {"openai": {"hf_hub": "viclip-test/tiny-clip/", "quick_gelu": True}})
+    offline_hub(monkeypatch, tmp_path)
+    clip = _open_clip_model()
+    _laid_out_open_clip_cache(tmp_path, "viclip-test/tiny-clip", clip.state_dict())
+    by_tag, by_file = viclip.create_model("tiny"), viclip.create_model("tiny")
+    init_from_clip(by_tag, "openai")
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    init_from_clip(by_file, tmp_path / "clip.pt")
+    for (name, a), b in zip(by_tag.state_dict().items(), by_file.state_dict().values()):
+        if "temporal" not in name:  # left at its (random) initialisation in both
+            assert torch.equal(a, b), name

@@ -1,6 +1,7 @@
 """Which weights an evaluation loads: resolve ``checkpoint=``, fingerprint and name it, wise-ft blending.
 
-``checkpoint=`` takes an official ``.pth``, a ``.safetensors`` file, or a training run directory
+``checkpoint=`` takes an official ``.pth``, a ``.safetensors`` file, a pretrained folder
+(``config.json`` + ``model.safetensors``), ``hf-hub:ORG/NAME[@REVISION]``, or a training run directory
 (its newest exported weights). The model size is read from the file (saved config, else tensor
 shapes, by :func:`viclip.model.load_model`); ``model=NAME`` forces a registered size instead.
 """
@@ -14,20 +15,27 @@ from pathlib import Path
 
 import torch
 
-from viclip.model import MODEL_CONFIGS, ViCLIP, ViCLIPConfig, init_from_clip
+from viclip.model import CheckpointError, ViCLIP, init_from_clip
+from viclip.model.hub import is_hub_name, is_pretrained_folder, resolve_pretrained
+from viclip.model.weights import model_name_of, resolve_clip_weights
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
-_GEOMETRY = ("image_size", "patch_size", "tubelet_size", "width", "layers", "embed_dim", "text_width", "text_layers")
+_EXPECTED = "an official .pth, a .safetensors file, a pretrained folder, hf-hub:ORG/NAME or a training run directory"
 
 
 def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
-    """The weights file behind ``checkpoint=``: the file itself, or the newest (by modification time)
-    ``*.safetensors`` / ``*.pth`` under a run directory's ``weights/`` (else anywhere below it)."""
+    """The weights file behind ``checkpoint=``: the file itself, a hub repo's or pretrained folder's
+    ``model.safetensors``, or the newest (by modification time) ``*.safetensors`` / ``*.pth`` under a
+    run directory's ``weights/`` (else anywhere below it)."""
     if path is None or str(path) == "":
-        raise ValueError("checkpoint= is required: an official .pth, a .safetensors file or a training run directory")
+        raise ValueError(f"checkpoint= is required: {_EXPECTED}")
+    if is_hub_name(path):
+        return resolve_pretrained(path)
     p = Path(path).expanduser()
     if p.is_file():
         return p
+    if is_pretrained_folder(p):
+        return resolve_pretrained(p)
     if p.is_dir():
         # A training run exports each phase to weights/{phase}.pth; DeepSpeed's own files are *.pt.
         search = p / "weights" if (p / "weights").is_dir() else p
@@ -37,8 +45,7 @@ def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
             raise FileNotFoundError(f"checkpoint={p}: a directory without exported weights "
                                     f"(no {' or '.join('*' + s for s in WEIGHT_SUFFIXES)} below {search})")
         return max(found, key=lambda f: (f.stat().st_mtime_ns, str(f)))
-    raise FileNotFoundError(f"checkpoint={p}: no such file or directory "
-                            "(expected an official .pth, a .safetensors file or a training run directory)")
+    raise FileNotFoundError(f"checkpoint={p}: no such file or directory (expected {_EXPECTED})")
 
 
 @functools.lru_cache(maxsize=16)
@@ -56,29 +63,24 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _sha256(os.fspath(path), st.st_size, st.st_mtime_ns)
 
 
-def model_name_of(cfg: ViCLIPConfig) -> str:
-    """A short name for the architecture: the registered name of the same geometry, else its sizes."""
-    for name, reg in MODEL_CONFIGS.items():
-        if all(getattr(reg, f) == getattr(cfg, f) for f in _GEOMETRY):
-            return name
-    return f"vit_w{cfg.width}_l{cfg.layers}_p{cfg.patch_size}"
-
-
 @torch.no_grad()
-def wise_ft(model: ViCLIP, clip_weights: str | os.PathLike, alpha: float) -> None:
-    """Blend in place: ``(1 - alpha) * CLIP-initialised ViCLIP + alpha * model`` (Wortsman et al. 2022).
+def wise_ft(model: ViCLIP, clip_weights: str | os.PathLike, alpha: float) -> Path:
+    """Blend in place: ``(1 - alpha) * CLIP-initialised ViCLIP + alpha * model`` (Wortsman et al. 2022);
+    returns the CLIP weights file (``clip_weights`` may be an open_clip tag such as ``openai``).
 
     The zero-shot end is ViCLIP initialised from ``clip_weights`` exactly as training starts
     (``init_from_clip``), so tensors CLIP lacks (the temporal embedding) take their init values.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"wise_ft.alpha must be in [0, 1], got {alpha}")
-    path = Path(clip_weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"wise_ft.clip={path}: not found (expected CLIP weights, OpenAI or open_clip naming)")
+    try:
+        path = resolve_clip_weights(clip_weights, model_name_of(model.cfg))
+    except CheckpointError as e:
+        raise CheckpointError(f"wise_ft.clip={clip_weights}: {e}") from e
     init = ViCLIP(model.cfg)
     init_from_clip(init, path)
     init_sd = init.state_dict()
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point():
             tensor.mul_(alpha).add_(init_sd[name].to(tensor), alpha=1.0 - alpha)
+    return path

@@ -24,13 +24,13 @@ from viclip.eval.cache import EmbeddingCache, cache_key
 from viclip.eval.dual_softmax import dual_softmax
 from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.eval.metrics import retrieval_metrics, topk_accuracy
-from viclip.eval.model_loading import file_sha256, model_name_of, resolve_checkpoint, wise_ft
+from viclip.eval.model_loading import file_sha256, resolve_checkpoint, wise_ft
 from viclip.eval.report import SCHEMA, format_table, write_results
 from viclip.eval.score import cosine_per_video, score_summary
 from viclip.eval.tasks import EvalSplit, load_task
 from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
 from viclip.eval.views import Views, mean_view_scores
-from viclip.model import load_model
+from viclip.model import load_model, model_name_of
 from viclip.model.classifier import classifier_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ class Evaluator:
                                     num_frames=protocol.num_frames)
         self.wise = None
         if cfg.wise_ft.clip:
-            wise_ft(self.model, cfg.wise_ft.clip, cfg.wise_ft.alpha)
-            self.wise = {"clip": str(cfg.wise_ft.clip), "sha256": file_sha256(cfg.wise_ft.clip),
+            clip_file = wise_ft(self.model, cfg.wise_ft.clip, cfg.wise_ft.alpha)  # a file or an open_clip tag
+            self.wise = {"clip": str(cfg.wise_ft.clip), "sha256": file_sha256(clip_file),
                          "alpha": cfg.wise_ft.alpha}
         self.protocol = dataclasses.replace(protocol, image_size=self.model.cfg.image_size)
         self.cache = EmbeddingCache(cfg.cache_dir if cfg.embedding_cache else None)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +157,18 @@ class ViCLIP(nn.Module):
             "text_encoder.token_embedding.weight",
             "text_encoder.positional_embedding",
         }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write a Hugging Face-style folder (config.json + model.safetensors); see viclip.model.hub."""
+        from viclip.model.hub import save_pretrained  # hub imports this module
+
+        return save_pretrained(self, save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload the save_pretrained folder to the Hugging Face Hub; see viclip.model.hub.push_to_hub."""
+        from viclip.model.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 def create_model(name: str = "vit_l14", **overrides) -> ViCLIP:

@@ -1,8 +1,10 @@
-"""Reading, checking, converting and writing ViCLIP weights.
+"""Reading, checking, converting and writing ViCLIP weights, and CLIP start weights by open_clip name.
 
 Every read goes through ``torch.load(..., weights_only=True)`` or safetensors: a checkpoint that
-needs arbitrary unpickling is refused, never executed. Official ``.pth`` files hold the state dict
-under ``'model'`` (DeepSpeed: ``'module'``) with the names of ``official_viclip_keys.md``.
+needs arbitrary unpickling is refused, never executed. The one exception is OpenAI's TorchScript
+CLIP archives (``ViT-L-14.pt``), read with ``torch.jit.load``: it runs no Python (TorchScript only),
+and only the tensors of the archive are taken. Official ``.pth`` files hold the state dict under
+``'model'`` (DeepSpeed: ``'module'``) with the names of ``tests/data/official_viclip_keys.txt``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import os
 import pickle
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from viclip.atomic import atomic_path
-from viclip.model.viclip import MODEL_CONFIGS, ViCLIP, ViCLIPConfig, get_config
+from viclip.model.viclip import MODEL_CONFIGS, ViCLIP, ViCLIPConfig
 
 StateDict = dict[str, torch.Tensor]
 _TEMPORAL_KEY = "vision_encoder.temporal_positional_embedding"
@@ -31,10 +35,34 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read safely or does not fit the model."""
 
 
+# Attributes OpenAI's TorchScript CLIP keeps beside its weights (its own loader drops them too).
+_JIT_ATTRIBUTES = ("input_resolution", "context_length", "vocab_size")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip with ``constants.pkl`` (``torch.save`` zips have none)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in z.namelist())
+
+
+def _read_torchscript(path: Path) -> StateDict:
+    try:
+        with warnings.catch_warnings():  # torch 2.9+ marks torch.jit as deprecated; loading still works
+            warnings.simplefilter("ignore", FutureWarning)
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: not a readable TorchScript archive ({str(e).splitlines()[0]})") from e
+    return {k: v for k, v in sd.items() if k not in _JIT_ATTRIBUTES}
+
+
 def _read_file(path: Path) -> tuple[object, dict]:
-    """(raw object, metadata) of a .pth/.pt/.bin or .safetensors file."""
+    """(raw object, metadata) of a .pth/.pt/.bin, .safetensors or TorchScript file."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if _is_torchscript(path):
+        return _read_torchscript(path), {}
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -90,6 +118,19 @@ def _count_blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
     return len({m.group(1) for k in sd if (m := pattern.match(k))})
 
 
+_GEOMETRY = ("image_size", "patch_size", "tubelet_size", "width", "layers", "embed_dim", "text_width", "text_layers",
+             "context_length", "vocab_size")
+
+
+def model_name_of(cfg: ViCLIPConfig) -> str:
+    """The registered name of the same geometry (the frame count aside: it is a protocol choice),
+    else a name made of its sizes."""
+    for name, reg in MODEL_CONFIGS.items():
+        if all(getattr(reg, f) == getattr(cfg, f) for f in _GEOMETRY):
+            return name
+    return f"vit_w{cfg.width}_l{cfg.layers}_p{cfg.patch_size}"
+
+
 def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> ViCLIPConfig:
     """Rebuild the architecture from tensor shapes; heads come from a registered config of the same
     geometry, else width // 64 (CLIP's head size), since shapes do not record them."""
@@ -111,10 +152,9 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> ViCLIPConfig:
         }
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"not a ViCLIP state dict: cannot infer the architecture ({e})") from e
-    for cfg in MODEL_CONFIGS.values():
-        if all(getattr(cfg, k) == v for k, v in geometry.items() if k != "num_frames"):
-            return dataclasses.replace(cfg, **geometry)
-    return ViCLIPConfig(**geometry, heads=width // 64, text_heads=geometry["text_width"] // 64)
+    guess = ViCLIPConfig(**geometry, heads=width // 64, text_heads=geometry["text_width"] // 64)
+    name = model_name_of(guess)
+    return dataclasses.replace(MODEL_CONFIGS[name], **geometry) if name in MODEL_CONFIGS else guess
 
 
 def read_config(path: str | os.PathLike) -> ViCLIPConfig:
@@ -164,23 +204,6 @@ def load_weights(model: ViCLIP, checkpoint: str | os.PathLike | Mapping[str, tor
         sd[_TEMPORAL_KEY] = interpolate_temporal_embedding(sd[_TEMPORAL_KEY], own[_TEMPORAL_KEY].shape[1])
     check_state_dict(model, sd, source)
     model.load_state_dict(sd, strict=True)
-
-
-def load_model(
-    name: str | None = None, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-    **overrides
-) -> ViCLIP:
-    """A ViCLIP in eval mode with weights from ``checkpoint``; the size is read from the file when
-    ``name`` is None. ``overrides`` (e.g. ``num_frames=16``) change the config before loading."""
-    if checkpoint is None:
-        raise ValueError("load_model needs checkpoint=PATH (use create_model for random weights)")
-    if name is None:
-        cfg = dataclasses.replace(read_config(checkpoint), **overrides)
-    else:
-        cfg = get_config(name, **overrides)
-    model = ViCLIP(cfg)
-    load_weights(model, checkpoint)
-    return model.to(device).eval()
 
 
 def _export_tensors(model: ViCLIP) -> StateDict:
@@ -250,9 +273,64 @@ def _resize_grid(pos: torch.Tensor, tokens: int) -> torch.Tensor:
     return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)])
 
 
-def init_from_clip(model: ViCLIP, path: str | os.PathLike) -> InitReport:
-    """Initialise both towers from a CLIP image-text state dict (OpenAI or open_clip naming)."""
-    path = Path(path)
+# The open_clip architecture whose pretrained tags (openai, laion2b_s32b_b82k, ...) fit each registered size.
+CLIP_ARCHITECTURES = {"vit_l14": "ViT-L-14", "vit_b16": "ViT-B-16"}
+
+
+def _not_cached_location(pretrained: dict, cache_dir: str | os.PathLike | None) -> str:
+    """Where open_clip's download_pretrained looks for ``pretrained``: the hub cache folder of its
+    repo (HF_HUB_CACHE unless ``cache_dir``), else the file its URL is saved to."""
+    from open_clip.pretrained import has_hf_hub
+
+    if pretrained.get("hf_hub") and has_hf_hub():
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        repo_id = os.path.split(pretrained["hf_hub"])[0]
+        return str(Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model"))
+    return str(Path(cache_dir or "~/.cache/clip").expanduser() / os.path.basename(pretrained["url"]))
+
+
+def resolve_clip_weights(weights: str | os.PathLike, model_name: str, cache_dir: str | os.PathLike | None = None
+                         ) -> Path:
+    """The file behind CLIP start weights: ``weights`` itself when it is a file, else an open_clip
+    pretrained tag of the architecture of ``model_name`` (``openai``, ``laion2b_s32b_b82k``), taken
+    from open_clip's cache or downloaded into it (the Hugging Face cache, or ``cache_dir``)."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
+
+    tag = os.fspath(weights)
+    arch = CLIP_ARCHITECTURES.get(model_name)
+    if arch is None:
+        known = ", ".join(f"{k} ({v})" for k, v in CLIP_ARCHITECTURES.items())
+        raise CheckpointError(f"CLIP weights {tag!r}: no such file, and open_clip tags are known only for {known}, "
+                              f"not {model_name}: give a file path")
+    pretrained = get_pretrained_cfg(arch, tag)
+    if not pretrained:
+        raise CheckpointError(f"CLIP weights {tag!r}: no such file, and not an open_clip pretrained tag of {arch} "
+                              f"(tags: {', '.join(list_pretrained_tags_by_model(arch))})")
+    if not pretrained.get("quick_gelu"):
+        warnings.warn(f"open_clip {arch}/{tag} was trained with GELU; ViCLIP's towers use QuickGELU (as OpenAI's "
+                      f"CLIP and the released ViCLIP), so the initial model differs from that CLIP until trained",
+                      stacklevel=2)
+    try:
+        found = download_pretrained(pretrained, cache_dir=os.fspath(cache_dir) if cache_dir else None)
+    except (OSError, RuntimeError) as e:  # not cached and offline, unreachable, checksum mismatch
+        raise CheckpointError(
+            f"CLIP weights {arch}/{tag} are not in the cache {_not_cached_location(pretrained, cache_dir)} and could "
+            f"not be downloaded ({str(e).splitlines()[0]}): run once with network access to fill the cache, point "
+            f"HF_HUB_CACHE at a cache that holds them, or give a file path"
+        ) from e
+    return Path(found)
+
+
+def init_from_clip(model: ViCLIP, weights: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+                   ) -> InitReport:
+    """Initialise both towers from CLIP image-text weights (OpenAI or open_clip naming; a state dict,
+    an OpenAI TorchScript archive or an open_clip pretrained tag, see :func:`resolve_clip_weights`)."""
+    path = resolve_clip_weights(weights, model_name_of(model.cfg), cache_dir)
     clip = _unwrap(_read_file(path)[0], path)
     target = model.state_dict()
     report = InitReport()
