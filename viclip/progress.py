@@ -2,8 +2,9 @@
 
 A SLURM log or a pipe is not a terminal: a redrawn bar there is a wall of carriage returns, so
 :func:`progress` writes one line every ``interval`` seconds instead (done/total, rate, elapsed, ETA
-at the mean rate so far), and a last one when the job ends. ``enabled=False`` (``--no-progress``,
-``progress=false``) shows nothing; ``write()`` messages (a shard done) go to stdout either way.
+at the mean rate so far), and a last one when the job ends (a job shorter than that prints none).
+``enabled=False`` (``--no-progress``, ``progress=false``) shows nothing; ``write()`` messages (a
+shard done) go to stdout either way.
 This module imports nothing else of the package, so every layer may use it.
 """
 
@@ -42,11 +43,12 @@ class LogProgress:
     """The subset of tqdm's interface the package uses, written as a log line every ``interval`` seconds."""
 
     def __init__(self, iterable: Iterable | None = None, total: float | None = None, desc: str = "",
-                 unit: str = "it", interval: float = LOG_INTERVAL_S, file: IO[str] | None = None) -> None:
+                 unit: str = "it", interval: float | None = None, file: IO[str] | None = None) -> None:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
-        self.interval, self.file = interval, file or sys.stderr
+        self.interval = LOG_INTERVAL_S if interval is None else interval
+        self.file = file or sys.stderr
         self.n = 0
         self.postfix: dict[str, Any] = {}
         self._start = self._last = time.monotonic()
@@ -91,12 +93,13 @@ class LogProgress:
         print(self.line(now), file=self.file, flush=True)
 
     def close(self) -> None:
-        """Log the final count, unless nothing happened since the last line."""
+        """Log the final count when the job logged before or lasted an interval; a short job stays quiet."""
         if self._closed:
             return
         self._closed = True
-        if self.n != self._logged_n and (self.n > 0 or self.total):
-            self._log(time.monotonic())
+        now = time.monotonic()
+        if self.n != self._logged_n and (self._logged_n is not None or now - self._start >= self.interval):
+            self._log(now)
 
     def __enter__(self) -> Self:
         return self
@@ -106,10 +109,11 @@ class LogProgress:
 
 
 def progress(iterable: Iterable | None = None, *, total: float | None = None, desc: str = "", unit: str = "it",
-             enabled: bool = True, interval: float = LOG_INTERVAL_S, file: IO[str] | None = None,
+             enabled: bool = True, interval: float | None = None, file: IO[str] | None = None,
              **tqdm_kwargs: Any) -> tqdm | LogProgress:
     """A progress display for ``iterable`` (or ``update()`` calls): a tqdm bar when ``file`` (stderr) is
-    a terminal, :class:`LogProgress` lines otherwise, a silent (disabled) tqdm when not ``enabled``."""
+    a terminal, :class:`LogProgress` lines (every ``interval`` s, default :data:`LOG_INTERVAL_S`)
+    otherwise, a silent (disabled) tqdm when not ``enabled``."""
     file = file or sys.stderr
     if not enabled or file.isatty():
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, file=file, **tqdm_kwargs)

@@ -211,6 +211,7 @@ class Captioner:
         for batch in iter_batches(ClipFrames(shard.clips_dir, clips, sampler), cfg.clips_per_batch, cfg.workers):
             ok = [(row, f) for row, f, _ in batch if f is not None]
             errors.update({row: err for row, f, err in batch if f is None})
+            shard.advance(len(batch))
             if not ok:
                 continue
             middles = [f["middle"][0].numpy() for _, f in ok]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_rename, atomic_write, join, local_path
@@ -378,11 +380,16 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
 
 @dataclass
 class TableShard:
-    """A finished shard of an earlier stage: its clip rows, and the directory holding its tars."""
+    """A finished shard of an earlier stage: its clip rows, and the directory holding its tars.
+
+    A process calls ``advance(n)`` as it finishes ``n`` kept clips, so the stage's progress display
+    moves within a shard (thousands of clips) and not only at its end.
+    """
 
     shard: int
     table: pa.Table
     clips_dir: Path
+    advance: Callable[[int], None] = lambda n: None
 
 
 def clips_dir_of(stage_dir: Path) -> Path:
@@ -390,6 +397,12 @@ def clips_dir_of(stage_dir: Path) -> Path:
     config = stage_dir / CONFIG_FILE
     recorded = json.loads(config.read_text()).get("clips_dir") if config.exists() else None
     return Path(recorded) if recorded else stage_dir.resolve()
+
+
+def _kept_count(path: Path) -> int:
+    """Kept rows of a clip table, from its status column alone."""
+    status = pq.read_table(path, columns=["status"])["status"]
+    return pc.sum(pc.equal(status, "kept")).as_py() or 0
 
 
 def run_table_stage(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -419,18 +432,24 @@ def run_table_stage(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
     summary = StageSummary(shards=len(mine), skipped=len(mine) - len(pending))
     started = time.time()
     process = make_process() if pending else None
-    rows = {s: pq.read_metadata(in_dir / f"{shard_name(s)}.parquet").num_rows for s in pending}  # footers only
-    with progress_bar(total=sum(rows.values()), unit="clip", enabled=progress,
+    kept = {s: _kept_count(in_dir / f"{shard_name(s)}.parquet") for s in pending}
+    reported: Counter[int] = Counter()
+    with progress_bar(total=sum(kept.values()), unit="clip", enabled=progress,
                       desc=f"task {task}/{num_tasks}: {len(pending)} shards ({summary.skipped} done before)") as bar:
+        def advance(shard: int, n: int) -> None:
+            reported[shard] += n
+            bar.update(n)
+
         for shard in pending:
             name = shard_name(shard)
             out_dir.remove_leftovers(f".{name}.parquet.tmp*")  # a killed run's partial table
-            table, stats = process(TableShard(shard, pq.read_table(in_dir / f"{name}.parquet"), clips_dir))
+            table, stats = process(TableShard(shard, pq.read_table(in_dir / f"{name}.parquet"), clips_dir,
+                                              functools.partial(advance, shard)))
             write_table(table, out_dir.path(f"{name}.parquet"))
             _atomic_json(out_dir.path(stats_name(shard)), {"shard": shard, **stats})  # last: marks the shard done
             summary.done += 1
             summary.kept += stats.get("clips", 0)
             summary.failed += stats.get("failed", 0)
-            bar.update(rows[shard])
+            bar.update(kept[shard] - reported[shard])  # what the process did not report
     summary.seconds = time.time() - started
     return summary
