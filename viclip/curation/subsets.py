@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path, atomic_write
+from viclip.curation.dedup import excluded_clip_ids
 from viclip.curation.table import table_files
 from viclip.progress import progress as progress_bar
 
@@ -124,6 +125,7 @@ class SubsetSpec:
     aesthetic_threshold: float = 4.0     # Aes
     kept_only: bool = True               # rows with status != 'kept' are never in the pool (a table
                                          # without a status column, e.g. released annotations, pools every row)
+    exclude: str | None = None           # a flags table (dedup_clips): clips it marks exclude never enter the pool
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -162,9 +164,11 @@ def _scan(files: Sequence[Path], spec: SubsetSpec,
     concatenate, which would double the peak).
     """
     needed = spec.columns()
+    excluded = excluded_clip_ids(spec.exclude) if spec.exclude else None
+    by_id = ["clip_id"] if excluded is not None and "clip_id" not in needed else []
     readers = [pq.ParquetFile(path) for path in files]
     for path, pf in zip(files, readers):
-        missing = [c for c in needed if c not in pf.schema_arrow.names]
+        missing = [c for c in needed + by_id if c not in pf.schema_arrow.names]
         if missing:
             raise KeyError(f"{path}: subset rule {spec.rule!r} needs columns {missing}")
     total = sum(pf.metadata.num_rows for pf in readers)
@@ -175,11 +179,14 @@ def _scan(files: Sequence[Path], spec: SubsetSpec,
     bar = progress_bar(total=total, unit="row", desc=f"subset {spec.rule}: pass 1/2 (scan)", enabled=progress)
     for path, pf in zip(files, readers):
         by_status = spec.kept_only and "status" in pf.schema_arrow.names
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=needed + (["status"] if by_status else [])):
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS,
+                                     columns=needed + by_id + (["status"] if by_status else [])):
             bar.update(batch.num_rows)
             pool = np.ones(batch.num_rows, dtype=bool)
             if by_status:
                 pool = pc.equal(batch.column("status"), "kept").fill_null(False).to_numpy(zero_copy_only=False)
+            if excluded is not None:
+                pool &= ~pc.is_in(batch.column("clip_id"), value_set=excluded).to_numpy(zero_copy_only=False)
             rows = np.flatnonzero(pool)
             positions[filled:filled + len(rows)] = offset + rows
             for c, out in cols.items():

@@ -1,0 +1,41 @@
+"""ViCLIP video and caption embeddings of training shards, clip tables or a folder of videos, as parquet shards.
+
+    viclip-curate embed-clips --input /data/flt/ --out emb/flt --checkpoint ViClip-InternVid-10M-FLT.pth
+    torchrun --standalone --nproc_per_node=8 tools/embed_clips.py --input scored/ --out emb/scored \
+        --checkpoint ViClip-InternVid-10M-FLT.pth           # each clip once across ranks, bf16 on the GPUs
+    viclip-curate embed-clips --input /data/eval/msrvtt/videos --out emb/msrvtt --checkpoint ...  # for dedup-clips
+
+One shard per input tar, clip table or --clips-per-shard videos of a folder: {s:05d}.parquet (clip_id,
+video_id, aesthetic, video_embedding, text_embedding, similarity, error), then {s:05d}.stats.json (done);
+a rerun skips done shards; --task/--num-tasks split the shards over a SLURM array as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from viclip.commands import one_line_errors
+from viclip.curation.cli import add_options, add_task_args, from_args
+from viclip.embeddings import INPUT_KINDS, EmbedConfig, run_embedding
+
+
+@one_line_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="tar shards (directory or brace pattern), clip tables (stage directory or parquet "
+                             "files) or a folder of videos (captions from a .txt beside each, when present)")
+    parser.add_argument("--out", required=True, help="output directory (parquet shards)")
+    add_options(parser, EmbedConfig, "embedding", choices={"input_kind": INPUT_KINDS,
+                                                           "precision": ("auto", "fp32", "bf16"),
+                                                           "sampling": ("middle", "random")})
+    add_task_args(parser)
+    args = parser.parse_args()
+    summary = run_embedding(args.input, args.out, from_args(EmbedConfig, args), task=args.task,
+                            num_tasks=args.num_tasks, show_progress=not args.no_progress)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Embeddings at scale: ViCLIP video and caption embeddings of many clips, written as parquet shards.
+
+The input is training shards (webdataset tars: a directory or a brace pattern), clip tables (a
+stage directory or parquet files, clips read from the stage's tars by ``clip_tar``/``clip_key``) or
+a folder of videos (captions from a ``.txt`` beside a video, when there is one). Each input unit (a
+tar, a table, ``clips_per_shard`` videos of a folder) is one output shard: ``{s:05d}.parquet`` (one
+row per clip: ``clip_id``, ``video_id``, ``aesthetic``, ``video_embedding``, ``text_embedding``
+and ``similarity`` where a caption exists, ``error`` where the clip could not be read) and then
+``{s:05d}.stats.json``, the done mark, both renamed into place (:mod:`viclip.atomic`), with the
+settings in ``config.json`` checked on every rerun, as the curation stages do. A rerun skips done
+shards.
+
+Videos and captions go through the evaluation path (:mod:`viclip.eval.embed`: the same decode,
+resize, normalisation and autocast), so a clip's embedding equals the one ``eval.py`` caches for the
+same checkpoint and protocol. Embeddings are stored unnormalised, as ``encode_video`` returns them.
+
+Under torchrun (or a SLURM array, ``task``/``num_tasks``), worker ``task * world + rank`` of
+``num_tasks * world`` owns the shards ``s`` with ``s % workers == worker``: each clip is embedded
+once, and ranks never wait for each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tarfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from viclip.atomic import atomic_path, atomic_write
+from viclip.curation.stages import StageDir, clips_dir_of, record_or_check_settings, shard_name, stats_name
+from viclip.curation.table import STATS_SUFFIX, table_files
+from viclip.data.tars import SIZES_FILE, expand_shards
+from viclip.data.transforms import VideoTransform
+from viclip.data.video import VIDEO_EXTENSIONS, VideoDecodeError, read_video
+from viclip.distributed import init_from_env, world
+from viclip.eval.embed import VideoProtocol, encode_text_batch, encode_video_batch, protocol_transform
+from viclip.eval.model_loading import file_sha256
+from viclip.eval.runner import pick_device
+from viclip.model import ViCLIP, load_model
+from viclip.progress import progress
+
+log = logging.getLogger(__name__)
+INPUT_KINDS = ("auto", "tars", "tables", "folder")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """What determines the embeddings (recorded in ``config.json``), and how fast they are made (not recorded).
+
+    ``num_frames``/``sampling`` default to the official evaluation protocol; ``precision`` ``auto`` is bf16
+    autocast on a GPU and fp32 on the CPU.
+    """
+
+    checkpoint: str
+    model: str | None = None  # a registered size; by default read from the checkpoint
+    num_frames: int = VideoProtocol.num_frames
+    sampling: str = VideoProtocol.sampling
+    official_cleaning: bool = True
+    precision: str = "auto"
+    input_kind: str = "auto"
+    clips_per_shard: int = 1000  # folders only: tars and tables are a shard each
+    device: str = "auto"
+    batch_size: int = 32
+    text_batch_size: int = 256
+    workers: int = 4
+    backend: str = "auto"
+
+    def record(self, sha256: str, protocol: VideoProtocol) -> dict:
+        """The output-changing settings: the checkpoint's content, the protocol, the text cleaning."""
+        return {"checkpoint_sha256": sha256, "model": self.model, "protocol": dataclasses.asdict(protocol),
+                "official_cleaning": self.official_cleaning, "input_kind": self.input_kind,
+                "clips_per_shard": self.clips_per_shard}
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip to embed: a video file, or ``member`` of the tar ``path``; what its row carries."""
+
+    clip_id: str
+    path: str
+    member: str | None = None
+    caption: str | None = None
+    video_id: str | None = None
+    aesthetic: float | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """An input unit, planned cheaply and read only when its shard is due: a tar, a table or a folder slice."""
+
+    kind: str
+    path: str
+    clips: tuple[Clip, ...] = ()  # folder slices only
+    clips_dir: str | None = None  # tables: where their tars are
+
+
+def _number(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _detect_kind(inputs: Sequence[str]) -> str:
+    first = Path(inputs[0])
+    if str(first).endswith(".parquet") or (first.is_dir() and any(first.glob(f"*{STATS_SUFFIX}"))):
+        return "tables"
+    if ".tar" in str(first) or (first.is_dir() and ((first / SIZES_FILE).exists() or any(first.glob("*.tar")))):
+        return "tars"
+    if first.is_dir():
+        return "folder"
+    raise FileNotFoundError(f"--input {first}: not a stage directory, parquet table, tar shards or video folder")
+
+
+def plan_units(inputs: Sequence[str], kind: str = "auto", clips_per_shard: int = 1000) -> list[Unit]:
+    """The input units in a fixed order, so shard ``s`` is the same unit on every rank and rerun."""
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {kind!r}")
+    kind = _detect_kind(inputs) if kind == "auto" else kind
+    if kind == "tables":
+        units = []
+        for path in inputs:
+            clips_dir = str(clips_dir_of(Path(path))) if Path(path).is_dir() else str(Path(path).parent)
+            units += [Unit("tables", str(f), clips_dir=clips_dir) for f in table_files([path])]
+        return units
+    if kind == "tars":
+        shards = expand_shards(list(inputs))
+        remote = [s for s in shards if "://" in s or s.startswith("pipe:")]
+        if remote:
+            raise ValueError(f"embedding reads local tars by member (random access); {remote[0]} is not local")
+        return [Unit("tars", s) for s in shards]
+    if clips_per_shard < 1:
+        raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
+    clips = []
+    for root in map(Path, inputs):
+        if not root.is_dir():
+            raise FileNotFoundError(f"video folder not found: {root}")
+        for p in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()):
+            sidecar = p.with_suffix(".txt")
+            caption = sidecar.read_text().strip() if sidecar.is_file() else None
+            clips.append(Clip(str(p.relative_to(root).with_suffix("")), str(p), caption=caption or None))
+    if not clips:
+        raise FileNotFoundError(f"no videos ({', '.join(VIDEO_EXTENSIONS[:4])}, ...) under {list(inputs)}")
+    return [Unit("folder", str(inputs[0]), tuple(clips[i:i + clips_per_shard]))
+            for i in range(0, len(clips), clips_per_shard)]
+
+
+def unit_clips(unit: Unit) -> list[Clip]:
+    """The clips of a unit, in order (tars: member order; tables: the kept rows with a clip)."""
+    if unit.kind == "folder":
+        return list(unit.clips)
+    if unit.kind == "tables":
+        table = pq.read_table(unit.path)
+        missing = [c for c in ("clip_id", "status", "clip_tar", "clip_key") if c not in table.column_names]
+        if missing:
+            raise KeyError(f"{unit.path}: clip table lacks columns {missing} (give split_scenes' output or later)")
+        cols = {c: table.column(c).to_pylist() if c in table.column_names else [None] * len(table)
+                for c in ("clip_id", "status", "clip_tar", "clip_key", "caption", "video_id", "aesthetic")}
+        return [Clip(cid, os.path.join(unit.clips_dir, tar), f"{key}.mp4", cap or None, vid, _number(aes))
+                for cid, status, tar, key, cap, vid, aes in zip(*cols.values()) if status == "kept" and tar and key]
+    clips, meta = [], {}
+    with tarfile.open(unit.path, mode="r:") as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        for m in members:
+            key, _, ext = m.name.partition(".")
+            if ext in ("json", "txt"):
+                meta.setdefault(key, {})[ext] = tar.extractfile(m).read().decode()
+    for m in members:
+        key, _, ext = m.name.partition(".")
+        if ext != "mp4":
+            continue
+        info = json.loads(meta.get(key, {}).get("json", "{}"))
+        caption = meta.get(key, {}).get("txt", info.get("caption"))
+        clips.append(Clip(info.get("clip_id") or key, unit.path, m.name, caption or None, info.get("video_id"),
+                          _number(info.get("aesthetic"))))
+    return clips
+
+
+class ClipVideos(Dataset):
+    """Decode each clip by the protocol into uint8 frames resized by ``transform``; errors come back as text."""
+
+    def __init__(self, clips: Sequence[Clip], protocol: VideoProtocol, transform: VideoTransform) -> None:
+        self.clips, self.protocol, self.transform = list(clips), protocol, transform
+        self._tars: dict[str, tarfile.TarFile] = {}  # opened lazily: each worker process gets its own
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def _source(self, clip: Clip) -> str | bytes:
+        if clip.member is None:
+            return clip.path
+        if clip.path not in self._tars:
+            self._tars[clip.path] = tarfile.open(clip.path, mode="r:")  # noqa: SIM115 - kept open per worker
+        f = self._tars[clip.path].extractfile(clip.member)
+        if f is None:
+            raise KeyError(f"{clip.member} is not a file")
+        return f.read()
+
+    def __getitem__(self, i: int) -> dict:
+        clip, p = self.clips[i], self.protocol
+        label = clip.path if clip.member is None else f"{clip.path}:{clip.member}"
+        try:
+            frames = read_video(self._source(clip), p.num_frames, p.sampling, backend=p.backend, rng=i, name=label)
+        except (VideoDecodeError, KeyError, OSError, tarfile.TarError) as e:
+            return {"index": i, "video": None, "error": f"{label}: {type(e).__name__}: {e}"}
+        return {"index": i, "video": self.transform(frames), "error": None}
+
+    @staticmethod
+    def collate(items: list[dict]) -> dict:
+        kept = [it for it in items if it["video"] is not None]
+        return {"video": torch.stack([it["video"] for it in kept]) if kept else None,
+                "index": torch.tensor([it["index"] for it in kept], dtype=torch.long),
+                "errors": {it["index"]: it["error"] for it in items if it["video"] is None}}
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """The columns of an embedding shard; embeddings are fixed-size float32 lists of the model's width."""
+    vector = pa.list_(pa.float32(), dim)
+    return pa.schema([("clip_id", pa.string()), ("video_id", pa.string()), ("aesthetic", pa.float32()),
+                      ("video_embedding", vector), ("text_embedding", vector), ("similarity", pa.float32()),
+                      ("error", pa.string())])
+
+
+class Embedder:
+    """The model and protocol of a run; :meth:`__call__` embeds one shard's clips into a table."""
+
+    def __init__(self, model: ViCLIP, protocol: VideoProtocol, device: torch.device, cfg: EmbedConfig) -> None:
+        self.model, self.protocol, self.device, self.cfg = model.eval(), protocol, device, cfg
+        self.precision = cfg.precision if cfg.precision != "auto" else "bf16" if device.type == "cuda" else "fp32"
+        self.transform = protocol_transform(protocol)
+
+    def __call__(self, clips: Sequence[Clip]) -> tuple[pa.Table, dict]:
+        started = time.time()
+        dim = self.model.cfg.embed_dim
+        video = torch.zeros(len(clips), dim)
+        errors: dict[int, str] = {}
+        loader = DataLoader(ClipVideos(clips, self.protocol, self.transform), batch_size=self.cfg.batch_size,
+                            num_workers=self.cfg.workers, collate_fn=ClipVideos.collate,
+                            pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            errors.update(batch["errors"])
+            if batch["video"] is not None:
+                video[batch["index"]] = encode_video_batch(self.model, batch["video"], self.transform, self.device,
+                                                           self.precision)
+        captioned = [i for i, c in enumerate(clips) if c.caption and i not in errors]
+        text = torch.zeros(len(clips), dim)
+        for start in range(0, len(captioned), self.cfg.text_batch_size):
+            rows = captioned[start:start + self.cfg.text_batch_size]
+            text[rows] = encode_text_batch(self.model, [clips[i].caption for i in rows], self.device,
+                                           self.precision, self.cfg.official_cleaning)
+        sims = torch.nn.functional.cosine_similarity(video, text, dim=-1)
+        has_text = set(captioned)
+        table = pa.Table.from_pylist([
+            {"clip_id": c.clip_id, "video_id": c.video_id, "aesthetic": c.aesthetic,
+             "video_embedding": None if i in errors else video[i].tolist(),
+             "text_embedding": text[i].tolist() if i in has_text else None,
+             "similarity": float(sims[i]) if i in has_text else None, "error": errors.get(i)}
+            for i, c in enumerate(clips)], schema=embeddings_schema(dim))
+        stats = {"clips": len(clips), "embedded": len(clips) - len(errors), "failed": len(errors),
+                 "with_caption": len(captioned), "seconds": round(time.time() - started, 3)}
+        return table, stats
+
+
+def run_embedding(inputs: Sequence[str], out_dir: str | os.PathLike, cfg: EmbedConfig, task: int = 0,
+                  num_tasks: int = 1, show_progress: bool = True) -> dict:
+    """Embed every pending shard this worker owns; returns counts (shards done, skipped, clips, failed)."""
+    if not 0 <= task < num_tasks:
+        raise ValueError(f"task must be in [0, num_tasks), got task={task}, num_tasks={num_tasks}")
+    if not Path(cfg.checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint not found: {cfg.checkpoint}")
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    init_from_env(device)
+    rank, world_size = world()
+    worker, workers = task * world_size + rank, num_tasks * world_size
+    units = plan_units(inputs, cfg.input_kind, cfg.clips_per_shard)
+    out = StageDir(out_dir)
+    mine = [s for s in range(len(units)) if s % workers == worker]
+    pending = [s for s in mine if not out.exists(stats_name(s))]
+    summary = {"shards": len(mine), "skipped": len(mine) - len(pending), "done": 0, "clips": 0, "failed": 0}
+    weights = Path(cfg.checkpoint)
+    model = load_model(cfg.model, checkpoint=weights, device=device, num_frames=cfg.num_frames)
+    protocol = VideoProtocol(num_frames=cfg.num_frames, sampling=cfg.sampling, image_size=model.cfg.image_size,
+                             backend=cfg.backend)
+    record_or_check_settings(out, {**cfg.record(file_sha256(weights), protocol),
+                                   "inputs": [str(Path(i).resolve()) for i in inputs], "units": len(units)})
+    embed = Embedder(model, protocol, device, cfg)
+    for s in progress(pending, desc=f"worker {worker}/{workers}", unit="shard", enabled=show_progress):
+        name = shard_name(s)
+        out.remove_leftovers(f".{name}.parquet.tmp*")  # a killed run's partial table
+        table, stats = embed(unit_clips(units[s]))
+        with atomic_path(out.path(f"{name}.parquet")) as tmp:
+            pq.write_table(table, tmp)
+        atomic_write(out.path(stats_name(s)), json.dumps({"shard": s, "input": units[s].path, **stats}))
+        summary["done"] += 1
+        summary["clips"] += stats["clips"]
+        summary["failed"] += stats["failed"]
+    return summary
