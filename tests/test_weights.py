@@ -257,3 +257,14 @@ def test_clip_init_by_tag_end_to_end(tmp_path, monkeypatch):
     for (name, a), b in zip(by_tag.state_dict().items(), by_file.state_dict().values()):
         if "temporal" not in name:  # left at its (random) initialisation in both
             assert torch.equal(a, b), name
+
+    from omegaconf import OmegaConf
+
+    from viclip.train.trainer import build_train_model
+
+    cfg = OmegaConf.create({"model": {"name": "tiny", "overrides": {}, "clip_weights": "openai"}})
+    trained = build_train_model(cfg, is_main=False)  # model.clip_weights=openai, as train.py takes it
+    assert torch.equal(trained.vision_encoder.proj, by_file.vision_encoder.proj)
+    cfg.model.clip_weights = "laion2b_s34b_b88k"  # a tag the test's architecture lacks
+    with pytest.raises(CheckpointError, match="^model.clip_weights=laion2b_s34b_b88k: CLIP weights"):
+        build_train_model(cfg, is_main=False)

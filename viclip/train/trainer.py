@@ -33,7 +33,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from viclip.distributed import DistInfo, init_distributed, set_cpu_threads, shutdown
-from viclip.model import ViCLIP, create_model, export_official, init_from_clip
+from viclip.model import CheckpointError, ViCLIP, create_model, export_official, init_from_clip
 from viclip.train import loader as train_loader
 from viclip.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from viclip.train.config import Phase, phases_of, validate_train_config
@@ -87,7 +87,10 @@ def build_train_model(cfg: DictConfig, is_main: bool) -> ViCLIP:
     """The config's model, initialised from CLIP weights when ``model.clip_weights`` names them."""
     model = create_model(cfg.model.name, **OmegaConf.to_container(cfg.model.overrides))
     if cfg.model.clip_weights:
-        report = init_from_clip(model, cfg.model.clip_weights)
+        try:  # a file or an open_clip tag (openai, ...)
+            report = init_from_clip(model, cfg.model.clip_weights)
+        except CheckpointError as e:
+            raise CheckpointError(f"model.clip_weights={cfg.model.clip_weights}: {e}") from e
         if is_main:
             print(report, flush=True)
     return model
