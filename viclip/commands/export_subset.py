@@ -1,0 +1,35 @@
+"""Export a curated subset for text-to-video training: clips as mp4 files and a table trainers read.
+
+    viclip-curate build-subset --input scored/ --rule aes --exclude flags.parquet --out aes.parquet
+    viclip-curate export-subset --input aes.parquet --out internvid_aes/ --format csv
+
+Writes OUT/clips/{clip_key}.mp4 and OUT/metadata.csv (path, caption, frames, height, width, fps, aesthetic,
+similarity), plus OUT/export.json. For generation, extract clips at viewing quality first: split-scenes or
+fetch-clips with --fps 0 --tune '' --keyframe-interval 2 --short-side 720 --crf 18.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from viclip.commands import one_line_errors
+from viclip.curation.cli import add_options, from_args
+from viclip.curation.export import FORMATS, ExportConfig, export_subset
+
+
+@one_line_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="a subset table (build-subset output)")
+    parser.add_argument("--out", required=True, help="output directory (clips/ and the metadata table)")
+    add_options(parser, ExportConfig, "export", choices={"format": FORMATS})
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    args = parser.parse_args()
+    report = export_subset(args.input, args.out, from_args(ExportConfig, args), show_progress=not args.no_progress)
+    print(json.dumps(asdict(report), indent=1))
+
+
+if __name__ == "__main__":
+    main()
