@@ -40,10 +40,10 @@ def debug_requested() -> bool:
 def error_line(e: BaseException) -> str:
     """The message of a user error on one line, naming the path or config key."""
     if isinstance(e, OmegaConfBaseException):
-        key = e.full_key
+        key, first = e.full_key, str(e.msg or e).splitlines()[0]  # the lines after it restate the key and types
         if isinstance(e, MissingMandatoryValue) and key:
-            return f"{e.msg} (set {key}=... on the command line)"
-        return f"{e.msg} (config key {key})" if key else str(e.msg)
+            return f"{first} (set {key}=... on the command line)"
+        return f"{first} (config key {key})" if key else first
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"  # open()'s own errors: "[Errno 2] ..." reworded
     if isinstance(e, KeyError) and e.args:
