@@ -99,3 +99,26 @@ def test_non_default_options_are_named():
     assert variant_suffix(default, "zeroshot") == ""
     assert variant_suffix(custom, "zeroshot") == "+f16+embed+dsl+wiseft0.5"
     assert variant_suffix(custom, "retrieval") == "+f16+dsl+wiseft0.5"  # template options do not apply
+
+
+def test_eval_runs_from_a_hub_name(tmp_path, monkeypatch):
+    """evaluate() with checkpoint=hf-hub:ORG/NAME (offline, a laid-out cache): the results name the snapshot
+    file and the same scores come out as from the folder's file itself."""
+    from viclip.eval.runner import evaluate
+
+    torch.manual_seed(0)
+    folder = create_model("tiny").save_pretrained(tmp_path / "folder")
+    offline_hub(monkeypatch, tmp_path / "hub")
+    add_to_hub_cache(tmp_path / "hub", "org/tiny", {n: folder / n for n in ("config.json", "model.safetensors")})
+    common = ["task=synthetic_zeroshot", "task.synthetic.n_eval=4", "task.synthetic.size=32", "num_workers=0",
+              f"task.synthetic.root={tmp_path / 'synthetic'}", "embedding_cache=false", "progress=false"]
+    results = {}
+    with initialize_config_dir(config_dir=str(ROOT / "viclip" / "configs"), version_base="1.3"):
+        for name, checkpoint in (("hub", "hf-hub:org/tiny"), ("file", folder / "model.safetensors")):
+            cfg = compose("eval", overrides=[*common, f"checkpoint={checkpoint}", f"output_dir={tmp_path / name}",
+                                             f"cache_dir={tmp_path / 'cache'}"])
+            results[name] = evaluate(cfg)
+    assert results["hub"]["checkpoint"]["path"].startswith(str(tmp_path / "hub" / "models--org--tiny" / "snapshots"))
+    assert results["hub"]["checkpoint"]["sha256"] == results["file"]["checkpoint"]["sha256"]
+    assert results["hub"]["checkpoint"]["model"] == "tiny"
+    assert results["hub"]["metrics"] == results["file"]["metrics"]
