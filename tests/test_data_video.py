@@ -187,3 +187,117 @@ def test_uint8_output_normalised_later_equals_the_float_transform():
         assert tf.normalize(raw[None], torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="uint8"):
         tf.normalize(floats)
+
+
+# -- GPU decoding (backend torchcodec_cuda): the CPU fallback here, NVDEC where a GPU is present --
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(),
+                         reason="no CUDA GPU on this machine: the torchcodec_cuda (NVDEC) tests run only where one is")
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This process as a machine without a GPU sees it, also where one is present; the probe re-runs."""
+    from viclip.data import video
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    video._gpu_decoding_problem.cache_clear()
+    yield
+    video._gpu_decoding_problem.cache_clear()
+
+
+def test_gpu_backend_falls_back_to_the_cpu_with_one_warning(no_gpu, caplog):
+    from viclip.data.video import decode_plan
+
+    with caplog.at_level("WARNING", logger="viclip.data.video"):
+        assert decode_plan("torchcodec_cuda", 3, True) == ("auto", 3, True)
+    expected = ("backend=torchcodec_cuda: no CUDA device is visible; decoding on the CPU with backend=auto and "
+                "3 workers instead")
+    assert [r.getMessage() for r in caplog.records] == [expected]
+    assert decode_plan("pyav", 2, False) == ("pyav", 2, False)  # other backends pass through
+    with pytest.raises(RuntimeError, match="torchcodec_cuda.*needs a CUDA GPU"):  # not a per-clip decode error
+        read_video(write_mp4(_moving_square()), backend="torchcodec_cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU driver")
+def test_gpu_backend_without_nvdec_names_torchcodecs_error(monkeypatch, caplog):
+    """torch told a GPU is there, but no driver can decode: the real probe fails and the reason is logged."""
+    from viclip.data import video
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    video._gpu_decoding_problem.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="viclip.data.video"):
+            assert video.decode_plan("torchcodec_cuda", 0, False) == ("auto", 0, False)
+    finally:
+        video._gpu_decoding_problem.cache_clear()
+    assert len(caplog.records) == 1
+    assert "backend=torchcodec_cuda: torch" in caplog.records[0].getMessage()  # "torchcodec does not load" or
+    assert "decoding on the CPU with backend=auto" in caplog.records[0].getMessage()  # "... cannot decode on the GPU"
+
+
+def test_gpu_backend_in_a_stream_with_workers_is_refused():
+    from viclip.data.stream import StreamConfig, VideoTextStream
+
+    with pytest.raises(ValueError, match="num_workers must be 0"):
+        VideoTextStream(StreamConfig("unused-{0..1}.tar", 2, num_workers=2, epoch_samples=4,
+                                     backend="torchcodec_cuda"), lambda texts: torch.zeros(len(texts), 4))
+
+
+def test_evaluation_embeds_through_the_fallback(no_gpu, tmp_path, caplog):
+    """embed_videos with backend torchcodec_cuda on a machine without a GPU: the same embeddings as auto
+    (random weights of the tiny model; the loader path is what is tested)."""
+    from viclip.data.annotations import VideoText
+    from viclip.eval.embed import VideoProtocol, embed_videos
+
+    records = []
+    for i in range(3):
+        path = tmp_path / f"{i}.mp4"
+        path.write_bytes(write_mp4(np.roll(_moving_square(t=16), 5 * i, axis=2)))
+        records.append(VideoText(str(path), (f"clip {i}",)))
+    torch.manual_seed(0)
+    model = viclip.create_model("tiny").eval()
+    cpu = torch.device("cpu")
+    expected, ok = embed_videos(model, records, VideoProtocol(image_size=32, backend="auto"), cpu, num_workers=0)
+    with caplog.at_level("WARNING", logger="viclip.data.video"):
+        got, ok_gpu = embed_videos(model, records, VideoProtocol(image_size=32, backend="torchcodec_cuda"), cpu,
+                                   num_workers=0)
+    assert ok.all() and ok_gpu.all() and torch.equal(got, expected)
+    assert any("decoding on the CPU" in r.getMessage() for r in caplog.records)
+
+
+@GPU
+def test_gpu_decoding_gives_the_sampled_frames_on_the_device():
+    """NVDEC's colour conversion differs from FFmpeg's by a few levels; a wrong frame differs by >= 8."""
+    from viclip.data.video import decode_plan
+
+    assert decode_plan("torchcodec_cuda", 4, True) == ("torchcodec_cuda", 0, False), "NVDEC probe failed"
+    frames = _moving_square(t=24, h=128, w=160)
+    mp4 = write_mp4(frames, fps=8, crf=18)
+    for sampling in ("middle", "random"):
+        out = read_video(mp4, 8, sampling, backend="torchcodec_cuda", rng=3)
+        idx = sample_indices(24, 8, sampling, 3)
+        assert out.is_cuda and out.dtype == torch.uint8 and out.shape == (8, 128, 160, 3)
+        err = np.abs(out.cpu().numpy().astype(int) - frames[idx].astype(int))
+        assert err.mean() < 3.0, err.mean()
+        assert np.abs(out.cpu().numpy()[..., 0].astype(int).mean((1, 2)) - 8 * np.array(idx)).max() < 4
+    assert read_video(mp4, 4, size=64, backend="torchcodec_cuda").shape == (4, 64, 80, 3)
+
+
+@GPU
+def test_gpu_decoded_training_batches_stay_on_the_gpu(tmp_path):
+    from viclip.data.stream import StreamConfig, build_train_loader
+    from viclip.data.tars import ShardWriter
+
+    with ShardWriter(tmp_path, max_samples=8) as writer:
+        for i in range(8):
+            writer.write(write_mp4(np.roll(_moving_square(t=16, h=64, w=64), i, axis=2)), f"clip {i}",
+                         {"video_id": f"v{i}"})
+    config = StreamConfig(str(tmp_path), 4, epoch_samples=8, shuffle_buffer=2, backend="torchcodec_cuda")
+    loader = build_train_loader(config, lambda texts: torch.zeros(len(texts), 4, dtype=torch.long),
+                                VideoTransform(True, image_size=32, normalize=False))
+    batches = list(loader)
+    assert len(batches) == 2
+    for batch in batches:
+        assert batch["video"].is_cuda and batch["video"].shape == (4, 8, 3, 32, 32)

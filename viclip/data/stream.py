@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from viclip.data.corpora import CorporaSpec, as_corpora, corpus_num_samples
 from viclip.data.tars import expand_shards, iter_tar_samples, open_shard, stable_hash64
 from viclip.data.transforms import VideoTransform
-from viclip.data.video import VideoDecodeError, read_video
+from viclip.data.video import GPU_BACKEND, VideoDecodeError, decode_device, read_video
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,9 @@ class VideoTextStream(IterableDataset):
     def __init__(self, config: StreamConfig, tokenizer: Callable[[list[str]], torch.Tensor],
                  transform: Callable[..., torch.Tensor] | None = None, rank: int | None = None,
                  world_size: int | None = None) -> None:
+        if config.backend == GPU_BACKEND and config.num_workers:
+            raise ValueError(f"backend={GPU_BACKEND!r} decodes in the main process: num_workers must be 0, got "
+                             f"{config.num_workers} (viclip.data.video.decode_plan picks both)")
         self.config = config
         self.corpora = as_corpora(config.corpora)
         self.shards = [expand_shards(c.shards) for c in self.corpora]
@@ -236,10 +239,11 @@ class VideoTextStream(IterableDataset):
         if not isinstance(self.transform, VideoTransform):
             return None
         b, t, s = self.config.batch_size, self.config.num_frames, self.transform.image_size
+        device = decode_device(self.config.backend)  # GPU-decoded clips fill a batch on the GPU
         if self.transform.out_dtype == torch.uint8:
-            video = torch.empty((b, t, s, s, 3), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
+            video = torch.empty((b, t, s, s, 3), dtype=torch.uint8, device=device).permute(0, 1, 4, 2, 3)
         else:
-            video = torch.empty((b, t, 3, s, s))
+            video = torch.empty((b, t, 3, s, s), device=device)
         return video.share_memory_() if shared else video
 
     def _collate(self, items: list[dict], video: torch.Tensor | None) -> dict:

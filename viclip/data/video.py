@@ -1,13 +1,16 @@
 """Video encoding and decoding: the mp4 writer, the official frame sampling, and decoder backends.
 
-``read_video`` hides the decoder (decord, PyAV or torchcodec) behind one call so a config field
-switches it; every backend decodes only the sampled frames and accepts bytes from a tar member.
+``read_video`` hides the decoder (decord, PyAV, torchcodec on the CPU or on the GPU's NVDEC) behind
+one call so a config field switches it; every backend decodes only the sampled frames and accepts
+bytes from a tar member. :func:`decode_plan` is where a loader learns whether GPU decoding can run.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import io
+import logging
 import os
 import threading
 
@@ -15,6 +18,8 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
+
+log = logging.getLogger(__name__)
 
 # File suffixes a folder of videos is listed by (curation sources, embeddings, viclip_score).
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv", ".3gp")
@@ -58,7 +63,8 @@ class VideoDecodeError(ValueError):
     """A video that cannot be decoded; the message names the file or the shard member."""
 
 
-BACKENDS = ("decord", "pyav", "torchcodec")
+BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec_cuda")
+GPU_BACKEND = "torchcodec_cuda"
 _SAMPLING_ALIASES = {"middle": "middle", "random": "random", "rand": "random"}
 
 
@@ -256,14 +262,18 @@ def _read_decord(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
     return reader.get_batch(sample_indices(n, num_frames, sampling, rng)).asnumpy()
 
 
-def _read_torchcodec(src, num_frames: int, sampling: str, size, rng) -> np.ndarray | torch.Tensor:
+def _read_torchcodec(src, num_frames: int, sampling: str, size, rng, device: str = "cpu") -> torch.Tensor:
+    """torchcodec's decoder on the CPU, or with ``device='cuda'`` on this process's GPU (NVDEC): the
+    frames, and the resize, stay on that device."""
     try:
         from torchcodec.decoders import VideoDecoder
     except ImportError as e:  # optional extra: pip install 'viclip[gpu]' (needs FFmpeg libraries)
         raise ImportError("backend='torchcodec' needs the torchcodec package: "
                           "pip install 'viclip[gpu]'") from e
     source = src.getvalue() if isinstance(src, io.BytesIO) else src
-    decoder = VideoDecoder(source, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
+    if device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"  # the rank's GPU (viclip.distributed sets it)
+    decoder = VideoDecoder(source, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact", device=device)
     n = decoder.metadata.num_frames
     if not n:
         raise ValueError("no video frames")
@@ -276,7 +286,55 @@ def _read_torchcodec(src, num_frames: int, sampling: str, size, rng) -> np.ndarr
     return frames
 
 
-_READERS = {"pyav": _read_pyav, "decord": _read_decord, "torchcodec": _read_torchcodec}
+_READERS = {"pyav": _read_pyav, "decord": _read_decord, "torchcodec": _read_torchcodec,
+            GPU_BACKEND: functools.partial(_read_torchcodec, device="cuda")}
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_decoding_problem() -> str | None:
+    """Why NVDEC decoding cannot run in this process (None when it can): decodes a generated clip on
+    the GPU, the whole path a loader will take, once per process."""
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception as e:  # noqa: BLE001 - ImportError, or RuntimeError when FFmpeg's libraries do not load
+        return f"torchcodec does not load ({type(e).__name__}: {e})"
+    probe = write_mp4(np.full((4, 128, 128, 3), 128, np.uint8), fps=4)
+    try:
+        decoder = VideoDecoder(probe, device=f"cuda:{torch.cuda.current_device()}")
+        decoder.get_frames_at(indices=[0])
+    except Exception as e:  # noqa: BLE001 - a CPU-only torchcodec build or a driver without NVDEC raise RuntimeError
+        return f"torchcodec cannot decode on the GPU ({type(e).__name__}: {str(e).splitlines()[0]})"
+    if decoder.cpu_fallback:  # torchcodec would decode on the CPU and copy: say so instead of pretending
+        return f"torchcodec falls back to the CPU ({decoder.cpu_fallback})"
+    return None
+
+
+def decode_plan(backend: str, num_workers: int, pin_memory: bool) -> tuple[str, int, bool]:
+    """``(backend, DataLoader workers, pin_memory)`` for a loader configured with these.
+
+    ``torchcodec_cuda`` decodes in the main process (a forked worker cannot use CUDA once the
+    trainer has) into batches already on the GPU, so no workers and nothing to pin. Where it cannot
+    run (no GPU, a torchcodec without NVDEC) the loader falls back to the CPU decoders of ``auto``
+    with the configured workers and says why in one warning: the same config then still runs a CPU
+    smoke test or a node without NVDEC, decoding the same sampled frames, only slower.
+    """
+    if backend != GPU_BACKEND:
+        return backend, num_workers, pin_memory
+    problem = _gpu_decoding_problem()
+    if problem is not None:
+        log.warning("backend=%s: %s; decoding on the CPU with backend=auto and %d workers instead",
+                    GPU_BACKEND, problem, num_workers)
+        return "auto", num_workers, pin_memory
+    if num_workers:
+        log.info("backend=%s decodes in the main process: num_workers=%d is not used", GPU_BACKEND, num_workers)
+    return GPU_BACKEND, 0, False
+
+
+def decode_device(backend: str) -> torch.device:
+    """Where ``read_video(backend=...)`` returns its frames."""
+    return torch.device("cuda", torch.cuda.current_device()) if backend == GPU_BACKEND else torch.device("cpu")
 
 
 def auto_backends() -> list[str]:
@@ -305,16 +363,21 @@ def read_video(
     """Decode ``num_frames`` frames sampled by :func:`sample_indices` into uint8 ``[T, H, W, 3]``.
 
     Returns a torch uint8 tensor (so it feeds :class:`viclip.VideoTransform` and DataLoader
-    collation without a copy). ``path_or_bytes`` is a file path or the bytes of a tar member, read
-    in memory without a temporary file. ``size`` resizes in the decoder: an int sets the short side
-    (aspect kept), a pair ``(H, W)`` is exact. ``backend='auto'`` tries :func:`auto_backends` in turn,
-    so one decoder's quirk does not drop a clip. ``name`` labels
-    bytes in error messages (e.g. ``shard.tar:key``). Raises :class:`VideoDecodeError`.
+    collation without a copy), on the GPU for ``backend='torchcodec_cuda'`` (loaders choose it
+    through :func:`decode_plan`; called without a GPU it raises ``RuntimeError``). ``path_or_bytes``
+    is a file path or the bytes of a tar member, read in memory without a temporary file. ``size``
+    resizes in the decoder: an int sets the short side (aspect kept), a pair ``(H, W)`` is exact.
+    ``backend='auto'`` tries :func:`auto_backends` in turn, so one decoder's quirk does not drop a
+    clip. ``name`` labels bytes in error messages (e.g. ``shard.tar:key``). Raises
+    :class:`VideoDecodeError`.
     """
     if backend not in ("auto", *BACKENDS):
         raise ValueError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
     if _SAMPLING_ALIASES.get(sampling) is None:
         raise ValueError(f"sampling must be 'middle' or 'random', got {sampling!r}")
+    if backend == GPU_BACKEND and not torch.cuda.is_available():  # not a per-video error: no clip would decode
+        raise RuntimeError(f"backend={GPU_BACKEND!r} needs a CUDA GPU and none is visible "
+                           "(loaders fall back through decode_plan)")
     src, label = _source(path_or_bytes)
     label = name or label
     order = [backend] if backend != "auto" else auto_backends()

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from viclip.data.annotations import VideoText, VideoTextDataset
 from viclip.data.transforms import VideoTransform
+from viclip.data.video import decode_plan
 from viclip.distributed import gather_rows, shard_indices, world
 from viclip.eval.views import MultiViewDataset, Views, encode_views
 from viclip.model import ViCLIP, tokenize
@@ -80,15 +81,15 @@ def embed_videos(
     mine = shard_indices(len(records), rank, world_size)
     transform = protocol_transform(protocol)
     views = Views.parse(protocol.views)
+    backend, num_workers, pin_memory = decode_plan(protocol.backend, num_workers, device.type == "cuda")
     if views.count == 1:
         dataset = VideoTextDataset([records[i] for i in mine], num_frames=protocol.num_frames,
-                                   sampling=protocol.sampling, transform=transform, backend=protocol.backend)
+                                   sampling=protocol.sampling, transform=transform, backend=backend)
     else:
         dataset = MultiViewDataset([records[i] for i in mine], protocol.num_frames, views, protocol.image_size,
-                                   sampling=protocol.sampling, backend=protocol.backend)
+                                   sampling=protocol.sampling, backend=backend)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
-                        collate_fn=VideoTextDataset.collate, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        collate_fn=VideoTextDataset.collate, pin_memory=pin_memory, persistent_workers=False)
     local = torch.zeros(len(mine), *([views.count] if views.count > 1 else []), model.cfg.embed_dim)
     ok = torch.zeros(len(mine), dtype=torch.bool)
     desc = "video embeddings" + (f" (rank 0: {len(mine)} of {len(records)})" if world_size > 1 else "")

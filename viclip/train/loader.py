@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from viclip.data.stream import StreamConfig, VideoTextLoader, build_train_loader
 from viclip.data.synthetic import make_synthetic
 from viclip.data.transforms import VideoTransform
+from viclip.data.video import decode_plan
 from viclip.model import ViCLIPConfig, tokenize
 
 
@@ -32,12 +33,14 @@ def build_loader(cfg: DictConfig, model_cfg: ViCLIPConfig, rank: int, world_size
     # uint8 batches, normalised on the device by loader.normalize: a quarter of the bytes to move
     transform = VideoTransform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip,
                                normalize=False)
+    backend, num_workers, pin_memory = decode_plan(cfg.data.backend, int(cfg.data.num_workers),
+                                                   torch.cuda.is_available())
     config = StreamConfig(
         OmegaConf.to_container(cfg.data.sources, resolve=True), int(cfg.train.batch_size),
-        num_frames=model_cfg.num_frames, num_workers=int(cfg.data.num_workers), seed=int(cfg.seed),
-        shuffle_buffer=int(cfg.data.shuffle_buffer), backend=cfg.data.backend,
+        num_frames=model_cfg.num_frames, num_workers=num_workers, seed=int(cfg.seed),
+        shuffle_buffer=int(cfg.data.shuffle_buffer), backend=backend,
     )
-    return build_train_loader(config, tokenizer, transform, rank, world_size, pin_memory=torch.cuda.is_available())
+    return build_train_loader(config, tokenizer, transform, rank, world_size, pin_memory=pin_memory)
 
 
 def endless(loader: VideoTextLoader) -> Iterator[dict]:
