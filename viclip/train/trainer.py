@@ -238,8 +238,8 @@ class Trainer:
         ckpt.clean_incomplete()
         resume_dir = ckpt.resolve(self.cfg.resume)
         if resume_dir is None and self.cfg.resume is None and ckpt.resolve("auto") is not None:
-            raise RuntimeError(f"{self.run_dir} already holds checkpoints: pass resume=auto to continue the run, "
-                               "or choose another run_name/output_dir")
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass resume=auto to continue the run, "
+                                  "or choose another run_name/output_dir")
         if resume_dir is None:
             return
         train_state, rank_state = ckpt.load(self.engine, resume_dir)
