@@ -230,6 +230,9 @@ def test_similar_pairs_match_the_full_matrix():
     expected = {(i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.6}
     assert expected, "the threshold should give some pairs"
     assert {tuple(p) for p in similar_pairs(vec, 0.6, block_size=7).tolist()} == expected
+    halves = np.concatenate([similar_pairs(vec, 0.6, block_size=7, rows=(0, 20)),
+                             similar_pairs(vec, 0.6, block_size=7, rows=(20, 50))])
+    assert sorted(map(tuple, halves.tolist())) == sorted(expected)  # slices of the work add up to the whole
 
 
 def test_build_subset_excludes_flagged_clips(planted):

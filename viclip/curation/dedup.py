@@ -124,17 +124,19 @@ def _blocks(n: int, size: int) -> Iterator[tuple[int, int]]:
 
 @torch.no_grad()
 def similar_pairs(vectors: torch.Tensor, threshold: float, block_size: int = 8192,
-                  device: str | torch.device = "cpu") -> np.ndarray:
+                  device: str | torch.device = "cpu", rows: tuple[int, int] | None = None) -> np.ndarray:
     """Pairs ``[P, 2]`` (i < j) of rows of normalised ``vectors`` with cosine >= ``threshold``, exactly.
 
-    Only the upper triangle of the block grid is computed (``N^2 / 2`` dot products).
+    Only the upper triangle is computed (``N^2 / 2`` dot products). ``rows=(start, end)`` searches only the
+    pairs whose first row is in that range (a slice of the work, for splitting it or measuring it).
     """
     n, pairs = len(vectors), []
-    for qs, qe in _blocks(n, block_size):
+    start, end = rows or (0, n)
+    for qs, qe in _blocks(end - start, block_size):
+        qs, qe = qs + start, qe + start
         q = vectors[qs:qe].to(device)
-        for ks, ke in _blocks(n, block_size):
-            if ke <= qs:
-                continue
+        for ks, ke in _blocks(n - qs, block_size):
+            ks, ke = ks + qs, ke + qs
             hit = (q @ vectors[ks:ke].to(device).T >= threshold).nonzero().cpu().numpy()
             hit = hit + [qs, ks]
             pairs.append(hit[hit[:, 0] < hit[:, 1]])
