@@ -5,16 +5,19 @@ is per core and holds on a shared machine) and wall-clock clips/s, for:
 
 1. the storage grid: decoding 8 randomly sampled frames from 10 s clips at short side 256 stored at
    several frame rates, keyframe intervals and x264 tunes (and the bytes each costs), which sets
-   curation's defaults (``viclip.curation.extract.ExtractConfig``);
-2. the full training path (``viclip.data.stream``) on clips cut by curation's extractor with its
-   default settings out of a 720p 24 fps source, and on that 720p source itself, with 1 and 2
-   workers, next to the official path on the same clips (decord ``VideoReader`` per file,
+   curation's defaults (``viclip.curation.extract.ExtractConfig``), with our PyAV reader, the same
+   reader with its non-reference skipping off ("no skip"), and decord ``get_batch``;
+2. the full training path (``viclip.data.stream``) on one core (1 worker by default), on clips as
+   x264 writes them by default (8 fps, a keyframe every 2 s, B-frames and B-pyramid: foreign
+   clips) and on clips cut by curation's extractor with its default settings out of a 720p 24 fps
+   source, next to the official path on the same clips (decord ``VideoReader`` per file,
    ``get_batch`` of the sampled indices, torchvision transforms per clip, default collate). Ours
    runs as training runs it: uint8 batches, normalised later on the GPU; "ours f32" normalises in
    the loader like the official path. Figures are the steady state: the cost of a short epoch
-   (worker start-up, shuffle buffer fill) is subtracted from a long one.
+   (worker start-up, shuffle buffer fill) is subtracted from a long one; the paths take turns
+   (``--rounds``) so that a change in the machine's load hits them alike.
 
-    python bench/data_loader.py [--clips 8] [--samples 128] [--out /tmp/viclip_bench_data]
+    python bench/data_loader.py [--clips 8] [--samples 128] [--rounds 2] [--workers 1 2] [--out DIR]
 
 What it showed (2-core VM, idle, 2026-11-25): a keyframe on every frame doubles the clips decoded
 per CPU-second against a 1-2 s interval (each sampled frame decodes alone; 52 vs 25 at 4 fps), and
@@ -28,6 +31,7 @@ sixth of its decoding CPU. On curation's own output the full path ran at 44 (1 w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -40,24 +44,27 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from viclip.curation.extract import extract_clips
+from viclip.data import video
 from viclip.data.stream import StreamConfig, build_train_loader
 from viclip.data.tars import ShardWriter
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import read_video, sample_indices, write_mp4
 
 SECONDS, SOURCE_FPS = 10, 24
-# (name, height, width, fps, keyframe interval in frames, x264 tune)
+# (name, height, width, fps, keyframe interval in frames, x264 tune, x264 preset)
 STORAGE_GRID = [
-    ("256p 24fps gop48 (as downloaded)", 256, 456, 24, 48, None),
-    ("256p 8fps gop8", 256, 456, 8, 8, None),
-    ("256p 4fps gop4", 256, 456, 4, 4, None),
-    ("256p 8fps gop1", 256, 456, 8, 1, None),
-    ("256p 4fps gop1", 256, 456, 4, 1, None),
-    ("256p 3fps gop1 (official 3 fps)", 256, 456, 3, 1, None),
-    ("256p 4fps gop4 fastdecode", 256, 456, 4, 4, "fastdecode"),
-    ("256p 4fps gop1 fastdecode", 256, 456, 4, 1, "fastdecode"),
+    ("256p 24fps gop48 (as downloaded)", 256, 456, 24, 48, None, "veryfast"),
+    ("256p 8fps gop8", 256, 456, 8, 8, None, "veryfast"),
+    ("256p 4fps gop4", 256, 456, 4, 4, None, "veryfast"),
+    ("256p 8fps gop1", 256, 456, 8, 1, None, "veryfast"),
+    ("256p 4fps gop1", 256, 456, 4, 1, None, "veryfast"),
+    ("256p 3fps gop1 (official 3 fps)", 256, 456, 3, 1, None, "veryfast"),
+    ("256p 4fps gop4 fastdecode", 256, 456, 4, 4, "fastdecode", "veryfast"),
+    ("256p 4fps gop1 fastdecode", 256, 456, 4, 1, "fastdecode", "veryfast"),
 ]
-SOURCE_720P = ("720p 24fps gop48", 720, 1280, 24, 48, None)
+# foreign clips as x264 writes them by default (preset medium: 3 B-frames, B-pyramid, crf 23), a keyframe every 2 s
+X264_DEFAULT = ("256p 8fps gop16 x264 defaults", 256, 456, 8, 16, None, "medium")
+SOURCE_720P = ("720p 24fps gop48", 720, 1280, 24, 48, None, "veryfast")
 CURATED = "curation default"  # ExtractConfig() applied to the 720p source
 
 
@@ -87,16 +94,18 @@ def _dirname(name: str) -> str:
 
 def make_clips(out: Path, n_clips: int) -> dict[str, Path]:
     """Write each variant as files (for the official path) and one tar set (for ours)."""
-    variants = {name: out / _dirname(name) for name, *_ in [*STORAGE_GRID, SOURCE_720P]}
+    encoded = [*STORAGE_GRID, X264_DEFAULT, SOURCE_720P]
+    variants = {name: out / _dirname(name) for name, *_ in encoded}
     variants[CURATED] = out / _dirname(CURATED)
-    todo = [v for v in [*STORAGE_GRID, SOURCE_720P] if not (variants[v[0]] / "sizes.json").exists()]
+    todo = [v for v in encoded if not (variants[v[0]] / "sizes.json").exists()]
     for h, w in sorted({(v[1], v[2]) for v in todo}):
         group = [v for v in todo if (v[1], v[2]) == (h, w)]
         clips = {v[0]: [] for v in group}
         for i in range(n_clips):
             frames = render(h, w, SOURCE_FPS, seed=i)  # one scene, re-encoded at each rate and interval
-            for name, _, _, fps, gop, tune in group:
-                clips[name].append(write_mp4(frames[:: SOURCE_FPS // fps], fps=fps, gop=gop, tune=tune))
+            for name, _, _, fps, gop, tune, preset in group:
+                clips[name].append(write_mp4(frames[:: SOURCE_FPS // fps], fps=fps, gop=gop, tune=tune,
+                                             preset=preset))
         for name, mp4s in clips.items():
             write_variant(variants[name], mp4s)
     if not (variants[CURATED] / "sizes.json").exists():
@@ -118,18 +127,34 @@ def cpu_seconds() -> float:
     return self_.ru_utime + self_.ru_stime + children.ru_utime + children.ru_stime
 
 
-def decode_rates(files: list[Path], backends: tuple[str, ...], repeats: int) -> dict[str, float]:
-    """Clips per CPU-second decoding 8 randomly sampled frames, one thread; the backends take turns
-    clip by clip so that a change in the machine's load hits them alike."""
+@contextlib.contextmanager
+def no_skip():
+    """Our PyAV reader with its non-reference skipping off (the constant tests/test_data_decode_skip.py
+    flips too): the same runs of packets, every picture decoded, to show what the skip buys."""
+    saved, video._SKIP_UNSAMPLED = video._SKIP_UNSAMPLED, "DEFAULT"
+    try:
+        yield
+    finally:
+        video._SKIP_UNSAMPLED = saved
+
+
+DECODERS = {"pyav": ("pyav", contextlib.nullcontext), "pyav no skip": ("pyav", no_skip),
+            "decord": ("decord", contextlib.nullcontext)}
+
+
+def decode_rates(files: list[Path], repeats: int) -> dict[str, float]:
+    """Clips per CPU-second decoding 8 randomly sampled frames, one thread, for each of ``DECODERS``;
+    they take turns clip by clip so that a change in the machine's load hits them alike."""
     data = [f.read_bytes() for f in files]
-    spent = dict.fromkeys(backends, 0.0)
+    spent = dict.fromkeys(DECODERS, 0.0)
     for r in range(repeats):
         for i, mp4 in enumerate(data):
-            for backend in backends:
-                start = cpu_seconds()
-                read_video(mp4, 8, "random", backend=backend, rng=r * 1000 + i)
-                spent[backend] += cpu_seconds() - start
-    return {b: repeats * len(data) / spent[b] for b in backends}
+            for name, (backend, setting) in DECODERS.items():
+                with setting():
+                    start = cpu_seconds()
+                    read_video(mp4, 8, "random", backend=backend, rng=r * 1000 + i)
+                    spent[name] += cpu_seconds() - start
+    return {name: repeats * len(data) / spent[name] for name in DECODERS}
 
 
 class OfficialClips(Dataset):
@@ -171,12 +196,12 @@ def run_loader(make_iter, n_clips: int) -> tuple[float, float]:
     return cpu_seconds() - cpu0, time.perf_counter() - t0
 
 
-def steady(make_iter, samples: int, batch_size: int, workers: int) -> tuple[float, float]:
-    """(clips per CPU-second, wall clips/s) net of start-up: a long pass minus a short one."""
+def steady(make_iter, samples: int, batch_size: int, workers: int) -> np.ndarray:
+    """(clips, CPU seconds, wall seconds) net of start-up: a long pass minus a short one."""
     short = batch_size * max(1, workers)
     cpu_s, wall_s = run_loader(lambda: make_iter(short), short)
     cpu_l, wall_l = run_loader(lambda: make_iter(samples), samples)
-    return (samples - short) / (cpu_l - cpu_s), (samples - short) / (wall_l - wall_s)
+    return np.array([samples - short, cpu_l - cpu_s, wall_l - wall_s])
 
 
 def ours(directory: Path, workers: int, samples: int, batch_size: int, backend: str, normalize: bool):
@@ -204,48 +229,68 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128, help="clips per loader measurement")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default="/tmp/viclip_bench_data")
-    parser.add_argument("--samples-720p", type=int, default=48)
-    parser.add_argument("--stored", default=CURATED, help="the storage variant the loader runs on")
+    parser.add_argument("--loader-clips", nargs="+", default=[X264_DEFAULT[0], CURATED],
+                        help="storage variants the full path runs on (names as printed in part 1)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="DataLoader workers per measurement")
     parser.add_argument("--backend", default="auto", help="decoder of our path: auto, decord, pyav")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each loader path takes in part 2")
+    parser.add_argument("--skip-grid", action="store_true", help="leave out part 1 (the storage grid)")
     args = parser.parse_args()
-    for flag, n in (("--samples", args.samples), ("--samples-720p", args.samples_720p)):
-        if n <= 2 * args.batch_size or n % args.batch_size:
-            parser.error(f"{flag} must be a multiple of --batch-size above the short pass of 2 batches, got {n}")
+    if args.samples <= 2 * args.batch_size or args.samples % args.batch_size:
+        parser.error(f"--samples must be a multiple of --batch-size above the short pass of 2 batches, "
+                     f"got {args.samples}")
     torch.set_num_threads(1)  # one core per process, as in DataLoader workers
     out = Path(args.out)
     t0 = time.time()
     variants = make_clips(out, args.clips)
-    print(f"clips ready in {time.time() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    unknown = [name for name in args.loader_clips if name not in variants]
+    if unknown:
+        parser.error(f"--loader-clips: unknown variants {unknown}; choose from {sorted(variants)}")
+    print(f"clips ready in {time.time() - t0:.0f} s; load average {_load()}")
 
-    print("\n1. decode 8 random frames of a 10 s 256p clip: clips per CPU-second (KB per clip)")
-    print(f"{'storage':36s} {'pyav':>7s} {'decord':>7s} {'KB':>6s}")
     grid = {}
-    for name in [*(v[0] for v in STORAGE_GRID), CURATED]:
-        files = sorted((variants[name] / "files").glob("*.mp4"))
-        kb = np.mean([f.stat().st_size for f in files]) / 1024
-        rates = decode_rates(files, ("pyav", "decord"), repeats=5)
-        grid[name] = {**rates, "kb": kb}
-        print(f"{name:36s} {rates['pyav']:7.1f} {rates['decord']:7.1f} {kb:6.0f}", flush=True)
+    if not args.skip_grid:
+        print("\n1. decode 8 random frames of a 10 s 256p clip, one thread: clips per CPU-second (KB per clip)")
+        print(f"{'storage':36s} {'pyav':>7s} {'no skip':>7s} {'decord':>7s} {'pyav/decord':>11s} {'KB':>6s}")
+        for name in [*(v[0] for v in STORAGE_GRID), X264_DEFAULT[0], CURATED]:
+            files = sorted((variants[name] / "files").glob("*.mp4"))
+            kb = np.mean([f.stat().st_size for f in files]) / 1024
+            rates = decode_rates(files, repeats=5)
+            grid[name] = {**rates, "kb": kb}
+            print(f"{name:36s} {rates['pyav']:7.1f} {rates['pyav no skip']:7.1f} {rates['decord']:7.1f} "
+                  f"{rates['pyav'] / rates['decord']:10.2f}x {kb:6.0f}", flush=True)
 
-    print(f"\n2. full path, batches of {args.batch_size} x 8 x 3 x 224 x 224, steady state: "
-          "clips per CPU-second | wall clips/s")
+    print(f"\n2. full path, batches of {args.batch_size} x 8 x 3 x 224 x 224, steady state: clips per CPU-second | "
+          "wall clips/s; official = decord get_batch + torchvision transforms")
     results = []
-    for name, samples in ((args.stored, args.samples), (SOURCE_720P[0], args.samples_720p)):
-        for workers in (1, 2):
-            row = {"clips": name, "workers": workers}
-            row["ours"] = ours(variants[name], workers, samples, args.batch_size, args.backend, normalize=False)
-            if name == args.stored:
-                row["ours_f32"] = ours(variants[name], workers, samples, args.batch_size, args.backend,
-                                       normalize=True)
-            row["official"] = official(variants[name], workers, samples, args.batch_size)
+    for name in args.loader_clips:
+        for workers in args.workers:
+            totals = {path: np.zeros(3) for path in ("ours", "ours_f32", "official")}
+            for _ in range(args.rounds):  # the paths take turns, so a change in load hits them alike
+                totals["ours"] += ours(variants[name], workers, args.samples, args.batch_size, args.backend, False)
+                totals["ours_f32"] += ours(variants[name], workers, args.samples, args.batch_size, args.backend,
+                                           True)
+                totals["official"] += official(variants[name], workers, args.samples, args.batch_size)
+            row = {"clips": name, "workers": workers,
+                   **{path: (n / cpu, n / wall) for path, (n, cpu, wall) in totals.items()}}
             row["ratio"] = row["ours"][0] / row["official"][0]
+            row["ratio_f32"] = row["ours_f32"][0] / row["official"][0]
             results.append(row)
-            f32 = f"ours f32 {row['ours_f32'][0]:5.1f} | {row['ours_f32'][1]:5.1f}   " if "ours_f32" in row else ""
-            print(f"{name:18s} workers {workers}: ours {row['ours'][0]:5.1f} | {row['ours'][1]:5.1f}   {f32}"
-                  f"official {row['official'][0]:5.1f} | {row['official'][1]:5.1f}   ratio {row['ratio']:4.2f}x",
-                  flush=True)
+            print(f"{name:30s} workers {workers}: ours {row['ours'][0]:5.1f} | {row['ours'][1]:5.1f}   "
+                  f"ours f32 {row['ours_f32'][0]:5.1f} | {row['ours_f32'][1]:5.1f}   "
+                  f"official {row['official'][0]:5.1f} | {row['official'][1]:5.1f}   "
+                  f"ratio {row['ratio']:4.2f}x (f32 {row['ratio_f32']:4.2f}x)", flush=True)
+    for row in results:
+        if row["clips"] == X264_DEFAULT[0]:
+            print(f"\nours / official on {X264_DEFAULT[0]} clips, {row['workers']} worker(s): {row['ratio']:.2f}x "
+                  f"per CPU-second (target >= 1.5x)")
     (out / "results.json").write_text(json.dumps({"decode_grid": grid, "loader": results}, indent=1))
-    print(f"\nload average now {os.getloadavg()[0]:.1f}; results in {out / 'results.json'}")
+    print(f"\nload average now {_load()}; results in {out / 'results.json'}")
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
