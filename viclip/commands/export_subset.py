@@ -5,7 +5,7 @@
 
 Writes OUT/clips/{clip_key}.mp4 and OUT/metadata.csv (path, caption, frames, height, width, fps, aesthetic,
 similarity), plus OUT/export.json. For generation, extract clips at viewing quality first: split-scenes or
-fetch-clips with --fps 0 --tune '' --keyframe-interval 2 --short-side 720 --crf 18.
+fetch-clips with --fps 0 --tune '' --keyframe-interval 1 --short-side 720 --crf 18.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ atomically; a rerun skips clips already there) and listed in ``{out}/metadata.{c
 
 Clips made with the default extraction are stored for training (4 fps, every frame a keyframe,
 ``fastdecode``); for generation re-extract them at viewing quality first (``--fps 0 --tune ''
---keyframe-interval 2 --short-side 720 --crf 18``: the source frame rate, x264's default tune, a
-keyframe every 2 s). The stage's extraction settings are recorded in the export report, with a
+--keyframe-interval 1 --short-side 720 --crf 18``: the source frame rate, x264's default tune, a
+keyframe a second). The stage's extraction settings are recorded in the export report, with a
 warning when they are the training ones.
 """
 
