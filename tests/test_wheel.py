@@ -55,7 +55,8 @@ def installed(tmp_path_factory) -> Path:
     python = str(venv / "bin" / "python")
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    (Path(purelib) / "viclip_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))  # ordered, no repeat
+    (Path(purelib) / "viclip_test_deps.pth").write_text("".join(f"{p}\n" for p in ours))
     _pip("install", "--no-deps", "--no-index", "--ignore-installed", str(wheel), python=python)
     where = subprocess.run([python, "-c", "import viclip; print(viclip.__file__)"], cwd=tmp, check=True,
                            capture_output=True, text=True).stdout.strip()
