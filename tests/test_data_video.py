@@ -283,6 +283,8 @@ def test_gpu_decoding_gives_the_sampled_frames_on_the_device():
         assert err.mean() < 3.0, err.mean()
         assert np.abs(out.cpu().numpy()[..., 0].astype(int).mean((1, 2)) - 8 * np.array(idx)).max() < 4
     assert read_video(mp4, 4, size=64, backend="torchcodec_cuda").shape == (4, 64, 80, 3)
+    normalized = VideoTransform(False, image_size=32)(out)  # the float transform runs on the device too
+    assert normalized.is_cuda and normalized.dtype == torch.float32 and normalized.shape == (8, 3, 32, 32)
 
 
 @GPU

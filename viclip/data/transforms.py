@@ -142,5 +142,7 @@ class VideoTransform:
             out = resized.to(self.out_dtype, memory_format=torch.contiguous_format)
         else:
             out.copy_(resized)
-        return out.mul_(self._mul).add_(self._add) if self.normalize_output else out
+        if not self.normalize_output:
+            return out
+        return out.mul_(self._mul.to(out.device)).add_(self._add.to(out.device))  # GPU-decoded clips too
 
