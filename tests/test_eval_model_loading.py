@@ -48,7 +48,7 @@ def test_resolve_pretrained_folder_and_hub_name(tmp_path, monkeypatch):
     commit = add_to_hub_cache(tmp_path / "hub", "org/tiny", files)
     snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / commit
     assert resolve_checkpoint("hf-hub:org/tiny") == snapshot / "model.safetensors"
-    with pytest.raises(CheckpointError, match="hf-hub:org/other: model.safetensors is not in the Hugging Face cache"):
+    with pytest.raises(CheckpointError, match="hf-hub:org/other: config.json is not in the Hugging Face cache"):
         resolve_checkpoint("hf-hub:org/other")
 
 

@@ -99,14 +99,18 @@ def test_hub_name_loads_from_the_offline_cache(hub, tiny):
     assert longer.vision_encoder.temporal_positional_embedding.shape == (1, 8, 64)
 
 
-def test_uncached_hub_name_names_the_cache_and_offline_mode(hub):
+def test_uncached_hub_name_names_the_cache_and_offline_mode(hub, tmp_path):
     cache, _ = hub
     with pytest.raises(CheckpointError) as err:
         viclip.load_model(checkpoint="hf-hub:viclip-test/absent")
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("hf-hub:viclip-test/absent: model.safetensors is not in the Hugging Face cache")
+    assert message.startswith("hf-hub:viclip-test/absent: config.json is not in the Hugging Face cache")
     assert str(cache) in message and "HF_HUB_OFFLINE is set" in message and "hf download viclip-test/absent" in message
+    (tmp_path / "config.json").write_text("{}")
+    add_to_hub_cache(cache, "viclip-test/half", {"config.json": tmp_path / "config.json"})
+    with pytest.raises(CheckpointError, match="hf-hub:viclip-test/half: model.safetensors is not in the Hugging Face"):
+        viclip.load_model(checkpoint="hf-hub:viclip-test/half")
     with pytest.raises(CheckpointError, match="hf-hub:viclip-test/tiny@0123456789"):
         viclip.load_model(checkpoint="hf-hub:viclip-test/tiny@" + "0123456789" * 4)  # a commit not in the cache
 
@@ -167,5 +171,5 @@ def test_convert_tool_error_is_one_line(hub, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_:
         main()
-    assert str(exit_.value.code).startswith("viclip-convert: error: hf-hub:viclip-test/no: model.safetensors is not in")
+    assert str(exit_.value.code).startswith("viclip-convert: error: hf-hub:viclip-test/no: config.json is not in")
     assert "\n" not in str(exit_.value.code)

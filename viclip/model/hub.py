@@ -36,6 +36,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def is_hub_name(ref: str | os.PathLike) -> bool:
+    """``hf-hub:ORG/NAME[@REVISION]``, open_clip's and timm's spelling of a hub repo."""
     return isinstance(ref, str) and ref.startswith(HF_HUB_PREFIX)
 
 
@@ -92,9 +93,8 @@ def resolve_pretrained(ref: str | os.PathLike, cache_dir: str | os.PathLike | No
     """The weights file ``ref`` names: a hub repo's ``model.safetensors`` (its ``config.json`` beside it
     in the cache), a pretrained folder's, or ``ref`` itself."""
     if is_hub_name(ref):
-        weights = _hub_download(ref, WEIGHTS_NAME, cache_dir)
-        _hub_download(ref, CONFIG_NAME, cache_dir)  # same snapshot folder as the weights
-        return weights
+        _hub_download(ref, CONFIG_NAME, cache_dir)  # first: small, and it lands in the weights' snapshot folder
+        return _hub_download(ref, WEIGHTS_NAME, cache_dir)
     path = Path(ref).expanduser()
     if path.is_dir():
         if not is_pretrained_folder(path):
