@@ -37,6 +37,7 @@ from viclip.model import CheckpointError, ViCLIP, create_model, export_official,
 from viclip.train import loader as train_loader
 from viclip.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from viclip.train.config import Phase, phases_of, validate_train_config
+from viclip.train.kernels import prepare_kernels
 from viclip.train.logger import MetricsLogger
 from viclip.train.loss import ClipLoss
 from viclip.train.meters import ThroughputMeter, peak_flops, train_flops_per_clip
@@ -196,6 +197,10 @@ class Trainer:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  config=deepspeed_config(cfg, info.world_size))
         self.dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
+        report = prepare_kernels(self.engine.module, bool(cfg.train.compile), [p.mask_ratio for p in self.phases],
+                                 self.dtype, info.device)
+        if info.is_main:
+            print(report, flush=True)
         self.loss_fn = self.build_loss()
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=int(cfg.train.keep_checkpoints),
                                          rank=info.rank, world_size=info.world_size)
