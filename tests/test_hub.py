@@ -111,6 +111,10 @@ def test_uncached_hub_name_names_the_cache_and_offline_mode(hub, tmp_path):
     add_to_hub_cache(cache, "viclip-test/half", {"config.json": tmp_path / "config.json"})
     with pytest.raises(CheckpointError, match="hf-hub:viclip-test/half: model.safetensors is not in the Hugging Face"):
         viclip.load_model(checkpoint="hf-hub:viclip-test/half")
+    (tmp_path / "config.json").write_text('{"architectures": ["CLIPModel"], "model_type": "clip"}')
+    add_to_hub_cache(cache, "openai/clip", {"config.json": tmp_path / "config.json"})  # no weights: never reached
+    with pytest.raises(CheckpointError, match="not a ViCLIP config"):
+        viclip.load_model(checkpoint="hf-hub:openai/clip")
     with pytest.raises(CheckpointError, match="hf-hub:viclip-test/tiny@0123456789"):
         viclip.load_model(checkpoint="hf-hub:viclip-test/tiny@" + "0123456789" * 4)  # a commit not in the cache
 

@@ -93,7 +93,9 @@ def resolve_pretrained(ref: str | os.PathLike, cache_dir: str | os.PathLike | No
     """The weights file ``ref`` names: a hub repo's ``model.safetensors`` (its ``config.json`` beside it
     in the cache), a pretrained folder's, or ``ref`` itself."""
     if is_hub_name(ref):
-        _hub_download(ref, CONFIG_NAME, cache_dir)  # first: small, and it lands in the weights' snapshot folder
+        # The config first (it lands in the weights' snapshot folder): a repo that is not ViCLIP's fails
+        # here, before a large download.
+        read_pretrained_config(_hub_download(ref, CONFIG_NAME, cache_dir))
         return _hub_download(ref, WEIGHTS_NAME, cache_dir)
     path = Path(ref).expanduser()
     if path.is_dir():
