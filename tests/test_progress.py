@@ -63,3 +63,38 @@ def test_a_terminal_gets_a_tqdm_bar():
     bar.update(2)
     bar.close()
     assert "bar" in file.getvalue() and "2/2" in file.getvalue()
+
+
+def test_training_eta_prices_later_phases_by_their_flops():
+    from viclip.train.meters import time_left
+
+    assert time_left(None, 100) == (None, None)  # no step timed yet
+    phase, run = time_left(2.0, 100, later_steps=50 * 4.0)  # 50 unmasked steps, each 4 masked steps' FLOPs
+    assert phase == pytest.approx(50.0) and run == pytest.approx(150.0)
+
+
+def test_step_clock_rate_is_per_phase(monkeypatch):
+    from viclip.train import meters
+
+    now = [100.0]
+    monkeypatch.setattr(meters.time, "monotonic", lambda: now[0])
+    clock = meters.StepClock(window=4)
+    assert clock.steps_per_s() is None
+    for _ in range(10):
+        now[0] += 0.5
+        clock.tick()
+    assert clock.steps_per_s() == pytest.approx(2.0) and clock.elapsed() == pytest.approx(5.0)
+    clock.new_phase()
+    now[0] += 1.0
+    clock.tick()
+    assert clock.steps_per_s() == pytest.approx(1.0) and clock.elapsed() == pytest.approx(6.0)
+
+
+def test_training_line_shows_rate_elapsed_and_time_left():
+    from viclip.train.logger import format_line
+
+    line = format_line({"phase": "pretrain", "step": 10, "steps": 100, "loss": 1.5, "lr": 1e-4, "temp": 0.01,
+                        "clips_per_s": 80.0, "data_wait": 0.05, "skipped_samples": 0, "nonfinite_steps": 0,
+                        "mfu": None, "steps_per_s": 2.5, "elapsed_s": 4.0, "eta_phase_s": 36.0, "eta_run_s": 3700.0})
+    assert line.startswith("[pretrain] step 10/100 | loss 1.5000")
+    assert line.endswith("steps/s 2.5 | elapsed 0:00:04 | ETA phase 0:00:36, run 1:01:40")

@@ -1,4 +1,4 @@
-"""Throughput, data-wait share and model FLOPs utilisation from an explicit FLOP count.
+"""Throughput, data-wait share, model FLOPs utilisation from an explicit FLOP count, and time left.
 
 FLOPs come from the model's analytic count (``viclip.model.forward_flops``: matrix products only,
 as in nanoGPT's and PaLM's MFU). Masking keeps only a share of the patch tokens in the vision
@@ -85,3 +85,40 @@ class ThroughputMeter:
 
     def mfu(self, flops_per_clip: float, peak: float | None) -> float | None:
         return None if peak is None else self.clips_per_s() * flops_per_clip / peak
+
+
+class StepClock:
+    """Wall time of optimizer steps: elapsed since this process began training, and steps/s over the
+    last ``window`` steps (a resumed run's first steps, slowed by loader start-up, soon leave it)."""
+
+    def __init__(self, window: int = 50) -> None:
+        self.start = time.monotonic()
+        self.ticks: deque[float] = deque([self.start], maxlen=window + 1)
+
+    def new_phase(self) -> None:
+        """Forget the last phase's steps: phases differ in cost per step (masking)."""
+        self.ticks = deque([time.monotonic()], maxlen=self.ticks.maxlen)
+
+    def tick(self) -> None:
+        """Mark the end of an optimizer step."""
+        self.ticks.append(time.monotonic())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def steps_per_s(self) -> float | None:
+        span = self.ticks[-1] - self.ticks[0]
+        return (len(self.ticks) - 1) / span if len(self.ticks) > 1 and span > 0 else None
+
+
+def time_left(steps_per_s: float | None, steps_left: int,
+              later_steps: float = 0.0) -> tuple[float | None, float | None]:
+    """Seconds to the end of the phase and of the run at the current rate, or (None, None) before one is known.
+
+    ``later_steps`` counts the phases still to come in steps of this phase: each of their steps
+    weighted by its FLOPs per clip over this phase's (an unmasked step costs several masked ones).
+    """
+    if not steps_per_s:
+        return None, None
+    phase = steps_left / steps_per_s
+    return phase, phase + later_steps / steps_per_s

@@ -40,7 +40,7 @@ from viclip.train.config import Phase, phases_of, validate_train_config
 from viclip.train.kernels import prepare_kernels
 from viclip.train.logger import MetricsLogger
 from viclip.train.loss import ClipLoss
-from viclip.train.meters import ThroughputMeter, peak_flops, train_flops_per_clip
+from viclip.train.meters import StepClock, ThroughputMeter, peak_flops, time_left, train_flops_per_clip
 from viclip.train.optim import WarmupCosine, build_optimizer, param_groups, set_lr
 
 
@@ -207,9 +207,10 @@ class Trainer:
         self.resume()
         self.logger = MetricsLogger(self.run_dir, cfg.logger, cfg.run_name, OmegaConf.to_container(cfg, resolve=True),
                                     OmegaConf.to_container(cfg.wandb), enabled=info.is_main,
-                                    start_step=self.state.global_step)
+                                    start_step=self.state.global_step, console=bool(cfg.progress))
         self.peak = peak_flops(info.device)
         self.batches = train_loader.endless(self.loader)
+        self.clock = StepClock()
 
     def check_config(self, cfg: DictConfig) -> None:
         """Raise ConfigError naming every unset path and the first invalid field; does no work."""
@@ -284,6 +285,7 @@ class Trainer:
                                 phase.min_lr_ratio)
         self.flops = self.flops_per_clip(phase)
         self.meter = ThroughputMeter()
+        self.clock.new_phase()
         if info.is_main:
             print(f"[{phase.name}] {total} steps ({phase.epochs:g} epochs of {self.steps_per_epoch}), mask_ratio "
                   f"{phase.mask_ratio}, lr {phase.lr:g}, warmup {schedule.warmup_steps} steps, "
@@ -293,6 +295,7 @@ class Trainer:
         while state.step < total:
             lr = schedule(state.step)
             window.extend(self.train_step(phase, lr))
+            self.clock.tick()
             self.last_loss = sum(window) / len(window) if window else float("nan")
             if state.step % int(cfg.train.log_every) == 0 or state.step == total:
                 self.logger.log(self.record(phase, total, lr))
@@ -380,6 +383,10 @@ class Trainer:
         """The metrics record of the step just done."""
         state, loss, per_rank = self.state, self.last_loss, self.meter.clips_per_s()
         temp = getattr(self.engine.module, "temp", None)  # a classifier being fine-tuned has none
+        later = self.phases[self.phases.index(phase) + 1:]  # their steps priced in this phase's FLOPs per clip
+        later_steps = sum(max(1, round(p.epochs * self.steps_per_epoch)) * self.flops_per_clip(p) / self.flops
+                          for p in later) if self.flops > 0 else 0.0
+        eta_phase, eta_run = time_left(self.clock.steps_per_s(), total - state.step, later_steps)
         return {
             "phase": phase.name, "step": state.step, "steps": total, "global_step": state.global_step,
             "loss": loss if math.isfinite(loss) else None, "lr": lr,
@@ -387,6 +394,8 @@ class Trainer:
             "clips_per_s": per_rank * self.info.world_size, "clips_per_s_per_rank": per_rank,
             "data_wait": self.meter.data_wait_share(), "skipped_samples": train_loader.skipped_samples(self.loader),
             "nonfinite_steps": state.nonfinite_steps, "mfu": self.meter.mfu(self.flops, self.peak), "time": time.time(),
+            "steps_per_s": self.clock.steps_per_s(), "elapsed_s": self.clock.elapsed(), "eta_phase_s": eta_phase,
+            "eta_run_s": eta_run,
         }
 
 
