@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import tarfile
@@ -50,7 +49,6 @@ from viclip.eval.runner import pick_device
 from viclip.model import ViCLIP, load_model
 from viclip.progress import progress
 
-log = logging.getLogger(__name__)
 INPUT_KINDS = ("auto", "tars", "tables", "folder")
 
 
@@ -213,6 +211,11 @@ class ClipVideos(Dataset):
             return {"index": i, "video": None, "error": f"{label}: {type(e).__name__}: {e}"}
         return {"index": i, "video": self.transform(frames), "error": None}
 
+    def close(self) -> None:
+        for tar in self._tars.values():
+            tar.close()
+        self._tars.clear()
+
     @staticmethod
     def collate(items: list[dict]) -> dict:
         kept = [it for it in items if it["video"] is not None]
@@ -242,14 +245,15 @@ class Embedder:
         dim = self.model.cfg.embed_dim
         video = torch.zeros(len(clips), dim)
         errors: dict[int, str] = {}
-        loader = DataLoader(ClipVideos(clips, self.protocol, self.transform), batch_size=self.cfg.batch_size,
-                            num_workers=self.cfg.workers, collate_fn=ClipVideos.collate,
-                            pin_memory=self.device.type == "cuda")
+        dataset = ClipVideos(clips, self.protocol, self.transform)
+        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=self.cfg.workers,
+                            collate_fn=ClipVideos.collate, pin_memory=self.device.type == "cuda")
         for batch in loader:
             errors.update(batch["errors"])
             if batch["video"] is not None:
                 video[batch["index"]] = encode_video_batch(self.model, batch["video"], self.transform, self.device,
                                                            self.precision)
+        dataset.close()  # this process's tar handles (workers=0); workers close theirs as they exit
         captioned = [i for i, c in enumerate(clips) if c.caption and i not in errors]
         text = torch.zeros(len(clips), dim)
         for start in range(0, len(captioned), self.cfg.text_batch_size):

@@ -101,10 +101,13 @@ def load_embeddings(paths: Sequence[str | os.PathLike]) -> Embeddings:
     """Read embedding shards in order; rows without a video embedding (unreadable clips) are left out."""
     tables = []
     for f in embedding_files(paths):
-        table = pq.read_table(f, columns=None)
-        missing = [c for c in ("clip_id", "video_embedding") if c not in table.column_names]
+        names = pq.read_schema(f).names
+        missing = [c for c in ("clip_id", "video_embedding") if c not in names]
         if missing:
             raise KeyError(f"{f}: not an embedding shard (no columns {missing}); make it with embed_clips")
+        # the text embeddings are not needed: reading them would double the memory of a large corpus
+        table = pq.read_table(f, columns=[c for c in ("clip_id", "video_id", "aesthetic", "similarity",
+                                                      "video_embedding") if c in names])
         tables.append(table.filter(pc.is_valid(table.column("video_embedding"))))
     table = pa.concat_tables(tables, promote_options="default")
     flat = table.column("video_embedding").combine_chunks()
