@@ -3,7 +3,8 @@
     viclip-curate make-shards --input /data/clips --out /data/shards/internvid_10m_flt
     viclip-curate make-shards --input subset_flt.parquet --clips-dir /data/clips --out shards/ --max-samples 2000
 
---clips-dir is the stage directory holding the clip tars (default: the table's directory).
+--clips-dir is the stage directory holding the clip tars (default: the table's directory). --clips-dir
+and --out may be fsspec URLs (s3://bucket/shards): each tar is uploaded whole, sizes.json last.
 """
 
 import argparse
@@ -17,7 +18,7 @@ from viclip.curation.writer import make_shards
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="parquet clip tables or stage directories")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory: a local path or any fsspec URL")
     add_options(parser, make_shards, "shards", skip=("tables", "out_dir"))
     args = parser.parse_args()
     sizes = make_shards(args.input, out_dir=args.out, **values_from_args(make_shards, args))

@@ -117,7 +117,8 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
     """SLURM array position and progress display, shared by every resumable stage."""
     parser.add_argument("--task", type=int, default=0, help="array task index (e.g. $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--num-tasks", type=int, default=1, help="array size (e.g. $SLURM_ARRAY_TASK_COUNT)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines per shard only)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress display (a bar on a terminal, else a line every 30 s); shard lines remain")
 
 
 def add_curation_args(parser: argparse.ArgumentParser, scenes: bool = True) -> None:
@@ -133,7 +134,8 @@ def add_curation_args(parser: argparse.ArgumentParser, scenes: bool = True) -> N
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """Output directory, sharding of the sources, SLURM array position, workers and their time budget."""
-    parser.add_argument("--out", required=True, help="stage output directory (tars, parquet tables, stats)")
+    parser.add_argument("--out", required=True, help="stage output directory (tars, parquet tables, stats): a local "
+                                                      "path or any fsspec URL, e.g. s3://bucket/clips")
     parser.add_argument("--videos-per-shard", type=int, default=100)
     add_task_args(parser)
     parser.add_argument("--workers", type=int, default=1,
