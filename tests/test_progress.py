@@ -98,3 +98,29 @@ def test_training_line_shows_rate_elapsed_and_time_left():
                         "mfu": None, "steps_per_s": 2.5, "elapsed_s": 4.0, "eta_phase_s": 36.0, "eta_run_s": 3700.0})
     assert line.startswith("[pretrain] step 10/100 | loss 1.5000")
     assert line.endswith("steps/s 2.5 | elapsed 0:00:04 | ETA phase 0:00:36, run 1:01:40")
+
+
+def test_a_table_stage_reports_clips_within_a_shard_off_a_terminal(tmp_path, monkeypatch, capsys):
+    import pyarrow as pa
+
+    from viclip import progress as progress_module
+    from viclip.curation.stages import run_table_stage
+    from viclip.curation.table import rows_to_table, write_table
+
+    src = tmp_path / "clips"
+    rows = [{"video_id": "v", "clip_id": f"v_{i}", "status": "kept" if i < 3 else "dropped"} for i in range(4)]
+    write_table(rows_to_table(rows), src / "00000.parquet")
+    (src / "00000.stats.json").write_text("{}")
+
+    def process(shard):
+        for _ in range(3):  # one kept clip at a time, as captioning reports its batches
+            shard.advance(1)
+        return shard.table.append_column("seen", pa.array([1] * shard.table.num_rows)), {"clips": 3}
+
+    monkeypatch.setattr(progress_module, "LOG_INTERVAL_S", 0.0)
+    run_table_stage(src, tmp_path / "quiet", lambda: process, {"stage": "test"}, progress=False)
+    assert capsys.readouterr().err == ""
+    run_table_stage(src, tmp_path / "shown", lambda: process, {"stage": "test"})
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" | ")[0].rsplit(": ", 1)[1] for line in lines] == [
+        "1/3 clip (33.3%)", "2/3 clip (66.7%)", "3/3 clip (100.0%)"]

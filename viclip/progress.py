@@ -64,7 +64,7 @@ class LogProgress:
     def update(self, n: float = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self._last >= self.interval:
+        if now - self._last >= self.interval and self.n != self._logged_n:
             self._last = now
             self._log(now)
 
