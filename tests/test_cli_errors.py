@@ -49,7 +49,7 @@ def test_unset_field_stops_train_with_one_line_naming_it_and_how_to_set_it(tmp_p
 
 @pytest.fixture
 def argv(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # off; and --debug's "1" is undone after the test
 
     def set_argv(*args: str) -> None:
         monkeypatch.setattr(sys, "argv", list(args))
