@@ -175,3 +175,14 @@ def test_make_shards_killed_midway_to_an_object_store_resumes(reference, memory_
             texts += [s["txt"].decode() for s in iter_tar_samples(f)]
     kept = captions.filter(pc.equal(captions["status"], "kept"))
     assert sorted(texts) == sorted(kept["caption"].to_pylist())  # each kept clip once
+
+
+def test_build_subset_writes_its_table_and_report_to_an_object_store(reference, memory_root):
+    from viclip.curation.subsets import SubsetSpec, build_subset
+
+    out = f"{memory_root}/subsets/random2.parquet"
+    report = build_subset([reference], out, SubsetSpec("random", num=2, seed=0), progress=False)
+    files = listing(f"{memory_root}/subsets")
+    assert sorted(files) == ["random2.parquet", "random2.parquet.json"] and report.selected == 2
+    assert pq.read_table(pa.BufferReader(files["random2.parquet"])).num_rows == 2
+    assert json.loads(files["random2.parquet.json"])["selected"] == 2

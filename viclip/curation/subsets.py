@@ -230,7 +230,7 @@ def _unified_schema(files: Sequence[Path]) -> pa.Schema:
     return schema.append(pa.field(RANK_COLUMN, pa.int64()))
 
 
-def _write_rows(files: Sequence[Path], rows: np.ndarray, ranks: np.ndarray, out: Path, num_rows: int,
+def _write_rows(files: Sequence[Path], rows: np.ndarray, ranks: np.ndarray, out: str, num_rows: int,
                 progress: bool = True) -> None:
     """Pass 2: copy the rows at sorted global positions ``rows`` with their ranks, atomically."""
     schema = _unified_schema(files)
@@ -258,7 +258,7 @@ def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, sp
     ``progress`` shows each pass's rows and time left (:func:`viclip.progress.progress`).
     """
     files = table_files(inputs)
-    out = Path(out)
+    out = os.fspath(out)  # a local path or an fsspec URL (viclip.atomic uploads it whole)
     num_rows, positions, cols = _scan(files, spec, progress)
     pool = len(positions)
     chosen, counts = select(spec, pool, cols)
@@ -273,5 +273,5 @@ def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, sp
     _write_rows(files, rows, ranks, out, num_rows, progress)
     report = SubsetReport(spec=asdict(spec), inputs=[str(f) for f in files], rows=num_rows, pool=pool,
                           selected=len(rows), counts=counts)
-    atomic_write(out.with_name(out.name + ".json"), json.dumps(asdict(report), indent=1))
+    atomic_write(f"{out}.json", json.dumps(asdict(report), indent=1))
     return report
