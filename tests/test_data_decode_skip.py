@@ -18,6 +18,7 @@ SOURCES = {
     "b_pyramid_deep": {"g": "12", "x264-params": "bframes=7:b-pyramid=normal:b-adapt=2"},
     "open_gop": {"g": "12", "x264-params": "bframes=3:open-gop=1:b-adapt=0"},
     "no_bframes": {"g": "12", "x264-params": "bframes=0"},
+    "interlaced_slices": {"g": "12", "x264-params": "interlaced=1:bframes=3:slices=4"},  # MBAFF, 4 slices a frame
 }
 SAMPLINGS = [("random", seed) for seed in range(6)] + [("middle", None)]
 
@@ -117,7 +118,8 @@ def test_open_gop_leading_frames_decode_from_the_previous_group():
         assert np.array_equal(_decode_alone(data, display[i]), frames[i]), f"frame {i} (leading: {i in leading})"
 
 
-def test_mpegts_and_hevc_sources_are_exact():
+def test_mpegts_matroska_and_hevc_sources_are_exact():
     """MPEG-TS marks keyframes from its parser, not a sample table; HEVC decodes every packet of a run."""
     _check_exact(_source(SOURCES["x264_default_bframes"], fmt="mpegts"))
+    _check_exact(_source(SOURCES["open_gop"], fmt="matroska"))
     _check_exact(_source({"x265-params": "log-level=error"}, codec="libx265"))
