@@ -186,3 +186,10 @@ def test_build_subset_writes_its_table_and_report_to_an_object_store(reference, 
     assert sorted(files) == ["random2.parquet", "random2.parquet.json"] and report.selected == 2
     assert pq.read_table(pa.BufferReader(files["random2.parquet"])).num_rows == 2
     assert json.loads(files["random2.parquet.json"])["selected"] == 2
+
+
+def test_an_unknown_protocol_is_one_error_naming_the_url(reference, tmp_path):
+    with pytest.raises(ValueError, match="nosuch://bucket/x.json: Protocol not known"):
+        atomic_write("nosuch://bucket/x.json", "{}")
+    with pytest.raises(ValueError, match="nosuch://bucket/clips"):
+        run_stage([], "nosuch://bucket/clips", workers=0, progress=False)

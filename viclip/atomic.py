@@ -34,12 +34,21 @@ from fsspec.implementations.local import LocalFileSystem
 _counter = itertools.count()
 
 
+def filesystem(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of a local path or URL and the path within it; a protocol that is unknown
+    or whose package is missing is a ValueError naming the URL (the tools print it as one line)."""
+    try:
+        return fsspec.core.url_to_fs(os.fspath(url))
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"{os.fspath(url)}: {e}") from e
+
+
 def local_path(path: str | os.PathLike) -> Path | None:
     """``path`` as a local path (plain or ``file://``), or None for any other fsspec URL."""
     path = os.fspath(path)
     if "://" not in path:
         return Path(path)
-    fs, inner = fsspec.core.url_to_fs(path)
+    fs, inner = filesystem(path)
     return Path(inner) if isinstance(fs, LocalFileSystem) else None
 
 
@@ -64,7 +73,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def _put(local: str | os.PathLike, url: str) -> None:
     """Upload a finished local file to ``url`` in one put: the object appears whole when it completes."""
-    fs, inner = fsspec.core.url_to_fs(url)
+    fs, inner = filesystem(url)
     parent = inner.rsplit("/", 1)[0]
     if parent:
         fs.makedirs(parent, exist_ok=True)  # a no-op on object stores, needed on memory:// and the like
@@ -74,7 +83,7 @@ def _put(local: str | os.PathLike, url: str) -> None:
 @contextlib.contextmanager
 def _upload_on_success(url: str) -> Iterator[Path]:
     """A local temporary file, uploaded to ``url`` when the body succeeds, always removed."""
-    inner = fsspec.core.url_to_fs(url)[1]
+    inner = filesystem(url)[1]
     fd, name = tempfile.mkstemp(prefix=".viclip-upload-", suffix=f"-{os.path.basename(inner)}")
     os.close(fd)
     tmp = Path(name)

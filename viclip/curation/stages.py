@@ -33,12 +33,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from viclip.atomic import atomic_rename, atomic_write, join, local_path
+from viclip.atomic import atomic_rename, atomic_write, filesystem, join, local_path
 from viclip.curation.clips import CurationConfig, VideoResult
 from viclip.curation.pool import TimeBudget, process_sources
 from viclip.curation.sources import Source
@@ -61,7 +60,7 @@ class StageDir:
 
     def __init__(self, url: str | os.PathLike) -> None:
         self.url = os.fspath(url)
-        self.fs = fsspec.core.url_to_fs(self.url)[0]
+        self.fs = filesystem(self.url)[0]
         self.local = local_path(self.url)  # None on an object store, which never shows temporary names
 
     def __str__(self) -> str:

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from viclip.atomic import join
+from viclip.atomic import filesystem, join
 from viclip.curation.stages import clips_dir_of
 from viclip.curation.table import read_tables
 from viclip.data.tars import ShardWriter
@@ -67,7 +66,7 @@ def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str |
             raise ValueError(f"clip {row.get('clip_id')} has no {caption_column!r}")
         by_tar.setdefault(row["clip_tar"], {})[row["clip_key"]] = row
 
-    fs = fsspec.core.url_to_fs(os.fspath(clips_dir))[0]
+    fs = filesystem(clips_dir)[0]
     with ShardWriter(out_dir, max_samples=max_samples, max_bytes=max_bytes) as writer, \
             progress_bar(total=len(rows), unit="clip", desc=f"shards to {out_dir}", enabled=progress) as bar:
         for tar_name, wanted in by_tar.items():
