@@ -245,6 +245,29 @@ def test_gpu_backend_in_a_stream_with_workers_is_refused():
                                      backend="torchcodec_cuda"), lambda texts: torch.zeros(len(texts), 4))
 
 
+def test_training_loader_runs_through_the_fallback(no_gpu, tmp_path, caplog):
+    """train.loader.build_loader with data.backend=torchcodec_cuda on a machine without a GPU: CPU
+    decoding with the configured workers, and the batches come out."""
+    from omegaconf import OmegaConf
+
+    from viclip.data.tars import ShardWriter
+    from viclip.model import get_config
+    from viclip.train.loader import build_loader
+
+    with ShardWriter(tmp_path, max_samples=4) as writer:
+        for i in range(4):
+            writer.write(write_mp4(np.roll(_moving_square(t=16), 3 * i, axis=2)), f"clip {i}", {"video_id": f"v{i}"})
+    cfg = OmegaConf.create({
+        "seed": 0, "train": {"batch_size": 2},
+        "data": {"sources": {"clips": {"shards": str(tmp_path)}}, "num_workers": 1, "shuffle_buffer": 2,
+                 "backend": "torchcodec_cuda", "augment": {"mean": "imagenet", "scale": [0.5, 1.0], "hflip": 0.5}}})
+    with caplog.at_level("WARNING", logger="viclip.data.video"):
+        loader = build_loader(cfg, get_config("tiny"), 0, 1)
+    assert (loader.stream.config.backend, loader.stream.config.num_workers) == ("auto", 1)
+    assert any("decoding on the CPU with backend=auto and 1 workers" in r.getMessage() for r in caplog.records)
+    assert [tuple(b["video"].shape) for b in loader] == [(2, 8, 3, 32, 32)] * 2
+
+
 def test_evaluation_embeds_through_the_fallback(no_gpu, tmp_path, caplog):
     """embed_videos with backend torchcodec_cuda on a machine without a GPU: the same embeddings as auto
     (random weights of the tiny model; the loader path is what is tested)."""
