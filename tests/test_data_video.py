@@ -292,19 +292,24 @@ def test_evaluation_embeds_through_the_fallback(no_gpu, tmp_path, caplog):
 
 @GPU
 def test_gpu_decoding_gives_the_sampled_frames_on_the_device():
-    """NVDEC's colour conversion differs from FFmpeg's by a few levels; a wrong frame differs by >= 8."""
+    """Grey frames (a white bar moving 4 pixels a frame), so the colour matrix NVDEC assumes for an
+    untagged stream cannot matter: only the frame and the codec's error can."""
     from viclip.data.video import decode_plan
 
     assert decode_plan("torchcodec_cuda", 4, True) == ("torchcodec_cuda", 0, False), "NVDEC probe failed"
-    frames = _moving_square(t=24, h=128, w=160)
+    frames = np.full((24, 128, 160, 3), 40, np.uint8)
+    for i in range(24):
+        frames[i, :, 4 * i:4 * i + 12] = 230
     mp4 = write_mp4(frames, fps=8, crf=18)
     for sampling in ("middle", "random"):
         out = read_video(mp4, 8, sampling, backend="torchcodec_cuda", rng=3)
         idx = sample_indices(24, 8, sampling, 3)
         assert out.is_cuda and out.dtype == torch.uint8 and out.shape == (8, 128, 160, 3)
-        err = np.abs(out.cpu().numpy().astype(int) - frames[idx].astype(int))
-        assert err.mean() < 3.0, err.mean()
-        assert np.abs(out.cpu().numpy()[..., 0].astype(int).mean((1, 2)) - 8 * np.array(idx)).max() < 4
+        got = out.cpu().numpy().astype(int)
+        assert np.abs(got - frames[idx].astype(int)).mean() < 3.0  # CPU decoders: ~0.9; a neighbouring frame: ~9.5
+        columns = np.clip(got[..., 0].mean(1) - 40, 0, None)  # [T, W]: the bar's brightness by column
+        centres = (columns * np.arange(160)).sum(1) / columns.sum(1)
+        assert np.round((centres - 5.5) / 4).astype(int).tolist() == idx  # the bar's position names the frame
     assert read_video(mp4, 4, size=64, backend="torchcodec_cuda").shape == (4, 64, 80, 3)
     normalized = VideoTransform(False, image_size=32)(out)  # the float transform runs on the device too
     assert normalized.is_cuda and normalized.dtype == torch.float32 and normalized.shape == (8, 3, 32, 32)
