@@ -137,11 +137,11 @@ def _reformatter() -> VideoReformatter:
     return _local.reformatter
 
 
-# skip_frame for a packet whose frame is not sampled: FFmpeg drops it unparsed when no other picture
-# references it and decodes it as usual when one does, so every reference stays intact. Only codecs
-# whose mark is exact get it: H.264's nal_ref_idc. HEVC's sub-layer non-reference NAL types may still
-# be referenced from a higher temporal sub-layer, which FFmpeg's check ignores, so HEVC and the rest
-# decode every packet of a run.
+# skip_frame for a packet whose frame is not sampled: FFmpeg drops it undecoded when its header says
+# no other picture references it and decodes it as usual when one does, so every reference stays
+# intact. Only codecs whose mark is exact get it: H.264's nal_ref_idc. HEVC's sub-layer non-reference
+# NAL types may still be referenced from a higher temporal sub-layer, which FFmpeg's check ignores,
+# so HEVC and the rest decode every packet of a run.
 _SKIP_UNSAMPLED = "NONREF"
 _SKIP_NONREF_CODECS = frozenset({"h264"})
 
