@@ -97,30 +97,42 @@ def timed_step(model, optimizer, loss_fn, video, tokens, mask_ratio: float, auto
     return {"video": d[0] + d[3], "text": d[1] + d[4], "loss": d[2], "optimizer": d[5]}
 
 
-def measure(name: str, batch: int, mask_ratio: float, steps: int, device: str, compile: bool = False,
-            grad_checkpointing: bool | None = None) -> StepSplit:
-    """Median part times over ``steps`` after one warm-up step (which also compiles); bf16 autocast on a GPU."""
-    torch.manual_seed(0)
-    overrides = {} if grad_checkpointing is None else {"grad_checkpointing": grad_checkpointing}
-    model = viclip.create_model(name, **overrides).to(device).train()
-    if compile:
-        compile_towers(model)
-    cfg = model.cfg
-    optimizer = build_optimizer(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
-    loss_fn = ClipLoss(temp_min=cfg.temp_min)
-    video = torch.randn(batch, cfg.num_frames, 3, cfg.image_size, cfg.image_size, device=device)
-    tokens = viclip.tokenize(["a person is playing the violin"] * batch, context_length=cfg.context_length).to(device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    runs = [timed_step(model, optimizer, loss_fn, video, tokens, mask_ratio, autocast, device)
-            for _ in range(steps + 1)][1:]
-    median = {part: sorted(r[part] for r in runs)[len(runs) // 2] for part in PARTS}
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    return StepSplit(batch, mask_ratio, peak_gib=peak, **median)
+class StepRunner:
+    """One model + AdamW + loss on a device, timed at any batch and mask ratio (bf16 autocast on a GPU)."""
+
+    def __init__(self, name: str, device: str, compile: bool = False, grad_checkpointing: bool | None = None):
+        torch.manual_seed(0)
+        overrides = {} if grad_checkpointing is None else {"grad_checkpointing": grad_checkpointing}
+        with torch.device(device):  # built in place: ViT-L's init on the CPU alone takes seconds
+            self.model = viclip.create_model(name, **overrides).train()
+        if compile:
+            compile_towers(self.model)
+        self.device, self.cfg = device, self.model.cfg
+        self.optimizer = build_optimizer(param_groups(self.model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
+        self.loss_fn = ClipLoss(temp_min=self.cfg.temp_min)
+        self.autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+    def run(self, batch: int, mask_ratio: float, steps: int) -> tuple[StepSplit, float]:
+        """(median part times over ``steps`` after one warm-up step, seconds of the warm-up step: compiles)."""
+        cfg, device = self.cfg, self.device
+        video = torch.randn(batch, cfg.num_frames, 3, cfg.image_size, cfg.image_size, device=device)
+        tokens = viclip.tokenize(["a person is playing the violin"] * batch, context_length=cfg.context_length)
+        tokens = tokens.to(device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        runs = [timed_step(self.model, self.optimizer, self.loss_fn, video, tokens, mask_ratio, self.autocast, device)
+                for _ in range(steps + 1)]
+        median = {part: sorted(r[part] for r in runs[1:])[len(runs[1:]) // 2] for part in PARTS}
+        if device == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        return StepSplit(batch, mask_ratio, peak_gib=peak, **median), sum(runs[0].values())
+
+
+def measure(name: str, batch: int, mask_ratio: float, steps: int, device: str) -> StepSplit:
+    """One setting on a fresh model (see :class:`StepRunner`)."""
+    return StepRunner(name, device).run(batch, mask_ratio, steps)[0]
 
 
 def measure_isolated(name: str, batch: int, mask_ratio: float, steps: int, device: str) -> StepSplit | str:
@@ -154,17 +166,17 @@ def available_gib() -> float:
     raise RuntimeError("/proc/meminfo has no MemAvailable line; pass --max-gib")
 
 
-def bf16_peak_tflops(n: int = 8192, reps: int = 20) -> float:
-    """Measured dense bf16 matmul throughput of this GPU: the denominator of MFU."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+def matmul_tflops(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 20) -> float:
+    """Measured dense matmul throughput (TFLOP/s): on a GPU in bf16, the denominator of MFU."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    torch.cuda.synchronize()
+    synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
@@ -264,7 +276,7 @@ def main() -> None:
     masks = [float(m) for m in args.masks.split(",")]
     peak = None
     if gpu:
-        peak = bf16_peak_tflops()
+        peak = matmul_tflops()
         print(f"{torch.cuda.get_device_name()}: measured bf16 matmul peak {peak:.0f} TFLOP/s")
     else:
         print(f"CPU: {torch.get_num_threads()} threads; compare ratios, not absolute times")
