@@ -113,7 +113,10 @@ class FinetuneTrainer(Trainer):
             positions = cfg.finetune.text_positions
             clip = None
             if positions.init == "clip":
-                clip = load_checkpoint_file(positions.clip_weights)["positional_embedding"]
+                clip = load_checkpoint_file(positions.clip_weights).get("positional_embedding")
+                if clip is None:
+                    raise ConfigError(f"finetune.text_positions.clip_weights={positions.clip_weights}: no text "
+                                      "'positional_embedding' (expected CLIP weights, OpenAI or open_clip naming)")
             sd[_TEXT_POSITIONS] = extend_positional_embedding(sd[_TEXT_POSITIONS], length, positions.init, clip)
         model = ViCLIP(self.model_cfg)
         load_weights(model, sd)
@@ -196,11 +199,17 @@ class FinetuneTrainer(Trainer):
                   f"(best {self.best['value']:.2f} at epoch {self.best['epoch']})", flush=True)
 
     def fit(self):
-        """Evaluate the starting weights first when ``finetune.eval.at_start`` (a fresh run only)."""
+        """Evaluate the starting weights first when ``finetune.eval.at_start`` (a fresh run only); end with
+        the best metric's history."""
         ev = self.cfg.finetune.eval
         if ev is not None and ev.at_start and self.state.global_step == 0 and not self.history:
             self.evaluate_now(self.phases[0], 0)
-        return super().fit()
+        result = super().fit()
+        if self.history and self.info.is_main:
+            name = self.cfg.finetune.best_metric
+            steps = ", ".join(f"epoch {h['epoch']} {h['metrics'][name]:.2f}" for h in self.history)
+            print(f"val {name}: {steps}; kept epoch {self.best['epoch']} ({self.best['value']:.2f})", flush=True)
+        return result
 
     def end_epoch(self, phase: Phase, total: int) -> None:
         if self.cfg.finetune.eval is None:
