@@ -8,7 +8,7 @@ TORCH_PIN ?= $(shell test -d /etc/xdg/pip && echo "torch==2.14.1 torchvision==0.
 export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo demo-finetune test bench lint clean
+.PHONY: setup demo demo-finetune test bench gpu-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/model_step.py
+
+# One H100/H200-class GPU, under 8 minutes, one table (bench/gpu_check.py); DeepSpeed on CUDA here.
+gpu-check: $(VENV)/.installed-dev
+	DS_ACCELERATOR=cuda $(PY) bench/gpu_check.py
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check viclip tools tests bench train.py eval.py
