@@ -164,6 +164,11 @@ class FinetuneTrainer(Trainer):
         return [f"task={ev.task}", f"checkpoint={weights}", f"output_dir={out}", f"data_root={self.cfg.data_root}",
                 "embedding_cache=false", *ev.overrides]
 
+    def write_weights(self, path: Path) -> str:
+        """The model now, in the official format, at ``path`` (rank 0 writes; collective). A subclass
+        whose model is not a ViCLIP writes its own."""
+        return export_weights(self.engine, path, self.info)
+
     def evaluate(self, weights: Path, out: Path) -> dict[str, float]:
         """The validation metrics of ``weights`` from the eval runner (every rank takes part)."""
         from viclip.eval.runner import evaluate
@@ -174,8 +179,7 @@ class FinetuneTrainer(Trainer):
     def evaluate_now(self, phase: Phase, epoch: int) -> None:
         """Export this epoch's weights, evaluate them, log ``val/*``, keep them if they are the best."""
         ft, info = self.cfg.finetune, self.info
-        last = self.run_dir / "last.pth"
-        export_weights(self.engine, last, info)
+        last = Path(self.write_weights(self.run_dir / "last.pth"))
         barrier()  # rank 0 wrote the file every rank's evaluation reads
         metrics = self.evaluate(last, self.run_dir / "eval" / f"epoch_{epoch:03d}")
         if ft.best_metric not in metrics:
