@@ -214,9 +214,9 @@ def test_planted_duplicates_and_eval_overlap_are_flagged(planted):
 
 def test_keep_first_and_blocking_do_not_change_the_groups(planted):
     flags = []
-    for block, search in ((3, "matmul"), (5, "matmul"), (1000, "matmul"), (5, "faiss")):
-        out = planted["tmp"] / f"flags{block}{search}.parquet"
-        find_duplicates_and_leaks([planted["emb"]], out, DedupConfig(block_size=block, search=search))
+    for block in (3, 5, 1000):
+        out = planted["tmp"] / f"flags{block}.parquet"
+        find_duplicates_and_leaks([planted["emb"]], out, DedupConfig(block_size=block))
         flags.append(pq.read_table(out).to_pylist())
     assert all(f == flags[0] for f in flags)
     assert {r["clip_id"]: r["duplicate_of"] for r in flags[0] if r["duplicate_of"]} == {
@@ -229,11 +229,10 @@ def test_similar_pairs_match_the_full_matrix():
     full = vec @ vec.T
     expected = {(i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.6}
     assert expected, "the threshold should give some pairs"
-    for search in ("matmul", "faiss"):  # faiss is in the curation extra: both searches are always tested
-        assert {tuple(p) for p in similar_pairs(vec, 0.6, block_size=7, search=search).tolist()} == expected
-        halves = np.concatenate([similar_pairs(vec, 0.6, block_size=7, rows=(0, 20), search=search),
-                                 similar_pairs(vec, 0.6, block_size=7, rows=(20, 50), search=search)])
-        assert sorted(map(tuple, halves.tolist())) == sorted(expected)  # slices of the work add up to the whole
+    assert {tuple(p) for p in similar_pairs(vec, 0.6, block_size=7).tolist()} == expected
+    halves = np.concatenate([similar_pairs(vec, 0.6, block_size=7, rows=(0, 20)),
+                             similar_pairs(vec, 0.6, block_size=7, rows=(20, 50))])
+    assert sorted(map(tuple, halves.tolist())) == sorted(expected)  # slices of the work add up to the whole
 
 
 def test_build_subset_excludes_flagged_clips(planted):
