@@ -83,6 +83,7 @@ def largest_batch(runner, mask: float, start: int, cap: int, steps: int, deadlin
             best = runner.run(batch, mask, steps)[0]
         except torch.cuda.OutOfMemoryError:
             why = f"out of memory at {batch}"
+            runner.optimizer.zero_grad(set_to_none=True)  # the failed step's partial gradients
             break
         finally:
             if torch.cuda.is_available():
