@@ -51,6 +51,11 @@ def _expected_scale(name: str) -> float:
     return LAYER_DECAY ** (LAYERS + 1 - layer)
 
 
+def _val_task(val) -> list[str]:
+    return [f"task.annotation={val.zeroshot_annotations}", f"task.video_root={val.zeroshot_root}",
+            f"task.class_names={val.zeroshot_classes}"]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One short fine-tuning run; the optimizer's groups are spied on after every lr update."""
@@ -67,7 +72,10 @@ def run(tmp_path_factory):
         "deepspeed=cpu_fp32", "logger=none", "data.num_workers=1",
         "data.augment.hflip=0", "data.augment.scale=[1.0,1.0]",  # flips swap left and right; no crops: few steps
         f"finetune.train.annotation={train.zeroshot_annotations}", f"finetune.train.video_root={train.zeroshot_root}",
-        f"finetune.train.class_names={train.zeroshot_classes}", "finetune.eval=null",
+        f"finetune.train.class_names={train.zeroshot_classes}",
+        # after every epoch: one view of the held-out clips at the fine-tuned 4 frames; the best epoch is kept
+        "finetune.eval.task=finetuned_k400", "finetune.eval.overrides=[" + ",".join(
+            f"'{o}'" for o in [*_val_task(val), "protocol.views=1x1", "protocol.num_frames=4", "num_workers=0"]) + "]",
         # 128 steps learn the motions from a random tower only without mixup/cutmix (test_mix_clips covers it)
         "finetune.mixup.mixup_alpha=0", "finetune.mixup.cutmix_alpha=0",
         f"finetune.layer_decay={LAYER_DECAY}", "model.overrides.drop_path_rate=0.1", "model.overrides.num_frames=4",
@@ -116,23 +124,27 @@ def test_recognition_finetuning_learns_the_synthetic_motions(run):
     from viclip.eval.runner import evaluate
 
     weights = Path(run["result"].exports["finetune"])
+    assert weights.name == "best.pth"  # the epoch of the best val top1, kept by the per-epoch evaluation
     model = classifier_from_checkpoint(weights)
     assert model.num_classes == 4 and model.cfg.drop_path_rate == 0.1 and model.cfg.num_frames == 4
-    val = run["val"]
-    common = ["task=finetuned_k400", f"task.annotation={val.zeroshot_annotations}",
-              f"task.video_root={val.zeroshot_root}", f"task.class_names={val.zeroshot_classes}",
-              "embedding_cache=false", "num_workers=0", f"cache_dir={run['tmp'] / 'cache'}", "protocol.views=1x1",
-              "protocol.num_frames=4"]  # the fine-tuned frame count
+    records = [json.loads(line) for line in (run["result"].run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val/top1" in r]
+    assert [r["epoch"] for r in val] == list(range(1, 17))
+    best = max(r["val/top1"] for r in val)
+    assert val[-1]["best"] == best
+    losses = [r["loss"] for r in records if r.get("loss") is not None]
+    assert losses[-1] < losses[0]
+    # eval.py on the kept weights: the held-out clips, as the user runs it
+    common = ["task=finetuned_k400", *_val_task(run["val"]), "embedding_cache=false", "num_workers=0",
+              f"cache_dir={run['tmp'] / 'cache'}", "protocol.views=1x1", "protocol.num_frames=4"]
     after = evaluate(_compose("eval", [*common, f"checkpoint={weights}", f"output_dir={run['tmp'] / 'eval'}"]))
     assert after["name"] == "finetuned_k400+f4+v1x1" and after["data"]["evaluated"] == 48
+    assert after["metrics"]["top1"] == pytest.approx(best)
     torch.manual_seed(0)
     start = export_official(classifier_from_checkpoint(run["ckpt"], 4, num_frames=4), run["tmp"] / "start.pth")
     before = evaluate(_compose("eval", [*common, f"checkpoint={start}", f"output_dir={run['tmp'] / 'eval0'}"]))
     assert before["metrics"]["top1"] <= 45.0, before["metrics"]  # 4 balanced classes: chance is 25 %
     assert after["metrics"]["top1"] >= 60.0, (before["metrics"], after["metrics"])
-    records = [json.loads(line) for line in (run["result"].run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if r.get("loss") is not None]
-    assert losses[-1] < losses[0]
 
 
 def test_mix_clips_cuts_one_box_through_every_frame_and_mixes_the_targets():

@@ -29,7 +29,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 
 from viclip.data.annotations import KINETICS_PATTERN, VideoText, load_kinetics
-from viclip.distributed import DistInfo
 from viclip.finetune.base import FinetuneTrainer
 from viclip.finetune.data import Sample
 from viclip.finetune.k710 import read_label_map
@@ -47,19 +46,6 @@ def mix_clips(mixup: Mixup, video: torch.Tensor, target: torch.Tensor) -> tuple[
     b, t, c, h, w = video.shape
     mixed, target = mixup(video.reshape(b, t * c, h, w), target)
     return mixed.reshape(b, t, c, h, w), target
-
-
-def export_classifier(engine, path: Path, info: DistInfo) -> str:
-    """The engine's classifier (fp32 master weights) as an official-layout file, written by rank 0.
-    Collective: every rank calls it."""
-    sd = fp32_state_dict(engine)
-    if info.is_main:
-        module = engine.module
-        model = ViCLIPClassifier(module.cfg, module.num_classes)
-        model.load_state_dict(sd)
-        export_official(model, path)
-        print(f"exported the classifier to {path}", flush=True)
-    return str(path)
 
 
 class RecognitionTrainer(FinetuneTrainer):
@@ -152,11 +138,24 @@ class RecognitionTrainer(FinetuneTrainer):
     def after_step(self) -> None:
         """Nothing to clamp: a classifier has no temperature."""
 
+    def write_weights(self, path: Path) -> str:
+        """The classifier (fp32 master weights) in the official layout, with its config; rank 0 writes,
+        every rank calls it."""
+        sd = fp32_state_dict(self.engine)
+        if self.info.is_main:
+            model = ViCLIPClassifier(self.model_cfg, self.num_classes)
+            model.load_state_dict(sd)
+            export_official(model, path)
+        return str(path)
+
     def export(self, phase: Phase) -> str:
-        """The best epoch's weights when evaluating every epoch, else the classifier at the phase end."""
+        """The best epoch's weights when evaluating every epoch (the base's), else the last ones."""
         if self.cfg.finetune.eval is not None:
             return super().export(phase)
-        return export_classifier(self.engine, self.run_dir / "weights" / f"{phase.name}.pth", self.info)
+        path = self.write_weights(self.run_dir / "weights" / f"{phase.name}.pth")
+        if self.info.is_main:
+            print(f"[{phase.name}] exported the classifier to {path}", flush=True)
+        return path
 
     def flops_per_clip(self, phase: Phase) -> float:
         """Forward + backward of the video tower (the head's FLOPs are negligible)."""
