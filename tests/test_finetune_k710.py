@@ -75,3 +75,22 @@ def test_a_label_in_no_label_file_names_the_annotation(tmp_path):
                          _csv(tmp_path / "train.csv", [("yoga", "aaaaaaaaaaa", 0)]), str(root))
     with pytest.raises(ValueError, match=r"train\.csv: 1 labels are in no label file"):
         build_k710([src], tmp_path / "out")
+
+
+def test_make_k710_command_writes_the_lists(tmp_path, monkeypatch, capsys):
+    from viclip.commands.make_k710 import main
+
+    videos = tmp_path / "videos" / "k400"
+    videos.mkdir(parents=True)
+    classes = _write(tmp_path / "k400.txt", ["abseiling", "zumba"])
+    train = _csv(tmp_path / "train.csv", [("abseiling", "aaaaaaaaaaa", 0), ("zumba", "vvvvvvvvvvv", 0)])
+    val = _csv(tmp_path / "val.csv", [("zumba", "vvvvvvvvvvv", 0)])
+    monkeypatch.setattr("sys.argv", ["make_k710", "--out", str(tmp_path / "k710"), "--k400-classes", str(classes),
+                                     "--k400-train", train, "--k400-videos", str(videos), "--k400-eval", val])
+    main()
+    assert json.loads(capsys.readouterr().out)["counts"]["k400"] == {"listed": 2, "in_eval": 1}
+    assert [r["caption"] for r in json.loads((tmp_path / "k710" / "train.json").read_text())] == ["abseiling"]
+    monkeypatch.setattr("sys.argv", ["make_k710", "--out", str(tmp_path / "k"), "--k600-train", train])
+    with pytest.raises(SystemExit):
+        main()
+    assert "K600 needs --k600-classes, --k600-videos too" in capsys.readouterr().err
