@@ -112,9 +112,10 @@ def test_zeroshot_multiview_scores_are_the_mean_of_single_views(data):
     assert results["metrics"]["top1"] == pytest.approx(top1)
 
 
-def test_finetuned_task_averages_softmax_over_views_and_defaults_to_its_views(data):
+def test_finetuned_task_averages_softmax_over_views_and_defaults_to_its_views(data, capsys):
     cfg = _cfg(data, "finetuned_ssv2", "classifier", "null", "finetuned")
     results = evaluate(cfg)
+    assert "Fine-tuned action recognition (paper Table 3)" in capsys.readouterr().out
     assert results["name"] == "finetuned_ssv2" and results["protocol"]["views"] == "2x3"  # the task's own views
     evaluator = Evaluator(cfg, torch.device("cpu"), data["classifier"], "sha")
     split = load_task(dict(cfg.task))["eval"]

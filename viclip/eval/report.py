@@ -5,7 +5,7 @@ run, a Hydra sweep (``eval.py -m task=a,b,c``) and a directory of old results pr
 
 Schema ``viclip.eval/1``::
 
-    {"schema", "name" (task + non-default options), "task", "kind" (zeroshot | retrieval | linear),
+    {"schema", "name" (task + non-default options), "task", "kind" (zeroshot | retrieval | linear | finetuned),
      "dataset" (column title), "metrics" {...}, "protocol" {...}, "checkpoint" {"path", "sha256", "model"},
      "data" {"annotation", "video_root", "listed", "evaluated", "skipped", ...},
      "world_size", "time_s" {...}, "created"}
@@ -26,11 +26,12 @@ SCHEMA = "viclip.eval/1"
 REQUIRED_KEYS = ("schema", "name", "task", "kind", "dataset", "metrics", "protocol", "checkpoint", "data",
                  "world_size", "time_s", "created")
 # Paper columns: Table 2 (zero-shot recognition: top-1, AVG), Table 4 (zero-shot retrieval: R@1
-# text-to-video and video-to-text), Table 16 (linear probing: top-1, AVG).
+# text-to-video and video-to-text), Table 16 (linear probing: top-1, AVG), Table 3 (fine-tuned: top-1, top-5).
 COLUMNS = {
     "zeroshot": ("Zero-shot action recognition (paper Table 2)", (("top-1", "top1"), ("AVG", "avg"))),
     "retrieval": ("Zero-shot video-text retrieval, R@1 (paper Table 4)", (("T2V", "t2v_r1"), ("V2T", "v2t_r1"))),
     "linear": ("Linear probing (paper Table 16)", (("top-1", "top1"), ("AVG", "avg"))),
+    "finetuned": ("Fine-tuned action recognition (paper Table 3)", (("top-1", "top1"), ("top-5", "top5"))),
     "score": ("ViCLIP score: mean cosine similarity of each video with its prompt", (("mean", "mean"),)),
 }
 RETRIEVAL_DETAIL = ("r1", "r5", "r10", "medr", "meanr")
