@@ -162,3 +162,35 @@ def test_mix_clips_cuts_one_box_through_every_frame_and_mixes_the_targets():
     kept = 1.0 - swapped[0, 0].float().mean().item()
     assert 0.0 < kept < 1.0 and target[0].tolist() == pytest.approx([kept, 1.0 - kept, 0.0])  # box area weighs
     assert target.sum(-1).tolist() == pytest.approx([1.0] * 4)
+
+
+def test_head_map_keeps_the_k710_rows_of_the_target_classes_in_their_order(tmp_path):
+    from types import SimpleNamespace
+
+    from viclip.model import get_config
+    from viclip.model.classifier import ViCLIPClassifier
+    from viclip.train.config import ConfigError
+
+    data = make_synthetic(tmp_path / "data", n_train=1, n_eval=4, size=32, seed=0)
+    names = data.zeroshot_classes.read_text().split("\n")[:4]
+    k710 = ["abseiling", names[2], names[0], "zumba", names[3], names[1]]  # the 4 motions among 6 K710 classes
+    torch.manual_seed(0)
+    ckpt = export_official(ViCLIPClassifier(get_config("tiny"), 6, init_scale=1.0), tmp_path / "k710.pth")
+    rows = [k710.index(n) for n in names]
+    label_map = tmp_path / "label_map.json"
+
+    def build(mapping):
+        label_map.write_text(json.dumps({"classes": k710, "sources": {"motion": mapping}}))
+        cfg = _compose("train", [
+            "experiment=ft_k710_k400", f"checkpoint={ckpt}", f"finetune.train.annotation={data.zeroshot_annotations}",
+            f"finetune.train.video_root={data.zeroshot_root}", f"finetune.train.class_names={data.zeroshot_classes}",
+            f"finetune.head_map.file={label_map}", "finetune.head_map.source=motion"])
+        trainer = RecognitionTrainer(cfg)
+        trainer.info = SimpleNamespace(is_main=False)
+        return trainer.build_model()
+
+    model = build(rows)
+    head = torch.load(ckpt, weights_only=True)["model"]["head.weight"]
+    assert model.num_classes == 4 and torch.equal(model.head.weight, head[rows])
+    with pytest.raises(ConfigError, match="first difference at label 0"):
+        build(rows[::-1])
