@@ -3,11 +3,14 @@ averaged (K400: 4 x 3, SSv2: 2 x 3, as in VideoMAE's and UMT's fine-tuning scrip
 
 ``1x1`` is the official single-view protocol unchanged (``num_frames`` middle frames, resized to a
 square). Otherwise ``clips * num_frames`` middle frames are decoded in one pass and clip ``k`` takes
-every ``clips``-th of them from the ``k``-th: each clip spans the whole video, the clips offset by a
-fraction of a segment (the same spread as UMT's sparse test sampling, here at segment middles, so one
-clip is exactly the official sampling). With ``crops > 1`` the short side is resized to the model's
-size and ``crops`` squares are cut at even steps along the long side (left, centre, right for 3), as
-the reference test transform does; one crop keeps the official square resize.
+every ``clips``-th of them from the ``k``-th: each clip spans the whole video, offset from the others
+within each of its segments (the idea of UMT's sparse test sampling; here the offsets are sub-segment
+middles, so one clip is exactly the official sampling, and every frame is decoded once). A video with
+fewer than ``clips * num_frames`` frames repeats its last one (``sample_indices``).
+
+With ``crops > 1`` the short side is resized to the model's size and ``crops`` squares are cut at
+even steps along the long side (left, centre, right for 3), as the reference test transform does;
+one crop keeps the official square resize.
 
 Scores, not embeddings, are averaged: class scores for zero-shot, softmax probabilities for a
 fine-tuned classifier (UMT's ``merge`` with ``method='prob'``).
