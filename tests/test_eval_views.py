@@ -117,6 +117,7 @@ def test_finetuned_task_averages_softmax_over_views_and_defaults_to_its_views(da
     results = evaluate(cfg)
     assert "Fine-tuned action recognition (paper Table 3)" in capsys.readouterr().out
     assert results["name"] == "finetuned_ssv2" and results["protocol"]["views"] == "2x3"  # the task's own views
+    assert results["protocol"]["transform"].startswith("short side resized, 3 squares along the long side")
     evaluator = Evaluator(cfg, torch.device("cpu"), data["classifier"], "sha")
     split = load_task(dict(cfg.task))["eval"]
     views = Views(2, 3)

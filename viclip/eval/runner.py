@@ -29,7 +29,7 @@ from viclip.eval.report import SCHEMA, format_table, write_results
 from viclip.eval.score import cosine_per_video, score_summary
 from viclip.eval.tasks import EvalSplit, load_task
 from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
-from viclip.eval.views import Views, mean_view_scores
+from viclip.eval.views import Views, mean_view_scores, view_transform
 from viclip.model import load_model, model_name_of
 from viclip.model.classifier import classifier_from_checkpoint
 
@@ -253,7 +253,7 @@ def evaluate(cfg: DictConfig) -> dict:
         metrics, data = evaluator.linear(splits["train"], splits["eval"])
 
     protocol = {
-        **dataclasses.asdict(evaluator.protocol), "transform": "resize to a square, bicubic; mean/std normalised",
+        **dataclasses.asdict(evaluator.protocol), "transform": view_transform(Views.parse(evaluator.protocol.views)),
         "official_cleaning": cfg.protocol.official_cleaning, "dual_softmax": bool(cfg.dual_softmax),
         "wise_ft": evaluator.wise, "precision": cfg.precision,
     }

@@ -75,6 +75,13 @@ def spatial_crop(clip: torch.Tensor, index: int, crops: int, size: int) -> torch
     return clip[..., :, start:start + size] if h <= w else clip[..., start:start + size, :]
 
 
+def view_transform(views: Views) -> str:
+    """How each view's frames are resized, for the results' protocol record."""
+    if views.crops == 1:
+        return "resize to a square, bicubic; mean/std normalised"
+    return f"short side resized, {views.crops} squares along the long side, bicubic; mean/std normalised"
+
+
 def make_views(frames: torch.Tensor, views: Views, size: int) -> torch.Tensor:
     """Decoded uint8 ``[clips * T, H, W, 3]`` -> ``[clips * crops, T, 3, size, size]``, clip-major."""
     clips = temporal_clips(frames.permute(0, 3, 1, 2), views.clips)
