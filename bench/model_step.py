@@ -6,8 +6,8 @@ w.r.t. the features), then each tower's backward from that gradient, then AdamW:
 one ``loss.backward()``, with each part timed on its own (synchronised on a GPU). With one process the
 loss's feature gathers are identities; ``bench/train_step.py`` times them across ranks. Rows go up in
 batch size until the next would not fit: on the CPU the peak RSS of each setting (its own subprocess)
-is fitted as base + per-clip and a batch predicted past ``--max-gib`` is not run; on a GPU one that
-runs out of memory is reported as such.
+is fitted as base + per-clip and a batch predicted past ``--max-gib`` is replaced by the largest
+predicted to fit (once); on a GPU one that runs out of memory is reported as such.
 
 The projection: the recipe's clips (``experiment=viclip_*_internvid_10m_flt``: data.num_samples,
 phases' epochs and mask ratios) over the best measured clips/s of each mask ratio, as device-hours
@@ -227,14 +227,20 @@ def report(name: str, batch_sizes: list[int], masks: list[float], steps: int, de
     measured: dict[float, list[StepSplit]] = {m: [] for m in masks}
     for batch in batch_sizes:
         for mask in masks:
-            prefix = f"{batch:>5} {mask:>4.1f} {vision_tokens(cfg, mask):>6} | "
+            run = batch
             if measured[mask] and device != "cuda":
                 base, per_clip = fit_memory(measured[mask])
                 if base + per_clip * batch > max_gib:
-                    print(prefix + f"not run: {base + per_clip * batch:.1f} GiB predicted > --max-gib {max_gib:.1f} "
-                          f"(largest batch that fits: about {int((max_gib - base) / per_clip)})", flush=True)
-                    continue
-            r = measure_isolated(name, batch, mask, steps, device)
+                    fits = int((max_gib - base) / per_clip)
+                    print(f"{batch:>5} {mask:>4.1f} {vision_tokens(cfg, mask):>6} | not run: "
+                          f"{base + per_clip * batch:.1f} GiB predicted > --max-gib {max_gib:.1f}; largest batch "
+                          f"that fits: about {fits}" + (", run instead" if fits > measured[mask][-1].batch else ""),
+                          flush=True)
+                    if fits <= measured[mask][-1].batch:
+                        continue
+                    run = fits
+            prefix = f"{run:>5} {mask:>4.1f} {vision_tokens(cfg, mask):>6} | "
+            r = measure_isolated(name, run, mask, steps, device)
             if isinstance(r, str):
                 print(prefix + r, flush=True)
                 continue
