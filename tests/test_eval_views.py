@@ -146,3 +146,13 @@ def test_views_are_refused_for_retrieval(data):
     cfg = _cfg(data, "retrieval_msrvtt", "viclip", "4x3", "retrieval")
     with pytest.raises(ValueError, match="protocol.views=4x3 applies to zeroshot and finetuned tasks"):
         evaluate(cfg)
+
+
+def test_an_unreadable_video_is_skipped_and_counted_in_a_multiview_run(data):
+    listed = json.loads(data["annotation"].read_text()) + [{"video": "missing.mp4", "caption": CLASSES[0]}]
+    annotation = data["tmp"] / "with_missing.json"
+    annotation.write_text(json.dumps(listed))
+    cfg = _cfg(dict(data, annotation=annotation), "finetuned_k400", "classifier", "4x3", "finetuned")
+    results = evaluate(cfg)
+    assert results["data"] | {"listed": 7, "evaluated": 6, "skipped": 1} == results["data"]
+    assert results["name"] == "finetuned_k400"  # 4x3 is the task's own protocol: no suffix
