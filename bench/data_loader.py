@@ -27,12 +27,13 @@ keyframe interval 1 frame, fastdecode: 3x the bytes of the clip at 24 fps with a
 sixth of its decoding CPU. On curation's own output the full path ran at 44 (1 worker) and 47
 (2 workers) clips per CPU-second, 3.4-3.6x the official path.
 
-Again on 2026-12-02, the same kind of VM shared with other jobs (load average 1.4 at the start,
-6.3 at the end, on its 2 cores, so only the side-by-side ratios carry over): decoding 8 frames of
-the x264-default clips, our reader ran at 1.59x decord, 1.14x itself with the non-reference skip
-off (1.31x on the 24 fps clips with a 2 s interval; equal, as it should be, where every frame is a
-keyframe); the full path on one worker ran at 2.44x the official path on x264-default clips (1.96x
-when ours also normalises to float in the loader) and 3.10x on curated clips (2.41x).
+Again on 2026-12-02, the same kind of VM shared with other jobs (load average 6.5 at the start,
+4.8 at the end, on its 2 cores, so only the side-by-side ratios carry over): decoding 8 frames of
+the x264-default clips, our reader ran at 1.60x decord and 1.17x itself with the non-reference skip
+off (1.36x on the 24 fps clips with a 2 s interval; level, within 5 %, where every frame is a
+keyframe and there is nothing to skip); the full path on one worker ran at 2.29x the official path
+on x264-default clips (1.95x when ours also normalises to float in the loader) and 3.15x on curated
+clips (2.51x).
 """
 
 from __future__ import annotations
@@ -151,16 +152,16 @@ DECODERS = {"pyav": ("pyav", contextlib.nullcontext), "pyav no skip": ("pyav", n
 
 def decode_rates(files: list[Path], repeats: int) -> dict[str, float]:
     """Clips per CPU-second decoding 8 randomly sampled frames, one thread, for each of ``DECODERS``;
-    they take turns clip by clip, in an order rotated from clip to clip (whoever follows decord
-    runs slower), so that a change in the machine's load hits them alike."""
+    they take turns clip by clip so that a change in the machine's load hits them alike. Each decodes
+    a clip twice in a row and only the second is timed: measured right after another decoder (decord
+    above all), a decoder ran a few per cent slower, which a fixed order turned into a bias."""
     data = [f.read_bytes() for f in files]
     spent = dict.fromkeys(DECODERS, 0.0)
-    names = list(DECODERS)
     for r in range(repeats):
         for i, mp4 in enumerate(data):
-            for name in names[i % len(names):] + names[:i % len(names)]:
-                backend, setting = DECODERS[name]
+            for name, (backend, setting) in DECODERS.items():
                 with setting():
+                    read_video(mp4, 8, "random", backend=backend, rng=r * 1000 + i)
                     start = cpu_seconds()
                     read_video(mp4, 8, "random", backend=backend, rng=r * 1000 + i)
                     spent[name] += cpu_seconds() - start
