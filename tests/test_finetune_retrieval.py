@@ -204,17 +204,21 @@ def _start_checkpoint(path: Path) -> Path:
 
 
 def _run_cfg(train_set, val_set, out: Path, ckpt: Path, *extra: str):
+    return _compose(_run_overrides(train_set, val_set, out, ckpt, *extra))
+
+
+def _run_overrides(train_set, val_set, out: Path, ckpt: Path, *extra: str) -> list[str]:
     """A CPU-sized ft_retrieval_msrvtt: 4 frames of 32 px, batch 16, lr 3e-3 (the paper's 2e-5 suits a
     pre-trained start, not random weights), text length 40 (past the checkpoint's 32)."""
     evals = [f"task.annotation={val_set.retrieval_annotations}", f"task.video_root={val_set.retrieval_root}",
              "device=cpu", "num_workers=0", "protocol.num_frames=4"]
-    return _compose([
+    return [
         "experiment=ft_retrieval_msrvtt", f"checkpoint={ckpt}", "deepspeed=cpu_fp32", "logger=none",
         f"output_root={out}", "data.num_workers=0", "data.augment.hflip=0",  # captions say left and right
         "train.batch_size=16", "optim.lr=3e-3", "model.overrides.num_frames=4", "model.overrides.drop_path_rate=0.0",
         "model.overrides.context_length=40", f"finetune.train.annotation={train_set.retrieval_annotations}",
         f"finetune.train.video_root={train_set.retrieval_root}", "finetune.eval.task=synthetic_retrieval",
-        "finetune.eval.overrides=[" + ",".join(f'"{o}"' for o in evals) + "]", *extra])
+        "finetune.eval.overrides=[" + ",".join(f'"{o}"' for o in evals) + "]", *extra]
 
 
 def _val_records(run: Path) -> list[dict]:
@@ -285,3 +289,24 @@ def test_a_crashed_run_resumes_to_the_same_weights_and_history(synthetic, tmp_pa
         a = torch.load(full / name, weights_only=True)["model"]
         b = torch.load(resumed / name, weights_only=True)["model"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_two_rank_run_evaluates_on_both_ranks_and_keeps_the_best(synthetic, tmp_path):
+    """torchrun, 2 gloo ranks through train.py: training and the per-epoch evaluation split over both ranks."""
+    import os
+
+    train_set, val_set = synthetic
+    ckpt = _start_checkpoint(tmp_path / "start.pth")
+    overrides = _run_overrides(train_set, val_set, tmp_path / "runs", ckpt, "run_name=two", "phases.finetune.epochs=1",
+                               "train.batch_size=8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VICLIP_", "RANK", "WORLD_SIZE", "MASTER_"))}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "train.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True, check=False,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "runs" / "two"
+    assert "2 rank(s) x 8 clips" in proc.stdout and [r["epoch"] for r in _val_records(run)] == [1]
+    results = json.loads(next((run / "eval" / "epoch_001").glob("*.json")).read_text())
+    assert results["world_size"] == 2 and results["data"]["evaluated"] == 64
+    assert (run / "weights" / "best.pth").is_file()
