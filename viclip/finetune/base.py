@@ -154,9 +154,9 @@ class FinetuneTrainer(Trainer):
         if self.cfg.finetune.eval is not None:
             from viclip.eval.tasks import load_task
 
-            # the validation split's paths fail here, not after the first epoch
-            task = eval_config(self.eval_overrides(Path(str(self.cfg.checkpoint)), self.run_dir / "eval")).task
-            load_task(OmegaConf.to_container(task, resolve=True), cache_dir=None)
+            # the validation split's paths fail here, not after the first epoch (a synthetic set is generated)
+            ecfg = eval_config(self.eval_overrides(Path(str(self.cfg.checkpoint)), self.run_dir / "eval"))
+            load_task(OmegaConf.to_container(ecfg.task, resolve=True), cache_dir=ecfg.cache_dir)
 
     def eval_overrides(self, weights: Path, out: Path) -> list[str]:
         """eval.py overrides for one evaluation of ``weights`` on the validation split."""
