@@ -145,6 +145,34 @@ def test_phases_set_masking_and_lr_on_the_model_and_optimizer(tmp_path, data_roo
     assert set(result.exports) == {"pretrain", "unmasked"}
 
 
+def test_subclass_hooks_shape_the_optimizer_and_see_every_epoch_end(tmp_path, data_root, monkeypatch):
+    """A subclass's param_groups reach the optimizer (a group's lr_scale multiplies the scheduled lr, as
+    timm's layer-decay groups need) and end_epoch runs after each epoch's last step."""
+    from viclip.train import trainer
+    from viclip.train.optim import param_groups
+
+    monkeypatch.setenv("VICLIP_DATA", str(data_root))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    seen: list[tuple[int, dict[str, float]]] = []
+
+    class Scaled(trainer.Trainer):
+        def param_groups(self, model):
+            groups = param_groups(model, 0.2)
+            groups[0]["lr_scale"] = 0.25  # the decayed weights at a quarter of the schedule
+            return groups
+
+        def end_epoch(self, phase, total):
+            seen.append((self.state.step, {g["name"]: g["lr"] for g in self.optimizer.param_groups}))
+
+    cfg = _compose([*SMALL, f"output_root={tmp_path}", "run_name=hooks", "phases.pretrain.epochs=2",
+                    "phases.unmasked.epochs=0", "phases.unmasked.warmup_epochs=0", "train.steps_per_epoch=3"])
+    trainer.train(cfg, Scaled)
+    assert [step for step, _ in seen] == [3, 6]
+    for _, lrs in seen:
+        assert lrs["decay"] == pytest.approx(0.25 * lrs["no_decay"]) and lrs["no_decay"] > 0
+
+
 def test_nonfinite_losses_are_skipped_counted_and_abort_after_k_in_a_row(tmp_path, data_root, monkeypatch):
     from viclip.train import trainer
     from viclip.train.loss import ClipLoss
