@@ -30,7 +30,7 @@ def test_no_options_give_the_package_defaults():
     assert from_args(SubsetSpec, _parser(SubsetSpec).parse_args(["--rule", "aes"])) == SubsetSpec("aes")
     kwargs = values_from_args(make_shards, _parser(make_shards, skip=("tables", "out_dir")).parse_args([]))
     assert kwargs == {"clips_dir": None, "max_samples": 1000, "max_bytes": 1 << 30, "caption_column": "caption",
-                      "allow_empty_captions": False}
+                      "allow_empty_captions": False, "progress": True}
 
 
 def test_nested_optional_and_bool_options():
