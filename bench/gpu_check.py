@@ -231,8 +231,9 @@ def train_run(s: dict, name: str, steps: int, extra: list[str]) -> Path:
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=REPO, env=env,
                           capture_output=True, text=True, check=False)
     if proc.returncode:
-        tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["?"])[-1]
-        raise RuntimeError(f"train.py ({name}) exited {proc.returncode}: {tail}")
+        out = proc.stderr.strip() or proc.stdout.strip() or "?"
+        lines = [x for x in out.splitlines() if "HYDRA_FULL_ERROR" not in x]
+        raise RuntimeError(f"train.py ({name}) exited {proc.returncode}: {' | '.join(lines[-3:])}")
     return run_dir
 
 
