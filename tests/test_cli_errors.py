@@ -56,7 +56,8 @@ def argv(monkeypatch):
     return set_argv
 
 
-def test_missing_column_stops_a_stage_with_one_line(tmp_path, argv):
+def test_missing_column_stops_a_stage_with_one_line(tmp_path, argv, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # --debug below sets it: restored after the test
     table = tmp_path / "clips.parquet"
     pq.write_table(pa.table({"clip_id": ["a", "b"], "status": ["kept", "kept"], "duration": [1.0, 2.0]}), table)
     argv("viclip-curate", "build-subset", "--input", str(table), "--rule", "aes", "--out", str(tmp_path / "s.parquet"))

@@ -274,5 +274,5 @@ def test_dedup_tool_errors_in_one_line(tmp_path, monkeypatch, capsys):
                                       "--out", str(tmp_path / "f.parquet")])
     with pytest.raises(SystemExit) as exit_info:
         dedup_main()
-    expected = f"dedup_clips.py: error: embeddings not found: {tmp_path / 'none'} (give embed_clips' output directory)"
+    expected = f"dedup_clips.py: error: embedding shard not found: {tmp_path / 'none'} (give embed_clips' output directory)"
     assert exit_info.value.code == expected  # sys.exit(message): printed as one line, status 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_model import outputs, tiny_model
 
 import viclip
 from viclip.model import CheckpointError
@@ -22,22 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    model = viclip.create_model("tiny")
-    with torch.no_grad():  # non-zero temporal embedding so that round trips test it too
-        model.vision_encoder.temporal_positional_embedding.normal_()
-    return model.eval()
-
-
-def _outputs(model):
-    g = torch.Generator().manual_seed(1)
-    video = torch.randn(2, model.cfg.num_frames, 3, 32, 32, generator=g)
-    return model.encode_video(video), model.encode_text(viclip.tokenize(["a red circle moving left", "a cat"]))
+    return tiny_model()
 
 
 def _assert_same(a, b):
     assert a.cfg == b.cfg
-    for x, y in zip(_outputs(a), _outputs(b)):
+    for x, y in zip(outputs(a), outputs(b)):
         assert torch.equal(x, y)
 
 

@@ -14,6 +14,7 @@ import open_clip
 import pytest
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from tiny_model import outputs, tiny_model
 
 import viclip
 from viclip.model import CheckpointError, export_official, export_safetensors, init_from_clip, load_weights
@@ -28,26 +29,16 @@ from viclip.testing.hub_cache import add_to_hub_cache, offline_hub
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    model = viclip.create_model("tiny")
-    with torch.no_grad():  # non-zero temporal embedding so that round trips test it too
-        model.vision_encoder.temporal_positional_embedding.normal_()
-    return model.eval()
-
-
-def _outputs(model):
-    g = torch.Generator().manual_seed(1)
-    video = torch.randn(2, model.cfg.num_frames, 3, 32, 32, generator=g)
-    return model.encode_video(video), model.encode_text(viclip.tokenize(["a red circle moving left", "a cat"]))
+    return tiny_model()
 
 
 @pytest.mark.parametrize("export,suffix", [(export_official, ".pth"), (export_safetensors, ".safetensors")])
-def test_export_round_trip_gives_identical_outputs(tmp_path, tiny, export, suffix):
+def test_export_round_trip_gives_identicaloutputs(tmp_path, tiny, export, suffix):
     path = export(tiny, tmp_path / f"tiny{suffix}")
     assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file is left behind"
     loaded = viclip.load_model(checkpoint=path)  # size read from the file
     assert loaded.cfg == tiny.cfg
-    for a, b in zip(_outputs(tiny), _outputs(loaded)):
+    for a, b in zip(outputs(tiny), outputs(loaded)):
         assert torch.equal(a, b)
 
 
@@ -166,7 +157,7 @@ def test_convert_checkpoint_tool_round_trip(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["viclip-convert", "--input", str(src), "--out", f"{tmp_path}/tiny.safetensors"])
     main()
     converted = viclip.load_model(checkpoint=tmp_path / "tiny.safetensors")
-    for a, b in zip(_outputs(tiny), _outputs(converted)):
+    for a, b in zip(outputs(tiny), outputs(converted)):
         assert torch.equal(a, b)
 
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from viclip.atomic import atomic_write
-from viclip.curation.table import STATS_SUFFIX, write_table
+from viclip.curation.table import table_files, write_table
 from viclip.data.annotations import load_kinetics, load_video_text_annotations
 
 KEEP_BY = ("first", "aesthetic", "similarity")
@@ -85,18 +85,7 @@ class Embeddings:
 
 def embedding_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Parquet files named directly, or the finished shards of embed_clips output directories."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += [s.with_name(s.name.removesuffix(STATS_SUFFIX) + ".parquet")
-                      for s in sorted(p.glob(f"*{STATS_SUFFIX}"))]
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"embeddings not found: {p} (give embed_clips' output directory)")
-    if not files:
-        raise FileNotFoundError(f"no finished embedding shards in {[str(p) for p in paths]}")
-    return files
+    return table_files(paths, "embedding shard", " (give embed_clips' output directory)")
 
 
 def load_embeddings(paths: Sequence[str | os.PathLike]) -> Embeddings:

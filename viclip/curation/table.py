@@ -70,8 +70,9 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
         pq.write_table(table, tmp)
 
 
-def table_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Parquet files named directly, plus the finished shards (those with a stats file) of stage directories."""
+def table_files(paths: Sequence[str | os.PathLike], what: str = "clip table", hint: str = "") -> list[Path]:
+    """Parquet files named directly, plus the finished shards (those with a stats file) of stage directories
+    (clip tables, or embed_clips' embedding shards: ``what`` and ``hint`` word the errors)."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -80,9 +81,9 @@ def table_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
         elif p.exists():
             files.append(p)
         else:
-            raise FileNotFoundError(f"clip table not found: {p}")
+            raise FileNotFoundError(f"{what} not found: {p}{hint}")
     if not files:
-        raise FileNotFoundError(f"no finished clip tables in {[str(p) for p in paths]}")
+        raise FileNotFoundError(f"no finished {what}s in {[str(p) for p in paths]}")
     return files
 
 
