@@ -20,6 +20,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from viclip.curation.scenes import demux_continuous, open_video, stream_start
@@ -225,6 +226,10 @@ class ClipEncoder:
             return  # the slot of the next kept frame (frames / fps seconds in) is not reached yet
         out = self._scale(frame)
         out.pts, out.time_base = pts - self.first_pts, self.stream.codec_context.time_base
+        # the scaler copies the source's picture type, which libx264 would force on the clip (a source I frame
+        # becomes a keyframe, a B frame a B frame); x264 picks the types itself, and forced ones also make its
+        # output depend on what the heap held
+        out.pict_type = PictureType.NONE
         self.frames += 1
         if self.held is not None:
             self.held.append(out)
