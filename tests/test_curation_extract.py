@@ -71,6 +71,16 @@ def test_keyframe_interval_allows_cheap_8_frame_sampling(indexed):
     assert np.diff(np.flatnonzero(decode(short.mp4)[2])).max() <= 2 * FPS // 8  # 8 keyframes in a 2 s clip
 
 
+def test_clip_frame_types_are_x264s_not_the_sources(tmp_path):
+    """The scaler copies each decoded frame's picture type; passed on, libx264 forced the source's GOPs."""
+    path = tmp_path / "gop10.mp4"
+    tv.write_video(path, tv.index_frames(8 * FPS, 192, 96), FPS, gop=10)
+    source_keys = np.flatnonzero(decode(path.read_bytes())[2])
+    clip = extract_clips(path, [(0.0, 8.0)], ExtractConfig(short_side=48, fps=0, keyframe_interval=1.0))[0]
+    keys = np.flatnonzero(decode(clip.mp4)[2])
+    assert np.diff(source_keys).max() <= 10 and len(keys) < len(source_keys) and np.diff(keys).max() <= FPS
+
+
 def test_never_upscales_and_keeps_even_sizes():
     assert output_size(1280, 720, 256) == (456, 256)
     assert output_size(720, 1280, 256) == (256, 456)
