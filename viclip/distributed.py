@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -55,12 +54,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _slurm_master_addr() -> str:
     """First host of the job's node list (``scontrol`` expands ranges like ``gpu[01-08]``)."""
     nodes = os.environ["SLURM_JOB_NODELIST"]
@@ -84,7 +77,9 @@ def launcher_env() -> None:
     if "RANK" not in env:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        # port 0: the store binds a free port itself (no other rank has to find it); a port picked here and
+        # bound later could be taken in between by another job on the machine
+        env.setdefault("MASTER_PORT", "0")
     env.setdefault("LOCAL_RANK", "0")
 
 
