@@ -16,8 +16,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from viclip.commands.dedup_clips import main as dedup_main
-from viclip.curation.dedup import DedupConfig, find_duplicates_and_leaks, similar_pairs, source_id
+from viclip.curation.dedup import DedupConfig, find_duplicates_and_leaks, similar_pairs
 from viclip.curation.subsets import SubsetSpec, build_subset
+from viclip.data.annotations import youtube_id
 from viclip.data.tars import ShardWriter
 from viclip.data.video import write_mp4
 from viclip.embeddings import EmbedConfig, embeddings_schema, run_embedding
@@ -60,7 +61,7 @@ def setup(tmp_path_factory):
 def tar_embeddings(setup) -> dict[str, dict]:
     """The tar shards embedded in one process (once per module: a rerun skips the done shards)."""
     out = setup["tmp"] / "emb_tars"
-    run_embedding([str(setup["tars"])], out, EmbedConfig(checkpoint=setup["ckpt"], workers=0), show_progress=False)
+    run_embedding([str(setup["tars"])], out, EmbedConfig(checkpoint=setup["ckpt"], workers=0), progress=False)
     return read_embeddings(out)
 
 
@@ -77,7 +78,7 @@ def test_embeddings_equal_the_eval_cache_for_the_same_checkpoint_and_protocol(se
     (cache_file,) = (tmp / "cache").glob("video-*.pt")
     cached = torch.load(cache_file, weights_only=True)["embeddings"]
     cfg = EmbedConfig(checkpoint=setup["ckpt"], workers=0)
-    run_embedding([str(setup["folder"])], tmp / "emb_folder", cfg, show_progress=False)
+    run_embedding([str(setup["folder"])], tmp / "emb_folder", cfg, progress=False)
     folder, tars = read_embeddings(tmp / "emb_folder"), tar_embeddings(setup)
     for i in range(N_CLIPS):
         for rows in (folder, tars):  # same decode, resize and forward; batches of other sizes differ by float noise
@@ -97,16 +98,16 @@ def test_embeddings_equal_the_eval_cache_for_the_same_checkpoint_and_protocol(se
 
 def test_resume_skips_done_shards_and_refuses_other_settings(setup, tmp_path):
     cfg = EmbedConfig(checkpoint=setup["ckpt"], workers=0)
-    first = run_embedding([str(setup["tars"])], tmp_path, cfg, show_progress=False)
+    first = run_embedding([str(setup["tars"])], tmp_path, cfg, progress=False)
     assert first["done"] == 2 and first["clips"] == N_CLIPS
     before = (tmp_path / "00001.parquet").stat().st_mtime_ns
     (tmp_path / "00000.stats.json").unlink()  # as if killed before shard 0's done mark
-    again = run_embedding([str(setup["tars"])], tmp_path, cfg, show_progress=False)
+    again = run_embedding([str(setup["tars"])], tmp_path, cfg, progress=False)
     assert again == {**again, "done": 1, "skipped": 1, "clips": 3}
     assert (tmp_path / "00001.parquet").stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="different protocol"):
         run_embedding([str(setup["tars"])], tmp_path, EmbedConfig(checkpoint=setup["ckpt"], num_frames=4, workers=0),
-                      show_progress=False)
+                      progress=False)
 
 
 def test_unreadable_clip_gets_an_error_row(setup, tmp_path):
@@ -115,7 +116,7 @@ def test_unreadable_clip_gets_an_error_row(setup, tmp_path):
     (folder / "good.mp4").write_bytes((setup["folder"] / "clip0.mp4").read_bytes())
     (folder / "bad.mp4").write_bytes(b"\x00" * 100)
     summary = run_embedding([str(folder)], tmp_path / "out", EmbedConfig(checkpoint=setup["ckpt"], workers=0),
-                            show_progress=False)
+                            progress=False)
     rows = read_embeddings(tmp_path / "out")
     assert summary["failed"] == 1 and rows["bad"]["video_embedding"] is None and "bad.mp4" in rows["bad"]["error"]
     assert rows["good"]["error"] is None and len(rows["good"]["video_embedding"]) == 64
@@ -249,10 +250,10 @@ def test_build_subset_excludes_flagged_clips(planted):
 
 
 def test_source_ids_of_evaluation_names():
-    assert source_id("abseiling/-4wsuPCjDBc_000010_000020.mp4") == "-4wsuPCjDBc"  # Kinetics
-    assert source_id("v_QOlSCBRmfWY.mp4") == "QOlSCBRmfWY"  # ActivityNet
-    assert source_id("-4wsuPCjDBc_5_15.avi") == "-4wsuPCjDBc"  # MSVD
-    assert source_id("video7020.mp4") is None and source_id("12090392@N02_13482799053_87ef417396.mov") is None
+    assert youtube_id("abseiling/-4wsuPCjDBc_000010_000020.mp4") == "-4wsuPCjDBc"  # Kinetics
+    assert youtube_id("v_QOlSCBRmfWY.mp4") == "QOlSCBRmfWY"  # ActivityNet
+    assert youtube_id("-4wsuPCjDBc_5_15.avi") == "-4wsuPCjDBc"  # MSVD
+    assert youtube_id("video7020.mp4") is None and youtube_id("12090392@N02_13482799053_87ef417396.mov") is None
 
 
 def test_generated_clips_with_a_planted_copy_are_grouped(setup, tmp_path):
@@ -262,7 +263,7 @@ def test_generated_clips_with_a_planted_copy_are_grouped(setup, tmp_path):
         (folder / f"clip{i}.mp4").write_bytes((setup["folder"] / f"clip{i}.mp4").read_bytes())
     (folder / "copy_of_clip1.mp4").write_bytes((setup["folder"] / "clip1.mp4").read_bytes())
     run_embedding([str(folder)], tmp_path / "emb", EmbedConfig(checkpoint=setup["ckpt"], workers=0),
-                  show_progress=False)
+                  progress=False)
     report = find_duplicates_and_leaks([tmp_path / "emb"], tmp_path / "flags.parquet", DedupConfig(threshold=0.999))
     flags = {r["clip_id"]: r["duplicate_of"] for r in pq.read_table(tmp_path / "flags.parquet").to_pylist()}
     assert flags == {"clip0": None, "clip1": None, "clip2": None, "copy_of_clip1": "clip1"}
@@ -274,5 +275,6 @@ def test_dedup_tool_errors_in_one_line(tmp_path, monkeypatch, capsys):
                                       "--out", str(tmp_path / "f.parquet")])
     with pytest.raises(SystemExit) as exit_info:
         dedup_main()
-    expected = f"dedup_clips.py: error: embedding shard not found: {tmp_path / 'none'} (give embed_clips' output directory)"
+    expected = (f"dedup_clips.py: error: embedding shard not found: {tmp_path / 'none'} "
+                "(give embed_clips' output directory)")
     assert exit_info.value.code == expected  # sys.exit(message): printed as one line, status 1

@@ -37,7 +37,7 @@ def stage(tmp_path):
 def test_aes_subset_exports_clips_and_the_trainer_table(stage, tmp_path):
     subset = tmp_path / "aes.parquet"
     build_subset([stage], subset, SubsetSpec(rule="aes", aesthetic_threshold=4.0))
-    report = export_subset(subset, tmp_path / "export", ExportConfig(), show_progress=False)
+    report = export_subset(subset, tmp_path / "export", ExportConfig(), progress=False)
     with open(tmp_path / "export" / "metadata.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == ["path", "caption", "frames", "height", "width", "fps", "aesthetic", "similarity"]
@@ -53,7 +53,7 @@ def test_aes_subset_exports_clips_and_the_trainer_table(stage, tmp_path):
             f"{keys[0]}.mp4").read()
     assert report.copied == 3 and report.extract["fps"] == 4.0 and "re-extract" in report.warnings[0]
     again = export_subset(subset, tmp_path / "export", ExportConfig(format="parquet", relative_paths=True),
-                          show_progress=False)
+                          progress=False)
     assert again.copied == 0 and again.clips == 3 and (tmp_path / "export" / "metadata.parquet").is_file()
 
 
@@ -62,6 +62,6 @@ def test_missing_columns_and_tars_are_named(stage, tmp_path):
     build_subset([stage], subset, SubsetSpec(rule="aes"))
     (stage / "00000.tar").rename(stage / "moved.tar")
     with pytest.raises(FileNotFoundError, match=r"clip tar not found: .*00000\.tar"):
-        export_subset(subset, tmp_path / "e", ExportConfig(), show_progress=False)
+        export_subset(subset, tmp_path / "e", ExportConfig(), progress=False)
     with pytest.raises(KeyError, match=r"clip_text_sim_v2"):
-        export_subset(subset, tmp_path / "e", ExportConfig(similarity_column="clip_text_sim_v2"), show_progress=False)
+        export_subset(subset, tmp_path / "e", ExportConfig(similarity_column="clip_text_sim_v2"), progress=False)

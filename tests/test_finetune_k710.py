@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from viclip.finetune.k710 import KineticsSource, build_k710, build_label_map, read_label_map, youtube_id
+from viclip.finetune.k710 import KineticsSource, build_k710, build_label_map, read_label_map, source_key
 
 
 def _write(path, lines):
@@ -58,11 +58,11 @@ def test_build_k710_removes_training_clips_of_any_eval_set(tmp_path):
     out = tmp_path / "k710"
     assert (out / "classes.txt").read_text().split("\n")[:3] == ["abseiling", "zumba", "ice swimming"]
     train = json.loads((out / "train.json").read_text())
-    assert [(youtube_id(r["video"]), r["caption"]) for r in train] == [
+    assert [(source_key(r["video"]), r["caption"]) for r in train] == [
         ("aaaaaaaaaaa", "abseiling"), ("ccccccccccc", "zumba"), ("ddddddddddd", "ice swimming")]
     assert train[0]["video"] == "k400/aaaaaaaaaaa_000000_000010.mp4"  # relative to the common video root
     val = json.loads((out / "val.json").read_text())  # the first eval list of each source; tests only held out
-    assert [youtube_id(r["video"]) for r in val] == ["vvvvvvvvvvv", "eeeeeeeeeee"]
+    assert [source_key(r["video"]) for r in val] == ["vvvvvvvvvvv", "eeeeeeeeeee"]
     assert report["counts"]["k400"] == {"listed": 3, "in_eval": 1}
     assert report["counts"]["k600"] == {"listed": 3, "in_eval": 1}
     assert read_label_map(out / "label_map.json").sources == {"k400": [0, 1], "k600": [1, 2]}

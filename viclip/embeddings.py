@@ -47,7 +47,7 @@ from viclip.eval.embed import VideoProtocol, encode_text_batch, encode_video_bat
 from viclip.eval.model_loading import file_sha256
 from viclip.eval.runner import pick_device
 from viclip.model import ViCLIP, load_model
-from viclip.progress import progress
+from viclip.progress import progress as progress_bar
 
 INPUT_KINDS = ("auto", "tars", "tables", "folder")
 
@@ -274,7 +274,7 @@ class Embedder:
 
 
 def run_embedding(inputs: Sequence[str], out_dir: str | os.PathLike, cfg: EmbedConfig, task: int = 0,
-                  num_tasks: int = 1, show_progress: bool = True) -> dict:
+                  num_tasks: int = 1, progress: bool = True) -> dict:
     """Embed every pending shard this worker owns; returns counts (shards done, skipped, clips, failed)."""
     if not 0 <= task < num_tasks:
         raise ValueError(f"task must be in [0, num_tasks), got task={task}, num_tasks={num_tasks}")
@@ -298,7 +298,7 @@ def run_embedding(inputs: Sequence[str], out_dir: str | os.PathLike, cfg: EmbedC
     record_or_check_settings(out, {**cfg.record(file_sha256(weights), protocol),
                                    "inputs": [str(Path(i).resolve()) for i in inputs], "units": len(units)})
     embed = Embedder(model, protocol, device, cfg)
-    for s in progress(pending, desc=f"worker {worker}/{workers}", unit="shard", enabled=show_progress):
+    for s in progress_bar(pending, desc=f"worker {worker}/{workers}", unit="shard", enabled=progress):
         name = shard_name(s)
         out.remove_leftovers(f".{name}.parquet.tmp*")  # a killed run's partial table
         table, stats = embed(unit_clips(units[s]))

@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict
 
 from viclip.commands import one_line_errors
-from viclip.curation.cli import add_options, from_args
+from viclip.curation.cli import add_options, add_progress_arg, from_args
 from viclip.curation.subsets import RULES, SubsetSpec, build_subset
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--input", nargs="+", required=True, help="clip tables: parquet files or stage directories")
     parser.add_argument("--out", required=True, help="output parquet file")
     add_options(parser, SubsetSpec, "subset rule", choices={"rule": RULES})
-    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_progress_arg(parser)
     args = parser.parse_args()
     report = build_subset(args.input, args.out, from_args(SubsetSpec, args), progress=not args.no_progress)
     print(json.dumps({k: v for k, v in asdict(report).items() if k != "inputs"}, indent=1))

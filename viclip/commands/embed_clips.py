@@ -33,7 +33,7 @@ def main() -> None:
     add_task_args(parser)
     args = parser.parse_args()
     summary = run_embedding(args.input, args.out, from_args(EmbedConfig, args), task=args.task,
-                            num_tasks=args.num_tasks, show_progress=not args.no_progress)
+                            num_tasks=args.num_tasks, progress=not args.no_progress)
     print(json.dumps(summary))
 
 

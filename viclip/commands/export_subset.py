@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict
 
 from viclip.commands import one_line_errors
-from viclip.curation.cli import add_options, from_args
+from viclip.curation.cli import add_options, add_progress_arg, from_args
 from viclip.curation.export import FORMATS, ExportConfig, export_subset
 
 
@@ -25,9 +25,9 @@ def main() -> None:
     parser.add_argument("--input", required=True, help="a subset table (build-subset output)")
     parser.add_argument("--out", required=True, help="output directory (clips/ and the metadata table)")
     add_options(parser, ExportConfig, "export", choices={"format": FORMATS})
-    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_progress_arg(parser)
     args = parser.parse_args()
-    report = export_subset(args.input, args.out, from_args(ExportConfig, args), show_progress=not args.no_progress)
+    report = export_subset(args.input, args.out, from_args(ExportConfig, args), progress=not args.no_progress)
     print(json.dumps(asdict(report), indent=1))
 
 

@@ -117,6 +117,11 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
     """SLURM array position and progress display, shared by every resumable stage."""
     parser.add_argument("--task", type=int, default=0, help="array task index (e.g. $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--num-tasks", type=int, default=1, help="array size (e.g. $SLURM_ARRAY_TASK_COUNT)")
+    add_progress_arg(parser)
+
+
+def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: every long job shows a bar on a terminal, else a line every 30 s."""
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress display (a bar on a terminal, else a line every 30 s); shard lines remain")
 

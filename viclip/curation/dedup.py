@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ import torch
 
 from viclip.atomic import atomic_write
 from viclip.curation.table import table_files, write_table
-from viclip.data.annotations import load_kinetics, load_video_text_annotations
+from viclip.data.annotations import load_kinetics, load_video_text_annotations, youtube_id
 
 KEEP_BY = ("first", "aesthetic", "similarity")
 FLAGS_SCHEMA = pa.schema([
@@ -48,7 +47,6 @@ FLAGS_SCHEMA = pa.schema([
     ("exclude", pa.bool_()),
 ])
 # An 11-character YouTube id, optionally after ActivityNet's "v_" and before Kinetics/MSVD's "_start_end".
-_YOUTUBE_NAME = re.compile(r"^(?:v_)?([A-Za-z0-9_-]{11})(?:_\d+(?:\.\d+)?_\d+(?:\.\d+)?)?$")
 
 
 @dataclass(frozen=True)
@@ -182,14 +180,6 @@ def kept_per_group(groups: np.ndarray, score: np.ndarray | None) -> np.ndarray:
     return np.array([keeper[g] for g in groups.tolist()], dtype=np.int64)
 
 
-def source_id(name: str | None) -> str | None:
-    """The YouTube id a video name carries (``abc_DEF-123``, ``v_{id}``, ``{id}_{start}_{end}.mp4``), else None."""
-    if not name:
-        return None
-    match = _YOUTUBE_NAME.match(Path(str(name)).stem)
-    return match.group(1) if match else None
-
-
 def eval_source_ids(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, str], dict[str, int]]:
     """``{YouTube id: annotation file}`` over evaluation annotation files, and per file how many entries
     carry no YouTube id (those sets are covered by the embedding check only)."""
@@ -200,7 +190,7 @@ def eval_source_ids(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, str],
             raise FileNotFoundError(f"evaluation annotation file not found: {path}")
         records = (load_kinetics(path, "", missing="keep")[0] if path.endswith(".csv")
                    else load_video_text_annotations(path, "", missing="keep"))
-        found = [source_id(r.video) for r in records]
+        found = [youtube_id(r.video) for r in records]
         without[path] = sum(f is None for f in found)
         for f in found:
             if f is not None:
@@ -237,7 +227,7 @@ def find_duplicates_and_leaks(inputs: Sequence[str | os.PathLike], out: str | os
     sizes = np.bincount(groups, minlength=n)
     in_group = sizes[groups] > 1
     ids, without = eval_source_ids(cfg.eval_annotations)
-    eval_source = [ids.get(source_id(v) or v) if v else None for v in emb.video_id]
+    eval_source = [ids.get(youtube_id(v) or v) if v else None for v in emb.video_id]
     eval_video: list[str | None] = [None] * n
     eval_sim = np.full(n, np.nan, dtype=np.float32)
     if cfg.eval_embeddings:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.stages import CONFIG_FILE, clips_dir_of
-from viclip.progress import progress
+from viclip.progress import progress as progress_bar
 
 FORMATS = ("csv", "parquet")
 TABLE_COLUMNS = ("path", "caption", "frames", "height", "width", "fps", "aesthetic", "similarity")
@@ -82,7 +82,7 @@ def _extract_settings(clips_dir: Path) -> tuple[dict | None, list[str]]:
 
 
 def export_subset(subset: str | os.PathLike, out_dir: str | os.PathLike, cfg: ExportConfig,
-                  show_progress: bool = True) -> ExportReport:
+                  progress: bool = True) -> ExportReport:
     """Copy the subset's clips out of their tars and write the metadata table; returns the report."""
     subset, out = Path(subset), Path(out_dir)
     if not subset.is_file():
@@ -103,8 +103,8 @@ def export_subset(subset: str | os.PathLike, out_dir: str | os.PathLike, cfg: Ex
         if not dests[i].exists():  # written atomically: present means complete
             by_tar[r["clip_tar"]].append(i)
     copied = 0
-    with progress(total=sum(map(len, by_tar.values())), desc="export clips", unit="clip",
-                  enabled=show_progress) as bar:
+    with progress_bar(total=sum(map(len, by_tar.values())), desc="export clips", unit="clip",
+                  enabled=progress) as bar:
         for tar_name, todo in by_tar.items():
             tar_path = clips_dir / tar_name
             if not tar_path.is_file():

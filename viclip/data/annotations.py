@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,17 @@ from viclip.data.video import VideoDecodeError, read_video
 
 log = logging.getLogger(__name__)
 KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+# Kinetics ``{id}_{start}_{end}``, ActivityNet ``v_{id}``, or a bare 11-character YouTube id (MSVD)
+_YOUTUBE_NAME = re.compile(r"^(?:v_)?([A-Za-z0-9_-]{11})(?:_\d+(?:\.\d+)?_\d+(?:\.\d+)?)?$")
 _MAX_DECODE_WARNINGS = 20
+
+
+def youtube_id(name: str | None) -> str | None:
+    """The YouTube id a video name carries (``abc_DEF-123``, ``v_{id}``, ``{id}_{start}_{end}.mp4``), else None."""
+    if not name:
+        return None
+    match = _YOUTUBE_NAME.match(Path(str(name)).stem)
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from viclip.atomic import atomic_write
-from viclip.data.annotations import KINETICS_PATTERN, VideoText, load_kinetics
-
-_CLIP_SUFFIX = re.compile(r"_\d+_\d+$")  # Kinetics file names: {youtube_id}_{start:06d}_{end:06d}.mp4
+from viclip.data.annotations import KINETICS_PATTERN, VideoText, load_kinetics, youtube_id
 
 
 def normalise_label(name: str) -> str:
@@ -33,9 +30,10 @@ def normalise_label(name: str) -> str:
     return " ".join(name.strip().strip("\"'").replace("_", " ").lower().split())
 
 
-def youtube_id(video: str) -> str:
-    """The YouTube id of a Kinetics clip path (``.../{youtube_id}_{start}_{end}.mp4``)."""
-    return _CLIP_SUFFIX.sub("", Path(video).stem)
+def source_key(video: str) -> str:
+    """What merges a clip across K400/600/700 lists and matches it to an evaluation list: its YouTube id
+    (``.../{youtube_id}_{start}_{end}.mp4``), else its file name."""
+    return youtube_id(video) or Path(video).stem
 
 
 def read_label_file(path: str | os.PathLike) -> list[str]:
@@ -108,7 +106,7 @@ def _records(path: str, video_root: str, pattern: str, label_map: LabelMap) -> l
     unknown = sorted({normalise_label(n) for n in names} - index.keys())
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} labels are in no label file, e.g. {unknown[:3]}")
-    return [(r.video, youtube_id(r.video), index[normalise_label(names[r.label])]) for r in records]
+    return [(r.video, source_key(r.video), index[normalise_label(names[r.label])]) for r in records]
 
 
 def _first_of_each(rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
