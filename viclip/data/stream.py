@@ -296,6 +296,14 @@ class VideoTextStream(IterableDataset):
             yield batch
 
 
+def check_resume_settings(state: dict, settings: dict[str, int], what: str) -> None:
+    """Refuse a loader state saved under other batch-deciding ``settings``: that resume would not be exact."""
+    for field, value in settings.items():
+        if state[field] != value:
+            raise ValueError(f"cannot resume {what}: {field} was {state[field]} and is now {value}; an exact "
+                             "resume needs the same data settings")
+
+
 class VideoTextLoader:
     """The DataLoader over a :class:`VideoTextStream`, with its position and skip counts.
 
@@ -367,10 +375,7 @@ class VideoTextLoader:
                 **self._settings(), "skips": dict(self.skips)}
 
     def load_state_dict(self, state: dict) -> None:
-        for field, value in self._settings().items():
-            if state[field] != value:
-                raise ValueError(f"cannot resume the data stream: {field} was {state[field]} and is now "
-                                 f"{value}; an exact resume needs the same data settings")
+        check_resume_settings(state, self._settings(), "the data stream")
         self.epoch, self.step = state["epoch"], state["step"]
         self._workers = {int(w): (int(v[0]), int(v[1])) for w, v in state["workers"].items()}
         self.skips = Counter(state.get("skips", {}))

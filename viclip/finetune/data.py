@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from viclip.data.stream import check_resume_settings
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import VideoDecodeError, read_video
 
@@ -159,8 +160,5 @@ class FinetuneLoader:
         return {"epoch": self.epoch, "step": self.step, "skipped": self.skipped, **self._settings()}
 
     def load_state_dict(self, state: dict) -> None:
-        for field, value in self._settings().items():
-            if state[field] != value:
-                raise ValueError(f"cannot resume the fine-tuning loader: {field} was {state[field]} and is now "
-                                 f"{value}; an exact resume needs the same data settings")
+        check_resume_settings(state, self._settings(), "the fine-tuning loader")
         self.epoch, self.step, self.skipped = int(state["epoch"]), int(state["step"]), int(state["skipped"])

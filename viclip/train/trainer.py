@@ -280,7 +280,7 @@ class Trainer:
     def run_phase(self, phase: Phase) -> None:
         """The phase's remaining steps, periodic checkpoints, then export and a checkpoint at its end."""
         cfg, info, state = self.cfg, self.info, self.state
-        total = max(1, round(phase.epochs * self.steps_per_epoch))
+        total = self.phase_steps(phase)
         schedule = WarmupCosine(phase.lr, total, min(total, round(phase.warmup_epochs * self.steps_per_epoch)),
                                 phase.min_lr_ratio)
         self.flops = self.flops_per_clip(phase)
@@ -309,6 +309,10 @@ class Trainer:
         state.exports[phase.name] = self.export(phase)
         state.phase, state.step = self.phases.index(phase) + 1, 0
         self.save_checkpoint()  # at every phase end, with the state pointing at the next phase
+
+    def phase_steps(self, phase: Phase) -> int:
+        """Optimizer steps of a whole phase: its epochs of ``steps_per_epoch``, at least one."""
+        return max(1, round(phase.epochs * self.steps_per_epoch))
 
     def flops_per_clip(self, phase: Phase) -> float:
         """Training FLOPs per clip at the phase's masking, for the MFU of the log."""
@@ -384,7 +388,7 @@ class Trainer:
         state, loss, per_rank = self.state, self.last_loss, self.meter.clips_per_s()
         temp = getattr(self.engine.module, "temp", None)  # a classifier being fine-tuned has none
         later = self.phases[self.phases.index(phase) + 1:]  # their steps priced in this phase's FLOPs per clip
-        later_steps = sum(max(1, round(p.epochs * self.steps_per_epoch)) * self.flops_per_clip(p) / self.flops
+        later_steps = sum(self.phase_steps(p) * self.flops_per_clip(p) / self.flops
                           for p in later) if self.flops > 0 else 0.0
         eta_phase, eta_run = time_left(self.clock.steps_per_s(), total - state.step, later_steps)
         return {
