@@ -19,13 +19,16 @@ from typing import Any, TypeVar
 
 from omegaconf.errors import ConfigAttributeError, MissingMandatoryValue, OmegaConfBaseException
 
+from viclip.errors import UserError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 CONFIGS = "pkg://viclip.configs"  # the Hydra configs shipped inside the package
 DEBUG_FLAG = "--debug"
-# What a user's input causes: reported in one line. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
-               KeyError, ValueError, MissingMandatoryValue, ConfigAttributeError)
+# What a user's input causes: reported in one line. Anything else (a KeyError or ValueError of our own code
+# included) is a bug and keeps its traceback; code raises viclip.errors.UserError where the input is at fault.
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError, MissingMandatoryValue, ConfigAttributeError)
 
 
 def debug_requested() -> bool:
@@ -46,8 +49,6 @@ def error_line(e: BaseException) -> str:
         return f"{first} (config key {key})" if key else first
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"  # open()'s own errors: "[Errno 2] ..." reworded
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])  # str(KeyError) quotes the message
     return str(e)
 
 
