@@ -179,3 +179,12 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: this rank's GPU (``LOCAL_RANK``) when there is one, else the CPU; any other name as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)

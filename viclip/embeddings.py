@@ -42,10 +42,9 @@ from viclip.curation.table import STATS_SUFFIX, table_files
 from viclip.data.tars import SIZES_FILE, expand_shards
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import VIDEO_EXTENSIONS, VideoDecodeError, read_video
-from viclip.distributed import init_from_env, world
+from viclip.distributed import init_from_env, pick_device, world
 from viclip.eval.embed import VideoProtocol, encode_text_batch, encode_video_batch, protocol_transform
 from viclip.eval.model_loading import file_sha256
-from viclip.eval.runner import pick_device
 from viclip.model import ViCLIP, load_model
 from viclip.progress import progress as progress_bar
 

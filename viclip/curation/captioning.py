@@ -30,6 +30,7 @@ import torch
 from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.video import read_video
+from viclip.distributed import pick_device
 
 # uint8 [H, W, 3] images -> one caption each, same order
 ImageCaptioner = Callable[[Sequence[np.ndarray]], list[str]]
@@ -76,8 +77,7 @@ class CaptionConfig:
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = pick_device(device)
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
     if dtype not in DTYPES:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from viclip.distributed import broadcast_object, init_from_env, world
+from viclip.distributed import broadcast_object, init_from_env, pick_device, world
 from viclip.eval import linear_probe as lp
 from viclip.eval.cache import EmbeddingCache, cache_key
 from viclip.eval.dual_softmax import dual_softmax
@@ -34,15 +33,6 @@ from viclip.model import load_model, model_name_of
 from viclip.model.classifier import classifier_from_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: this rank's GPU (``LOCAL_RANK``) when there is one, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def video_protocol(cfg: DictConfig) -> VideoProtocol:
