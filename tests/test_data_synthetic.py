@@ -16,6 +16,7 @@ from viclip.data.synthetic import (
     make_synthetic,
 )
 from viclip.data.video import read_video
+from viclip.errors import OutputError
 
 SIZE = 32
 
@@ -100,5 +101,25 @@ def test_retrieval_set_has_several_captions_per_video(synth):
 
 def test_refuses_a_directory_it_did_not_write(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="did not write"):
+    with pytest.raises(OutputError, match="did not write"):
         make_synthetic(tmp_path, n_train=4, n_eval=4, size=SIZE)
+
+
+@pytest.mark.parametrize("part", ["train", "zeroshot", "retrieval"])
+def test_never_deletes_a_part_it_did_not_write(tmp_path, part):
+    """A DIR/train/ (or zeroshot/, retrieval/) of the user's, without our markers, is refused, not rebuilt."""
+    (tmp_path / part).mkdir()
+    (tmp_path / part / "precious.mp4").write_bytes(b"user data")
+    with pytest.raises(OutputError, match=f"'{part}'.*will not delete"):
+        make_synthetic(tmp_path, n_train=4, n_eval=4, size=SIZE)
+    assert (tmp_path / part / "precious.mp4").read_bytes() == b"user data"
+
+
+def test_a_killed_run_is_rebuilt(tmp_path):
+    """A run killed after STARTED.json left parts that are ours: the next run replaces them."""
+    make_synthetic(tmp_path, n_train=4, n_eval=4, size=SIZE)
+    (tmp_path / "COMPLETE.json").rename(tmp_path / "STARTED.json")
+    (tmp_path / "train" / "leftover.tar").write_bytes(b"partial")
+    paths = make_synthetic(tmp_path, n_train=4, n_eval=4, size=SIZE)
+    assert not (tmp_path / "train" / "leftover.tar").exists() and not (tmp_path / "STARTED.json").exists()
+    assert (tmp_path / "COMPLETE.json").is_file() and paths.train_shards.is_dir()

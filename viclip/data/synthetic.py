@@ -21,6 +21,7 @@ import numpy as np
 from viclip.atomic import atomic_write
 from viclip.data.tars import SIZES_FILE, ShardWriter
 from viclip.data.video import write_mp4
+from viclip.errors import ConfigError, OutputError
 
 COLOURS = {
     "red": (225, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 235),
@@ -33,6 +34,7 @@ MOTION_TEXT = {"left": "moving to the left", "right": "moving to the right", "up
 BACKGROUNDS = {"black": (16, 16, 16), "gray": (110, 110, 110), "brown": (80, 55, 35)}
 ZERO_SHOT_CLASSES = [f"something {MOTION_TEXT[m]}" for m in MOTIONS]
 COMPLETE_FILE = "COMPLETE.json"
+STARTED_FILE = "STARTED.json"  # written before the parts: what lies beside it is ours to delete
 _VERSION = 1  # bump when the generator's output changes, so old directories are rebuilt
 
 
@@ -166,33 +168,40 @@ def make_synthetic(
 
     Deterministic by its arguments. ``COMPLETE.json`` (the arguments) is written last: a directory
     made with the same arguments is returned as it is, one made with other arguments (or killed
-    before its marker) is rebuilt. Demo data is cheap to rebuild, so the evaluation files are
-    written atomically but not fsynced (``viclip.atomic``'s ``durable=False``).
+    before its marker: ``STARTED.json`` is written before the parts) is rebuilt; parts without either
+    marker are the user's and are never deleted (OutputError). Demo data is cheap to rebuild, so the
+    evaluation files are written atomically but not fsynced (``viclip.atomic``'s ``durable=False``).
     """
     if size % 2 or size < 16:
-        raise ValueError(f"size must be even and >= 16 (H.264 4:2:0), got {size}")
+        raise ConfigError(f"size must be even and >= 16 (H.264 4:2:0), got {size}")
     if n_train < 1 or n_eval < 4 or num_frames < 2:
-        raise ValueError(f"need n_train >= 1, n_eval >= 4, num_frames >= 2; "
-                         f"got {n_train}, {n_eval}, {num_frames}")
+        raise ConfigError(f"need n_train >= 1, n_eval >= 4, num_frames >= 2; "
+                          f"got {n_train}, {n_eval}, {num_frames}")
     root = Path(out_dir).resolve()
     paths = _paths(root)
     params = {"n_train": n_train, "n_eval": n_eval, "size": size, "num_frames": num_frames, "seed": seed,
               "fps": fps, "shard_size": shard_size, "two_object_fraction": two_object_fraction,
               "version": _VERSION}
-    marker = root / COMPLETE_FILE
+    marker, started = root / COMPLETE_FILE, root / STARTED_FILE
     if marker.exists():
         if json.loads(marker.read_text()).get("params") == params:
             return paths
-        marker.unlink()
-    ours = {"train", "zeroshot", "retrieval"}
+        marker.rename(started)  # ours, made with other arguments: rebuilt below
+    ours = {"train", "zeroshot", "retrieval", STARTED_FILE}
     if root.exists():
         foreign = [p.name for p in root.iterdir() if p.name not in ours]
         if foreign:
-            raise FileExistsError(f"{root} holds files make_synthetic did not write ({foreign[:3]}); "
-                                  "choose an empty or new directory")
-        for name in ours:
+            raise OutputError(f"{root} holds files make_synthetic did not write ({foreign[:3]}); "
+                              "choose an empty or new directory")
+        parts = [p.name for p in root.iterdir() if p.name != STARTED_FILE]
+        if parts and not started.exists():  # a train/ or zeroshot/ of the user's, not a run of ours
+            raise OutputError(f"{root} holds {sorted(parts)} without {STARTED_FILE} or {COMPLETE_FILE}: "
+                              "make_synthetic did not write them and will not delete them; choose an empty "
+                              "or new directory")
+        for name in ours - {STARTED_FILE}:
             shutil.rmtree(root / name, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
+    atomic_write(started, json.dumps({"params": params}), durable=False)  # before any part: they are ours
 
     # one generator per part, so changing n_eval does not change the training clips
     train_rng, zs_rng, ret_rng = (np.random.default_rng([seed, part]) for part in range(3))
@@ -228,4 +237,5 @@ def make_synthetic(
     meta = {"params": params, "held_out_pairs": held_out_pairs(), "classes": ZERO_SHOT_CLASSES,
             "train_samples": json.loads((paths.train_shards / SIZES_FILE).read_text())}
     atomic_write(marker, json.dumps(meta, indent=1), durable=False)  # last: it makes the directory complete
+    started.unlink()
     return paths
