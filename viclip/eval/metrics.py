@@ -2,7 +2,8 @@
 
 Ties are broken against the model: a correct item's rank counts every incorrect item whose score
 is greater than *or equal to* it. A constant scorer therefore gets the worst rank rather than the
-best, and the result never depends on sort stability or on the order of the gallery. Ranks are
+best, and the result never depends on sort stability or on the order of the gallery. NaN or infinite
+scores raise (a NaN compares false with everything, so it would otherwise rank first). Ranks are
 1-based (rank 1 = retrieved first), as in the tables of the retrieval literature.
 """
 
@@ -22,6 +23,9 @@ def ranks_from_mask(scores: torch.Tensor, positives: torch.Tensor, chunk: int = 
     """
     if scores.shape != positives.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and positives {tuple(positives.shape)} differ in shape")
+    if not torch.isfinite(scores).all():  # no comparison with NaN is true: a NaN scorer would rank first
+        raise ValueError(f"{int((~torch.isfinite(scores)).sum())} scores are NaN or infinite; "
+                         "ranks of non-finite scores are meaningless")
     empty = ~positives.any(dim=1)
     if empty.any():
         raise ValueError(f"{int(empty.sum())} queries have no positive (first: row {int(empty.nonzero()[0])})")

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from viclip.distributed import broadcast_object, init_from_env, pick_device, world
+from viclip.errors import DataError
 from viclip.eval import linear_probe as lp
-from viclip.eval.cache import EmbeddingCache, cache_key
+from viclip.eval.cache import EmbeddingCache, cache_key, file_identity
 from viclip.eval.dual_softmax import dual_softmax
 from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.eval.metrics import retrieval_metrics, topk_accuracy
@@ -104,27 +105,35 @@ class Evaluator:
                           "config": dataclasses.asdict(self.model.cfg)}
         self.timings = {"video": 0.0, "text": 0.0}
 
-    def _cached(self, kind: str, key: str, compute) -> dict[str, torch.Tensor]:
+    def _cached(self, kind: str, key: str, compute) -> tuple[dict[str, torch.Tensor], bool]:
+        """The entry and whether it came from the cache."""
         # Rank 0 decides hit or miss for all ranks, so a cache on a non-shared disk cannot split them.
         hit = broadcast_object(self.cache.load(kind, key) if world()[0] == 0 else None)
         if hit is not None:
-            return hit
+            return hit, True
         out = compute()
         if world()[0] == 0:
             self.cache.save(kind, key, out)
-        return out
+        return out, False
+
+    def _embed(self, records: list) -> dict[str, torch.Tensor]:
+        emb, ok = embed_videos(self.model, records, self.protocol, self.device, batch_size=self.cfg.batch_size,
+                               num_workers=self.cfg.num_workers, precision=self.cfg.precision,
+                               progress=bool(self.cfg.progress))
+        return {"embeddings": _finite(emb, ok, f"video embeddings of checkpoint {self.cfg.checkpoint}"), "ok": ok}
 
     def videos(self, split: EvalSplit) -> tuple[torch.Tensor, torch.Tensor]:
         start = time.perf_counter()
-        key = cache_key(**self.model_key, protocol=dataclasses.asdict(self.protocol), videos=split.videos)
-
-        def compute():
-            emb, ok = embed_videos(self.model, split.records, self.protocol, self.device,
-                                   batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                                   precision=self.cfg.precision, progress=bool(self.cfg.progress))
-            return {"embeddings": emb, "ok": ok}
-
-        out = self._cached("video", key, compute)
+        key = cache_key(**self.model_key, protocol=dataclasses.asdict(self.protocol),
+                        videos=file_identity(split.videos))
+        out, hit = self._cached("video", key, lambda: self._embed(split.records))
+        failed = (~out["ok"]).nonzero().flatten().tolist()
+        if hit and failed:  # a failure is never final: retry the videos a cached entry lacks
+            retry = self._embed([split.records[i] for i in failed])
+            if retry["ok"].any():
+                out["embeddings"][failed], out["ok"][failed] = retry["embeddings"], retry["ok"]
+                if world()[0] == 0:
+                    self.cache.save("video", key, out)
         self.timings["video"] += time.perf_counter() - start
         return out["embeddings"], out["ok"]
 
@@ -134,10 +143,11 @@ class Evaluator:
         key = cache_key(**self.model_key, official_cleaning=cleaning, texts=texts)
 
         def compute():
-            return {"embeddings": embed_texts(self.model, texts, self.device, precision=self.cfg.precision,
-                                              official_cleaning=cleaning)}
+            emb = embed_texts(self.model, texts, self.device, precision=self.cfg.precision,
+                              official_cleaning=cleaning)
+            return {"embeddings": _finite(emb, None, f"text embeddings of checkpoint {self.cfg.checkpoint}")}
 
-        out = self._cached("text", key, compute)
+        out, _ = self._cached("text", key, compute)
         self.timings["text"] += time.perf_counter() - start
         return out["embeddings"]
 
@@ -203,6 +213,17 @@ class Evaluator:
         info = {**_counts(val_ok), "num_classes": len(val.class_names),
                 "train": {"annotation": train.annotation, "video_root": train.video_root, **_counts(train_ok)}}
         return metrics, info
+
+
+def _finite(emb: torch.Tensor, ok: torch.Tensor | None, what: str) -> torch.Tensor:
+    """``emb`` if its rows (those ``ok`` marks) are finite; NaN or infinity would rank as a perfect match
+    (every tie goes against the model, but no comparison with NaN is true), so they end the run."""
+    rows = emb if ok is None else emb[ok]
+    bad = ~torch.isfinite(rows.reshape(rows.shape[0], -1)).all(dim=1)
+    if bad.any():
+        raise DataError(f"{what}: {int(bad.sum())} of {rows.shape[0]} are not finite (NaN or infinity); "
+                        "the weights are corrupt or overflow at this precision")
+    return emb
 
 
 def _counts(ok: torch.Tensor) -> dict:
