@@ -12,7 +12,12 @@ masks and drop paths as an eager one and its loss differs only by float rounding
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -50,12 +55,32 @@ def sdpa_backend(heads: int, tokens: int, head_dim: int, dtype: torch.dtype, dev
     backend = SDPA_NAMES.get(SDPBackend(torch._fused_sdp_choice(q, k, v, mask)), "unknown")
     reason = ""
     if backend != "flash" and device.type == "cuda":
-        with warnings.catch_warnings(record=True) as caught:
+        # The dispatcher's reasons are C++ warnings: some reach Python's warnings, others only stderr.
+        with warnings.catch_warnings(record=True) as caught, captured_stderr() as err:
             warnings.simplefilter("always")
             params = torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, False, False)
             torch.backends.cuda.can_use_flash_attention(params, debug=True)
-        reason = "; ".join(str(w.message).strip() for w in caught)
+        messages = [str(w.message).strip() for w in caught] + [line.strip() for line in err if line.strip()]
+        reason = "; ".join(dict.fromkeys(messages))
     return backend, reason
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """The lines written to file descriptor 2 inside the block (C++ code writes there, not to sys.stderr)."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode(errors="replace").splitlines())
 
 
 def describe_kernels(model: nn.Module, mask_ratios: list[float], dtype: torch.dtype, device: torch.device) -> str:
