@@ -31,7 +31,7 @@ from timm.optim import param_groups_layer_decay
 from viclip.data.annotations import KINETICS_PATTERN, VideoText, load_kinetics
 from viclip.finetune.base import FinetuneTrainer
 from viclip.finetune.data import Sample
-from viclip.finetune.k710 import normalise_label, read_label_map
+from viclip.finetune.k710 import k710_name, read_label_map
 from viclip.model import export_official
 from viclip.model.classifier import ViCLIPClassifier, classifier_from_checkpoint
 from viclip.model.viclip import forward_flops
@@ -96,7 +96,7 @@ class RecognitionTrainer(FinetuneTrainer):
                                   f"{cfg.finetune.head_map.file} (sources: {sorted(label_map.sources)})")
             head_rows = label_map.sources[cfg.finetune.head_map.source]
             kept = [label_map.classes[i] for i in head_rows]
-            ours = [normalise_label(n) for n in self.train_split[1]]
+            ours = [k710_name(n) for n in self.train_split[1]]
             if kept != ours:
                 first = next((i for i, (a, b) in enumerate(zip(kept, ours)) if a != b), min(len(kept), len(ours)))
                 raise ConfigError(
