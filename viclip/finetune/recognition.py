@@ -37,7 +37,7 @@ from viclip.model.classifier import ViCLIPClassifier, classifier_from_checkpoint
 from viclip.model.viclip import forward_flops
 from viclip.model.weights import read_config
 from viclip.train.config import ConfigError, Phase
-from viclip.train.trainer import fp32_state_dict
+from viclip.train.engine import fp32_state_dict
 
 
 def mix_clips(mixup: Mixup, video: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
