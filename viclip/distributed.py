@@ -44,10 +44,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main() -> bool:
-    return world()[0] == 0
-
-
 def barrier() -> None:
     """Wait for all ranks (no-op when not distributed)."""
     if world()[1] > 1:

@@ -28,12 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from viclip.atomic import atomic_path
 from viclip.distributed import barrier
+from viclip.errors import ConfigError
 from viclip.finetune.data import FinetuneLoader, LoaderConfig, Sample
 from viclip.model import ViCLIP, ViCLIPConfig, load_checkpoint_file
 from viclip.model.text import POSITION_INITS, extend_positional_embedding
 from viclip.model.weights import load_weights, read_config
-from viclip.train.config import ConfigError, Phase, check_run_fields, missing_fields, phases_of
-from viclip.train.trainer import Trainer, export_weights
+from viclip.train.config import Phase, check_run_fields, missing_fields, phases_of
+from viclip.train.engine import export_phase_weights
+from viclip.train.trainer import Trainer
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 _TEXT_POSITIONS = "text_encoder.positional_embedding"
@@ -91,6 +93,10 @@ class FinetuneTrainer(Trainer):
             raise ConfigError("finetune.text_positions.init=clip needs finetune.text_positions.clip_weights=PATH "
                               "(CLIP weights, OpenAI or open_clip naming)")
         check_run_fields(cfg)
+        if cfg.loss.same_video != "negative":
+            raise ConfigError(f"loss.same_video={cfg.loss.same_video} needs each clip's source video, which "
+                              "fine-tuning samples lack (a video's captions are already positives of each other); use "
+                              "loss.same_video=negative")
         if ft.eval is not None:
             if ft.best_mode not in BEST_MODES:
                 raise ConfigError(f"finetune.best_mode must be one of {BEST_MODES}, got {ft.best_mode!r}")
@@ -143,7 +149,7 @@ class FinetuneTrainer(Trainer):
         # uint8 batches, normalised on the device (the Trainer calls loader.normalize)
         transform = VideoTransform(True, self.model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale),
                                    hflip=aug.hflip, normalize=False)
-        config = LoaderConfig(int(cfg.train.batch_size), self.model_cfg.num_frames, seed=int(cfg.seed),
+        config = LoaderConfig(self.batch_size, self.model_cfg.num_frames, seed=int(cfg.seed),
                               num_workers=int(cfg.data.num_workers), backend=cfg.data.backend)
         return FinetuneLoader(self.train_samples(), config, transform, self.tokenizer(model), info.rank,
                               info.world_size, pin_memory=torch.cuda.is_available())
@@ -167,7 +173,7 @@ class FinetuneTrainer(Trainer):
     def write_weights(self, path: Path) -> str:
         """The model now, in the official format, at ``path`` (rank 0 writes; collective). A subclass
         whose model is not a ViCLIP writes its own."""
-        return export_weights(self.engine, path, self.info)
+        return export_phase_weights(self.engine, path, self.info)
 
     def evaluate(self, weights: Path, out: Path) -> dict[str, float]:
         """The validation metrics of ``weights`` from the eval runner (every rank takes part)."""

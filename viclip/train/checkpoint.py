@@ -5,6 +5,11 @@ optimizer files, our train state as DeepSpeed client state, and ``rank00000.pt``
 rank's data-stream position and RNG states), plus ``latest`` (the newest tag; the same file
 DeepSpeed's own tools read).
 
+Every file of a checkpoint is read with ``torch.load(weights_only=True)`` (:func:`load_file`), the
+engine's too (:func:`restricted_loads` replaces DeepSpeed's loader, which unpickles anything): a
+planted pickle cannot run code on resume. DeepSpeed's optimizer files need a few of its own plain
+classes (:data:`DEEPSPEED_GLOBALS`), allowed by name and rebuilt from data only.
+
 A checkpoint is written as ``.tmp-step_...`` and renamed once every rank has finished, so a
 directory with a final name is always complete; ``latest`` is written after the rename; pruning
 renames a directory to ``.trash-...`` before deleting it. A SIGKILL at any moment therefore leaves
@@ -14,6 +19,7 @@ either the previous or the new checkpoint as the newest complete one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -25,9 +31,62 @@ import torch
 
 from viclip.atomic import atomic_rename, atomic_write
 from viclip.distributed import barrier
+from viclip.errors import ConfigError, DataError, UnsafeFileError
 
 LATEST = "latest"
 _TAG_RE = re.compile(r"^step_(\d{8,})$")
+
+
+def deepspeed_globals() -> list:
+    """The classes DeepSpeed's ZeRO optimizer files pickle besides tensors and containers: data holders
+    without code on load (a loss-scale record, a fragment address, a stage enum)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_file(path: str | os.PathLike, map_location=None) -> Any:
+    """A checkpoint file read with ``weights_only=True`` (plus :func:`deepspeed_globals`); a file that
+    would run code is an UnsafeFileError, a missing, truncated or corrupt one a DataError, both naming it."""
+    try:
+        with torch.serialization.safe_globals(deepspeed_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeFileError(f"{path}: refused to load, it needs code beyond tensors and plain data to unpickle "
+                              f"({_refusal(e)}); resume only checkpoints that this project's runs wrote") from e
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: missing from the checkpoint; resume from another one (resume=PATH)") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise DataError(f"{path}: truncated or corrupt ({str(e).strip().splitlines()[0]}); resume from another "
+                        "checkpoint (resume=PATH)") from e
+
+
+def _refusal(e: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that names the global, without its advice to load unsafely."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    named = [line.split("error:", 1)[-1].strip() for line in lines if "Unsupported global" in line]
+    return (named or lines or ["not a weights-only pickle"])[0].split(" was not an allowed global")[0]
+
+
+class RestrictedLoads:
+    """DeepSpeed's checkpoint engine with :func:`load_file` as its ``load``; everything else delegated."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def load(self, path: str, map_location=None) -> Any:
+        return load_file(path, map_location)
+
+
+def restricted_loads(engine) -> None:
+    """Make every file ``engine.load_checkpoint`` reads go through :func:`load_file` (idempotent)."""
+    if not isinstance(engine.checkpoint_engine, RestrictedLoads):
+        engine.checkpoint_engine = RestrictedLoads(engine.checkpoint_engine)
 
 
 def tag_for(step: int) -> str:
@@ -63,17 +122,10 @@ def complete_tags(root: Path) -> list[str]:
 
 
 def newest_tag(root: Path) -> str | None:
-    """The newest complete checkpoint: ``latest`` if it names one, or a newer complete directory.
-
-    A directory can be newer than ``latest`` when a run was killed between the rename and the
-    pointer write; it is complete, so it is used.
-    """
+    """The newest complete checkpoint directory. ``latest`` is not read: it is written for DeepSpeed's
+    own tools, and a kill between a checkpoint's rename and the pointer's write leaves it one behind."""
     tags = complete_tags(root)
-    if not tags:
-        return None
-    pointer = root / LATEST
-    named = pointer.read_text().strip() if pointer.is_file() else None
-    return named if named == tags[-1] else tags[-1]
+    return tags[-1] if tags else None
 
 
 class Checkpointer:
@@ -81,7 +133,7 @@ class Checkpointer:
 
     def __init__(self, root: str | os.PathLike, keep: int, rank: int, world_size: int) -> None:
         if keep < 1:
-            raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
+            raise ConfigError(f"train.keep_checkpoints must be >= 1, got {keep}")
         self.root = Path(root)
         self.keep, self.rank, self.world_size = keep, rank, world_size
 
@@ -136,19 +188,30 @@ class Checkpointer:
             return path
         tag = newest_tag(path)
         if tag is None:
-            raise FileNotFoundError(f"resume={resume!r}: no complete checkpoint (step_* directory) there")
+            raise ConfigError(f"resume={resume}: no complete checkpoint (step_* directory) there")
         return path / tag
 
     def load(self, engine, ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore the engine in place; return (train state, this rank's state)."""
-        rank_file = ckpt_dir / f"rank{self.rank:05d}.pt"
-        saved_world = len(list(ckpt_dir.glob("rank*.pt")))
-        if saved_world != self.world_size:
-            raise RuntimeError(f"checkpoint {ckpt_dir} was written by {saved_world} ranks; resuming with "
-                               f"{self.world_size} would change every rank's data position")
+        self.check_rank_files(ckpt_dir)
+        restricted_loads(engine)
         _, client = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=True,
                                            load_lr_scheduler_states=False)
-        if client is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ckpt_dir}")
-        rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
-        return client["train_state"], rank_state
+        if client is None or "train_state" not in client:
+            raise DataError(f"{ckpt_dir}: DeepSpeed found no model states of a training run there "
+                            "(mp_rank_00_model_states.pt); resume from another checkpoint (resume=PATH)")
+        return client["train_state"], load_file(ckpt_dir / f"rank{self.rank:05d}.pt", map_location="cpu")
+
+    def check_rank_files(self, ckpt_dir: Path) -> None:
+        """One ``rankNNNNN.pt`` per rank of this run: each rank's data position lives in its own file."""
+        found = {int(p.stem[4:]) for p in ckpt_dir.glob("rank[0-9]*.pt") if p.stem[4:].isdigit()}
+        # DeepSpeed writes one optimizer file per data-parallel rank: the world size even if rank files are lost
+        optim = {int(p.name.split("_")[2]) for p in ckpt_dir.glob("zero_pp_rank_*_mp_rank_*_optim_states.pt")}
+        saved_world = max(found | optim) + 1 if found | optim else 0
+        missing = sorted(set(range(max(saved_world, 1))) - found)
+        if missing:
+            raise DataError(f"{ckpt_dir / f'rank{missing[0]:05d}.pt'}: missing from the checkpoint; resume from "
+                            "another one (resume=PATH)")
+        if saved_world != self.world_size:
+            raise ConfigError(f"{ckpt_dir} was written by {saved_world} ranks; resuming with {self.world_size} would "
+                              f"change every rank's data position: launch {saved_world} ranks")

@@ -8,20 +8,20 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from viclip.errors import ConfigError
 from viclip.model import get_config
+from viclip.train.engine import PHASE_OPTIMIZER
 from viclip.train.logger import LOGGERS
 from viclip.train.loss import SAME_VIDEO_CHOICES
 
 _ENV_DEFAULT_MISSING = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*),\s*'\?\?\?'\}")
 
 
-class ConfigError(ValueError):
-    """A config field is unset or invalid; the message names it."""
-
-
 @dataclass(frozen=True)
 class Phase:
-    """One training phase: its length in epochs, masking and learning-rate schedule."""
+    """One training phase: its length in epochs, masking, learning-rate schedule and clips per rank and
+    micro-step (``phases.<name>.batch_size``, else ``train.batch_size``); a phase's epoch is of its own
+    batches, so its step count follows from its batch size."""
 
     name: str
     epochs: float
@@ -29,6 +29,7 @@ class Phase:
     lr: float
     warmup_epochs: float
     min_lr_ratio: float
+    batch_size: int
 
 
 def _walk(node, prefix: str = ""):
@@ -67,7 +68,9 @@ def phases_of(cfg: DictConfig) -> list[Phase]:
             if field not in p:
                 raise ConfigError(f"phases.{name}.{field} is not set")
         ph = Phase(name, float(p.epochs), float(p.mask_ratio), float(p.lr), float(p.warmup_epochs),
-                   float(p.min_lr_ratio))
+                   float(p.min_lr_ratio), int(p.get("batch_size") or cfg.train.batch_size))
+        if ph.batch_size < 1:
+            raise ConfigError(f"phases.{name}.batch_size must be >= 1 (or null: train.batch_size), got {ph.batch_size}")
         if ph.epochs < 0 or ph.lr <= 0 or not 0 <= ph.warmup_epochs <= max(ph.epochs, 0):
             raise ConfigError(f"phases.{name}: need epochs >= 0, lr > 0 and 0 <= warmup_epochs <= epochs, got "
                               f"epochs={ph.epochs}, lr={ph.lr}, warmup_epochs={ph.warmup_epochs}")
@@ -96,6 +99,8 @@ def check_run_fields(cfg: DictConfig) -> None:
     for field in ("batch_size", "grad_accum", "max_bad_steps", "log_every", "ckpt_every", "keep_checkpoints"):
         if int(cfg.train[field]) < 1:
             raise ConfigError(f"train.{field} must be >= 1, got {cfg.train[field]}")
+    if cfg.train.phase_optimizer not in PHASE_OPTIMIZER:
+        raise ConfigError(f"train.phase_optimizer must be one of {PHASE_OPTIMIZER}, got {cfg.train.phase_optimizer!r}")
     phases_of(cfg)
 
 

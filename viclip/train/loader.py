@@ -1,11 +1,13 @@
 """The config's ``data`` group turned into this rank's training loader, and the batch keys the loss reads.
 
-Also generates the synthetic demo data when a config asks for it and it is absent.
+Also generates the synthetic demo data when the run reads it and it is absent.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,27 +20,50 @@ from viclip.data.transforms import VideoTransform
 from viclip.data.video import decode_plan
 from viclip.model import ViCLIPConfig, tokenize
 
+log = logging.getLogger(__name__)
+
 
 def prepare(data: DictConfig, is_main: bool) -> None:
-    """Generate the synthetic data (rank 0) if ``data.generate`` is set; a complete directory is kept as is."""
-    if is_main and data.get("generate") is not None:
+    """Generate the synthetic data (rank 0) when ``data.generate`` is set and a source reads its
+    ``train`` directory (not when the sources were pointed at other shards); a complete directory is
+    kept as is."""
+    if not is_main or data.get("generate") is None:
+        return
+    generated = Path(data.root) / "train"
+    if any(Path(str(src.shards)) == generated for src in data.sources.values()):
         make_synthetic(Path(data.root), **OmegaConf.to_container(data.generate, resolve=True))
 
 
-def build_loader(cfg: DictConfig, model_cfg: ViCLIPConfig, rank: int, world_size: int) -> VideoTextLoader:
-    """This rank's loader: a fixed number of batches per epoch (``len``), resumable by ``state_dict``."""
+def loader_workers(data: DictConfig, cuda: bool) -> int:
+    """Decoding workers per rank: ``data.num_workers``, on a machine without a GPU at most this rank's
+    share of the cores (more workers than cores only queue for them, each holding a shuffle buffer)."""
+    wanted = int(data.num_workers)
+    if cuda:
+        return wanted
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if wanted > share:
+        log.info("data.num_workers=%d on %d CPU core(s) per rank without a GPU: using %d", wanted, share, share)
+    return min(wanted, share)
+
+
+def build_loader(cfg: DictConfig, model_cfg: ViCLIPConfig, batch_size: int, rank: int,
+                 world_size: int) -> VideoTextLoader:
+    """This rank's loader of ``batch_size`` clips per batch (the phase's): a fixed number of batches per
+    epoch (``len``), resumable by ``state_dict``."""
     aug = cfg.data.augment
     tokenizer = functools.partial(tokenize, context_length=model_cfg.context_length)
     tokenizer(["warm-up"])  # builds the BPE tables (seconds) once here, not in every epoch's forked workers
     # uint8 batches, normalised on the device by loader.normalize: a quarter of the bytes to move
     transform = VideoTransform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip,
                                normalize=False)
-    backend, num_workers, pin_memory = decode_plan(cfg.data.backend, int(cfg.data.num_workers),
-                                                   torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    backend, num_workers, pin_memory = decode_plan(cfg.data.backend, loader_workers(cfg.data, cuda), cuda)
     config = StreamConfig(
-        OmegaConf.to_container(cfg.data.sources, resolve=True), int(cfg.train.batch_size),
+        OmegaConf.to_container(cfg.data.sources, resolve=True), batch_size,
         num_frames=model_cfg.num_frames, num_workers=num_workers, seed=int(cfg.seed),
         shuffle_buffer=int(cfg.data.shuffle_buffer), backend=backend,
+        max_member_bytes=int(cfg.data.max_member_bytes), min_caption_words=int(cfg.data.min_caption_words),
     )
     return build_train_loader(config, tokenizer, transform, rank, world_size, pin_memory=pin_memory)
 

@@ -21,7 +21,6 @@ the loop call: :meth:`Trainer.check_config`, :meth:`Trainer.build_model`, :meth:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,16 +31,19 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from viclip.distributed import DistInfo, init_distributed, set_cpu_threads, shutdown
-from viclip.model import CheckpointError, ViCLIP, create_model, export_official, init_from_clip
+from viclip.distributed import broadcast_object, init_distributed, set_cpu_threads, shutdown
+from viclip.errors import OutputError
+from viclip.model import CheckpointError, ViCLIP, create_model, init_from_clip
 from viclip.train import loader as train_loader
 from viclip.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from viclip.train.config import Phase, phases_of, validate_train_config
+from viclip.train.engine import deepspeed_config, export_phase_weights, reset_optimizer_state, vectorise_scalars
 from viclip.train.kernels import prepare_kernels
 from viclip.train.logger import MetricsLogger
 from viclip.train.loss import ClipLoss
 from viclip.train.meters import StepClock, ThroughputMeter, peak_flops, time_left, train_flops_per_clip
 from viclip.train.optim import WarmupCosine, build_optimizer, param_groups, set_lr
+from viclip.train.rundir import RunDirLock, claim_run_dir, save_resolved_config
 
 
 class NonFiniteLossError(RuntimeError):
@@ -68,22 +70,6 @@ class TrainResult:
     is_main: bool
 
 
-def save_resolved_config(cfg: DictConfig, run_dir: Path, info: DistInfo) -> None:
-    """Write ``config.yaml`` once, after checking that every rank resolved the same config."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    digests = [None] * info.world_size
-    dist.all_gather_object(digests, digest)
-    if len(set(digests)) != 1:
-        raise RuntimeError("the resolved config differs between ranks (environment variables differ between "
-                           "nodes?); every rank must train the same config")
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(text)
-        tmp.replace(run_dir / "config.yaml")
-
-
 def build_train_model(cfg: DictConfig, is_main: bool) -> ViCLIP:
     """The config's model, initialised from CLIP weights when ``model.clip_weights`` names them."""
     model = create_model(cfg.model.name, **OmegaConf.to_container(cfg.model.overrides))
@@ -95,63 +81,6 @@ def build_train_model(cfg: DictConfig, is_main: bool) -> ViCLIP:
         if is_main:
             print(report, flush=True)
     return model
-
-
-def vectorise_scalars(model: torch.nn.Module) -> None:
-    """Give 0-dim parameters (``temp``) shape [1]: DeepSpeed 0.19's initial broadcast views every
-    parameter as bytes, which fails on 0-dim tensors. The export restores the official shape []."""
-    for p in model.parameters():
-        if p.ndim == 0:
-            p.data = p.data.reshape(1)
-
-
-def deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
-    """The deepspeed group as-is, plus batch sizes and clipping from train.*."""
-    ds = OmegaConf.to_container(cfg.deepspeed, resolve=True)
-    ds.update(
-        train_micro_batch_size_per_gpu=int(cfg.train.batch_size),
-        gradient_accumulation_steps=int(cfg.train.grad_accum),
-        train_batch_size=int(cfg.train.batch_size) * int(cfg.train.grad_accum) * world_size,
-        gradient_clipping=float(cfg.train.grad_clip),
-        steps_per_print=2**31 - 1,  # our own logger prints
-    )
-    return ds
-
-
-def fp32_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The module's state dict with every trained parameter replaced by its fp32 master copy (gathered
-    across ZeRO partitions); frozen parameters and buffers as they are. Collective: every rank calls it."""
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    params = dict(engine.module.named_parameters())
-    out = {}
-    for name, value in engine.module.state_dict().items():
-        p = params.get(name)
-        full = safe_get_full_fp32_param(p) if p is not None and p.requires_grad else None
-        value = full if full is not None else value
-        out[name] = (value.float() if value.is_floating_point() else value).detach().cpu().clone()
-    return out
-
-
-def export_weights(engine, path: Path, info: DistInfo) -> str:
-    """Write the engine's ViCLIP as an official ``{'model': state_dict}`` file (fp32 master weights) on
-    rank 0. Collective: every rank calls it."""
-    sd = fp32_state_dict(engine)
-    if info.is_main:
-        model = ViCLIP(engine.module.cfg)
-        shapes = model.state_dict()
-        model.load_state_dict({k: v.reshape(shapes[k].shape) for k, v in sd.items()})
-        model.clamp_temp()
-        export_official(model, path)
-    return str(path)
-
-
-def export_phase(engine, phase: Phase, run_dir: Path, info: DistInfo) -> str:
-    """Export the official-format weights of this phase's end to ``weights/{phase}.pth``."""
-    path = export_weights(engine, run_dir / "weights" / f"{phase.name}.pth", info)
-    if info.is_main:
-        print(f"[{phase.name}] exported official-format weights to {path}", flush=True)
-    return path
 
 
 def _reduce(values: list[float], device: torch.device) -> list[float]:
@@ -169,8 +98,10 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.phases = phases_of(cfg)
         self.grad_accum = int(cfg.train.grad_accum)
+        self.batch_size = self.phases[0].batch_size  # of the loader now built: the current phase's
         self.state = TrainState()
         self.last_loss: float | None = None
+        self.lock: RunDirLock | None = None
 
     # -- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -181,6 +112,7 @@ class Trainer:
         self.info = info = init_distributed()
         if info.device.type == "cpu":
             set_cpu_threads(int(cfg.data.num_workers))
+        self.claim_run_dir()
         save_resolved_config(cfg, self.run_dir, info)
         train_loader.prepare(cfg.data, info.is_main)
         dist.barrier()
@@ -188,8 +120,7 @@ class Trainer:
         torch.manual_seed(int(cfg.seed))  # the same initial weights on every rank
         model = self.build_model()
         torch.manual_seed(int(cfg.seed) + 1 + info.rank)  # then distinct masking and drop-path draws per rank
-        self.loader = self.build_loader(model)
-        self.steps_per_epoch = int(cfg.train.steps_per_epoch or 0) or max(1, len(self.loader) // self.grad_accum)
+        self.set_loader(self.build_loader(model))
 
         vectorise_scalars(model)
         optimizer = build_optimizer(self.param_groups(model), lr=self.phases[0].lr, betas=tuple(cfg.optim.betas),
@@ -209,8 +140,24 @@ class Trainer:
                                     OmegaConf.to_container(cfg.wandb), enabled=info.is_main,
                                     start_step=self.state.global_step, console=bool(cfg.progress))
         self.peak = peak_flops(info.device)
-        self.batches = train_loader.endless(self.loader)
         self.clock = StepClock()
+
+    def claim_run_dir(self) -> None:
+        """Rank 0 refuses a directory that is not ours and locks it for the run; every rank hears why."""
+        why = None
+        if self.info.is_main:
+            try:
+                self.lock = claim_run_dir(self.run_dir)
+            except OutputError as e:
+                why = str(e)
+        why = broadcast_object(why)
+        if why is not None:
+            raise OutputError(why)
+
+    def release(self) -> None:
+        """Let another run use the directory (the lock also ends with the process)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def check_config(self, cfg: DictConfig) -> None:
         """Raise ConfigError naming every unset path and the first invalid field; does no work."""
@@ -221,8 +168,26 @@ class Trainer:
         return build_train_model(self.cfg, self.info.is_main)
 
     def build_loader(self, model: torch.nn.Module):
-        """This rank's training loader (see the module docstring for what it must offer)."""
-        return train_loader.build_loader(self.cfg, model.cfg, self.info.rank, self.info.world_size)
+        """This rank's training loader at ``self.batch_size`` clips (see the module docstring for what it
+        must offer)."""
+        return train_loader.build_loader(self.cfg, model.cfg, self.batch_size, self.info.rank, self.info.world_size)
+
+    def set_loader(self, loader) -> None:
+        """Train from ``loader`` (at ``self.batch_size``); the epoch length follows from it."""
+        self.loader = loader
+        self.batches = train_loader.endless(loader)
+        self.steps_per_epoch = int(self.cfg.train.steps_per_epoch or 0) or max(1, len(loader) // self.grad_accum)
+
+    def enter_phase(self, index: int) -> None:
+        """Give the loader the batch size of phase ``index`` (a new loader, from the next epoch of the data,
+        when it changes); a no-op past the last phase or at the same batch size."""
+        if index >= len(self.phases) or self.phases[index].batch_size == self.batch_size:
+            return
+        old = self.loader.state_dict()
+        self.batch_size = self.phases[index].batch_size
+        loader = self.build_loader(self.engine.module)
+        loader.load_state_dict({**loader.state_dict(), "epoch": old["epoch"] + (1 if old["step"] else 0)})
+        self.set_loader(loader)
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         """The optimizer's parameter groups; a group's ``lr_scale`` multiplies the scheduled lr."""
@@ -244,8 +209,8 @@ class Trainer:
         ckpt.clean_incomplete()
         resume_dir = ckpt.resolve(self.cfg.resume)
         if resume_dir is None and self.cfg.resume is None and ckpt.resolve("auto") is not None:
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass resume=auto to continue the run, "
-                                  "or choose another run_name/output_dir")
+            raise OutputError(f"output_dir={self.run_dir} already holds checkpoints: pass resume=auto to continue "
+                              "the run, or choose another run_name/output_dir")
         if resume_dir is None:
             return
         train_state, rank_state = ckpt.load(self.engine, resume_dir)
@@ -260,6 +225,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = TrainState(**state["train"])
+        self.enter_phase(self.state.phase)  # the saved data position is of that phase's loader
         self.loader.load_state_dict(state["data"])
         set_rng_state(state["rng"])
 
@@ -280,6 +246,9 @@ class Trainer:
     def run_phase(self, phase: Phase) -> None:
         """The phase's remaining steps, periodic checkpoints, then export and a checkpoint at its end."""
         cfg, info, state = self.cfg, self.info, self.state
+        index = self.phases.index(phase)
+        if index > 0 and state.step == 0 and cfg.train.phase_optimizer == "fresh":
+            reset_optimizer_state(self.optimizer)  # also on a resume at this phase's start: the same state
         total = self.phase_steps(phase)
         schedule = WarmupCosine(phase.lr, total, min(total, round(phase.warmup_epochs * self.steps_per_epoch)),
                                 phase.min_lr_ratio)
@@ -289,7 +258,8 @@ class Trainer:
         if info.is_main:
             print(f"[{phase.name}] {total} steps ({phase.epochs:g} epochs of {self.steps_per_epoch}), mask_ratio "
                   f"{phase.mask_ratio}, lr {phase.lr:g}, warmup {schedule.warmup_steps} steps, "
-                  f"{info.world_size} rank(s) x {cfg.train.batch_size} clips x {self.grad_accum} accumulation",
+                  f"{info.world_size} rank(s) x {self.batch_size} clips x {self.grad_accum} accumulation, "
+                  f"{'a fresh' if index > 0 and cfg.train.phase_optimizer == 'fresh' else 'the'} AdamW state",
                   flush=True)
         window: list[float] = []
         while state.step < total:
@@ -307,12 +277,17 @@ class Trainer:
         # Export first: a kill between the two redoes the phase's end from the last checkpoint and
         # writes the same file again; the other order could leave a finished phase unexported.
         state.exports[phase.name] = self.export(phase)
-        state.phase, state.step = self.phases.index(phase) + 1, 0
+        state.phase, state.step = index + 1, 0
+        self.enter_phase(state.phase)  # the checkpoint holds the next phase's data position
         self.save_checkpoint()  # at every phase end, with the state pointing at the next phase
 
     def phase_steps(self, phase: Phase) -> int:
-        """Optimizer steps of a whole phase: its epochs of ``steps_per_epoch``, at least one."""
-        return max(1, round(phase.epochs * self.steps_per_epoch))
+        """Optimizer steps of a whole phase: its epochs of ``steps_per_epoch``, at least one. A later phase
+        at another batch size is priced from this loader's epoch (for the ETA; exact once it runs)."""
+        per_epoch = self.steps_per_epoch
+        if phase.batch_size != self.batch_size and not self.cfg.train.steps_per_epoch:
+            per_epoch = max(1, len(self.loader) * self.batch_size // phase.batch_size // self.grad_accum)
+        return max(1, round(phase.epochs * per_epoch))
 
     def flops_per_clip(self, phase: Phase) -> float:
         """Training FLOPs per clip at the phase's masking, for the MFU of the log."""
@@ -324,7 +299,10 @@ class Trainer:
 
     def export(self, phase: Phase) -> str:
         """Write the phase's official-format weights at its end; returns their path. Collective."""
-        return export_phase(self.engine, phase, self.run_dir, self.info)
+        path = export_phase_weights(self.engine, self.run_dir / "weights" / f"{phase.name}.pth", self.info)
+        if self.info.is_main:
+            print(f"[{phase.name}] exported official-format weights to {path}", flush=True)
+        return path
 
     def train_step(self, phase: Phase, lr: float) -> list[float]:
         """One optimizer step at ``lr`` (``grad_accum`` micro-batches); returns their mean losses."""
@@ -410,7 +388,9 @@ def train(cfg: DictConfig, trainer_cls: type[Trainer] = Trainer) -> TrainResult:
         trainer.setup()
         result = trainer.fit()
     except BaseException:
+        trainer.release()
         shutdown(clean=False)
         raise
+    trainer.release()
     shutdown()
     return result
