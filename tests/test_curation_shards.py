@@ -17,6 +17,7 @@ from viclip.curation.table import read_tables, write_table
 from viclip.curation.writer import make_shards
 from viclip.data.tars import iter_tar_samples
 from viclip.data.video import read_video
+from viclip.errors import DataError, OutputError
 from viclip.testing import videos as tv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,13 +73,88 @@ def test_subset_to_size_bounded_training_tars(stage, tmp_path):
 
 def test_missing_captions_are_an_error_unless_allowed(stage, tmp_path):
     table = read_tables([stage]).drop_columns(["caption"])
-    with pytest.raises(ValueError, match="no caption column"):
+    with pytest.raises(DataError, match="caption column.*caption-clips.*--captions.*--caption-column.*--allow-emp"):
         make_shards(table, clips_dir_of(stage), tmp_path / "a")
     assert sum(make_shards(table, clips_dir_of(stage), tmp_path / "b", allow_empty_captions=True).values()) == 9
     broken = read_tables([stage]).set_column(read_tables([stage]).schema.get_field_index("clip_tar"), "clip_tar",
                                               pa.array(["nope.tar"] * read_tables([stage]).num_rows))
     with pytest.raises(FileNotFoundError, match="nope.tar"):
         make_shards(broken, clips_dir_of(stage), tmp_path / "c")
+
+
+def _keys_in_order(out):
+    names = json.loads((out / "sizes.json").read_text())
+    clips = []
+    for name in names:
+        with open(out / name, "rb") as f:
+            clips += [json.loads(s["json"])["clip_id"] for s in iter_tar_samples(f)]
+    return clips
+
+
+def test_shards_mix_sources_in_a_seeded_global_order(stage, tmp_path):
+    """Clips of one video do not sit together: the order is a seeded permutation over the whole input."""
+    table_order = [r["clip_id"] for r in read_tables([stage]).to_pylist() if r["status"] == "kept"]
+    make_shards([stage], None, tmp_path / "a", max_samples=4, seed=1, progress=False)
+    make_shards([stage], None, tmp_path / "b", max_samples=4, seed=1, progress=False)
+    make_shards([stage], None, tmp_path / "c", max_samples=4, seed=2, progress=False)
+    make_shards([stage], None, tmp_path / "t", max_samples=4, global_shuffle=False, progress=False)
+    a = _keys_in_order(tmp_path / "a")
+    assert sorted(a) == sorted(table_order) and a != table_order
+    assert a == _keys_in_order(tmp_path / "b") != _keys_in_order(tmp_path / "c")
+    assert _keys_in_order(tmp_path / "t") == table_order
+    # the first shard (4 clips) holds clips of more than one source video
+    first = [k.rsplit("_", 1)[0] for k in a[:4]]
+    assert len(set(first)) > 1
+
+
+def test_output_over_an_input_is_refused(stage, tmp_path):
+    """--out at the stage's own clip directory would replace its tars."""
+    before = {p.name: p.stat().st_mtime_ns for p in clips_dir_of(stage).glob("*.tar")}
+    with pytest.raises(OutputError, match="overlaps the input"):
+        make_shards([stage], None, clips_dir_of(stage), progress=False)
+    with pytest.raises(OutputError, match="overlaps the input"):
+        make_shards([stage], None, stage, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in clips_dir_of(stage).glob("*.tar")} == before
+
+
+@pytest.mark.parametrize("column", ["caption", "status"])
+def test_a_number_column_is_named(stage, tmp_path, column):
+    table = read_tables([stage])
+    path = tmp_path / "t.parquet"
+    write_table(table.set_column(table.schema.get_field_index(column), column, pa.array(range(table.num_rows))), path)
+    with pytest.raises(DataError, match=f"t.parquet: column '{column}' must be text, got int64"):
+        make_shards([path], clips_dir_of(stage), tmp_path / "out", progress=False)
+
+
+def test_a_table_without_its_tars_names_clips_dir(stage, tmp_path):
+    write_table(read_tables([stage]), tmp_path / "alone.parquet")
+    with pytest.raises(FileNotFoundError, match="--clips-dir"):
+        make_shards([tmp_path / "alone.parquet"], None, tmp_path / "out", progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_own_captions_by_clip_id_or_span(stage, tmp_path, fmt):
+    table = read_tables([stage]).drop_columns(["caption"])
+    kept = [r for r in table.to_pylist() if r["status"] == "kept"]
+    by_id = pa.table({"clip_id": [r["clip_id"] for r in kept], "caption": [f"mine {r['clip_id']}" for r in kept]})
+    by_span = pa.table({"video_id": [r["video_id"] for r in kept], "start": [r["start"] for r in kept],
+                        "end": [r["end"] for r in kept], "caption": [f"span {r['clip_id']}" for r in kept]})
+    for name, captions in (("id", by_id), ("span", by_span)):
+        path = tmp_path / f"{name}.{fmt}"
+        if fmt == "csv":
+            import pyarrow.csv as pcsv
+            pcsv.write_csv(captions, path)
+        elif fmt == "json":
+            path.write_text(json.dumps(captions.to_pylist()))
+        else:
+            write_table(captions, path)
+        out = tmp_path / f"shards_{name}"
+        make_shards(table, clips_dir_of(stage), out, captions=str(path), progress=False)
+        for shard in json.loads((out / "sizes.json").read_text()):
+            with open(out / shard, "rb") as f:
+                for sample in iter_tar_samples(f):
+                    clip = json.loads(sample["json"])["clip_id"]
+                    assert sample["txt"].decode() == f"{'mine' if name == 'id' else 'span'} {clip}"
 
 
 def test_plot_stats_writes_figures_and_summary(stage, tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 
 from viclip.curation.subsets import SubsetSpec, build_subset, div_sample, source_codes
 from viclip.curation.table import rows_to_table, write_table
+from viclip.errors import ConfigError, DataError, OutputError
 
 
 def official_div(data: list[dict], num: int) -> list[dict]:
@@ -169,13 +170,36 @@ def test_random_subset_is_seeded_uniform_without_replacement(tmp_path):
 
 def test_subset_errors_name_the_problem(tmp_path):
     write_table(rows_to_table(_scored_rows()), tmp_path / "t.parquet")
-    with pytest.raises(ValueError, match="cannot draw 100000"):
+    with pytest.raises(ConfigError, match="cannot draw --num 100000"):
         build_subset([tmp_path / "t.parquet"], tmp_path / "o.parquet", SubsetSpec("div", num=100000))
-    with pytest.raises(KeyError, match="needs columns"):
+    with pytest.raises(DataError, match="needs columns"):
         build_subset([tmp_path / "t.parquet"], tmp_path / "o.parquet", SubsetSpec("div", num=1, source_column="video"))
-    with pytest.raises(ValueError, match="rule must be one of"):
+    with pytest.raises(ConfigError, match="rule must be one of"):
         SubsetSpec("best")
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_output_over_an_input_table_is_refused(tmp_path):
+    """--out naming a stage's own 00000.parquet would overwrite it (10 rows became 2)."""
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    write_table(rows_to_table(_scored_rows()), stage / "00000.parquet")
+    (stage / "00000.stats.json").write_text("{}")
+    rows = pq.read_metadata(stage / "00000.parquet").num_rows
+    for out in (stage / "00000.parquet", stage / "subset.parquet"):
+        with pytest.raises(OutputError, match="overlaps the input"):
+            build_subset([stage], out, SubsetSpec("random", num=2))
+    assert pq.read_metadata(stage / "00000.parquet").num_rows == rows and not (stage / "subset.parquet").exists()
+
+
+def test_a_text_aesthetic_column_is_named(tmp_path):
+    rows = [{**r, "aesthetic": None} for r in _scored_rows()]
+    table = rows_to_table(rows)
+    table = table.set_column(table.schema.get_field_index("aesthetic"), "aesthetic",
+                             pa.array(["5.0"] * table.num_rows))
+    write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"t.parquet: column 'aesthetic' must be numeric, got string"):
+        build_subset([tmp_path / "t.parquet"], tmp_path / "o.parquet", SubsetSpec("aes"))
 
 
 def _build_subset_main(monkeypatch, *argv) -> None:

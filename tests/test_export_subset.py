@@ -5,6 +5,8 @@ import json
 import tarfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from viclip.curation.export import ExportConfig, export_subset
@@ -12,6 +14,7 @@ from viclip.curation.subsets import SubsetSpec, build_subset
 from viclip.curation.table import rows_to_table, write_table
 from viclip.data.tars import ShardWriter
 from viclip.data.video import write_mp4
+from viclip.errors import DataError
 from viclip.testing.videos import pan_frames
 
 
@@ -63,5 +66,19 @@ def test_missing_columns_and_tars_are_named(stage, tmp_path):
     (stage / "00000.tar").rename(stage / "moved.tar")
     with pytest.raises(FileNotFoundError, match=r"clip tar not found: .*00000\.tar"):
         export_subset(subset, tmp_path / "e", ExportConfig(), progress=False)
-    with pytest.raises(KeyError, match=r"clip_text_sim_v2"):
+    with pytest.raises(DataError, match=r"clip_text_sim_v2"):
         export_subset(subset, tmp_path / "e", ExportConfig(similarity_column="clip_text_sim_v2"), progress=False)
+
+
+@pytest.mark.parametrize("key", ["../../escaped", "/tmp/absolute", "sub/dir", ".."])
+def test_a_clip_key_that_is_a_path_is_refused(stage, tmp_path, key):
+    """clip_key values join into output paths: a path in one would write outside --out."""
+    subset = tmp_path / "aes.parquet"
+    build_subset([stage], subset, SubsetSpec(rule="aes"))
+    table = pq.read_table(subset)
+    keys = table.column("clip_key").to_pylist()
+    table = table.set_column(table.schema.get_field_index("clip_key"), "clip_key", pa.array([key] + keys[1:]))
+    pq.write_table(table, subset)
+    with pytest.raises(DataError, match="is not a plain file name"):
+        export_subset(subset, tmp_path / "export" / "deep", ExportConfig(clips=str(stage)), progress=False)
+    assert not list(tmp_path.rglob("escaped*")) and not (tmp_path / "export").exists()

@@ -27,7 +27,8 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path, atomic_write
-from viclip.curation.stages import CONFIG_FILE, clips_dir_of
+from viclip.curation.stage_dir import CONFIG_FILE, clips_dir_of
+from viclip.errors import ConfigError, DataError
 from viclip.progress import progress as progress_bar
 
 FORMATS = ("csv", "parquet")
@@ -45,7 +46,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+            raise ConfigError(f"--format must be one of {FORMATS}, got {self.format!r}")
 
 
 @dataclass
@@ -59,6 +60,12 @@ class ExportReport:
     warnings: list[str] = field(default_factory=list)
 
 
+def _plain_name(key: object) -> bool:
+    """A clip key that names a file in one folder: no separator, not empty, ``.`` or ``..``, not absolute."""
+    return (isinstance(key, str) and key not in ("", ".", "..") and "/" not in key and "\\" not in key
+            and "\0" not in key)
+
+
 def _clips_dir(subset: Path, cfg: ExportConfig) -> Path:
     if cfg.clips:
         return clips_dir_of(Path(cfg.clips))
@@ -66,7 +73,7 @@ def _clips_dir(subset: Path, cfg: ExportConfig) -> Path:
     inputs = json.loads(report.read_text()).get("inputs", []) if report.is_file() else []
     stages = {str(clips_dir_of(Path(i).parent)) for i in inputs}
     if len(stages) != 1:
-        raise ValueError(f"{subset}: cannot tell which stage holds the clips ({len(stages)} found in {report}); "
+        raise DataError(f"{subset}: cannot tell which stage holds the clips ({len(stages)} found in {report}); "
                          "give --clips STAGE_DIR")
     return Path(stages.pop())
 
@@ -93,10 +100,14 @@ def export_subset(subset: str | os.PathLike, out_dir: str | os.PathLike, cfg: Ex
     need = ["clip_tar", "clip_key", "caption", "frames", "height", "width", "fps", "aesthetic", cfg.similarity_column]
     missing = [c for c in need if c not in table.column_names]
     if missing:
-        raise KeyError(f"{subset}: the export needs columns {missing} (a scored, captioned subset)")
+        raise DataError(f"{subset}: the export needs columns {missing} (a scored, captioned subset)")
     clips_dir = _clips_dir(subset, cfg)
     rows = table.select(need).to_pylist()
     table_path = out / f"metadata.{cfg.format}"
+    for r in rows:
+        if not _plain_name(r["clip_key"]):
+            raise DataError(f"{subset}: clip_key {r['clip_key']!r} is not a plain file name (a path would write "
+                            f"outside {out / 'clips'})")
     dests = [out / "clips" / f"{r['clip_key']}.mp4" for r in rows]
     by_tar: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
@@ -115,7 +126,7 @@ def export_subset(subset: str | os.PathLike, out_dir: str | os.PathLike, cfg: Ex
                     try:
                         data = tar.extractfile(member).read()
                     except KeyError:
-                        raise KeyError(f"{tar_path} has no member {member} (listed by {subset})") from None
+                        raise DataError(f"{tar_path} has no member {member} (listed by {subset})") from None
                     atomic_write(dests[i], data)
                     copied += 1
                     bar.update(1)

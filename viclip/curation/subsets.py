@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.dedup import excluded_clip_ids
-from viclip.curation.table import table_files
+from viclip.curation.table import refuse_output_over_inputs, table_files
+from viclip.errors import ConfigError, DataError
 from viclip.progress import progress as progress_bar
 
 RULES = ("div", "flt", "aes", "random")
@@ -49,7 +50,7 @@ def source_codes(names: pa.Array | pa.ChunkedArray, prefix: int | None = None,
     """
     codes = {} if codes is None else codes
     if names.null_count:
-        raise ValueError("source names contain nulls")
+        raise DataError("source names contain nulls (give --source-column a column set on every row)")
     encoded = pc.dictionary_encode(names)
     chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
     out = []
@@ -73,7 +74,7 @@ def div_sample(codes: np.ndarray, num: int, seed: int = 42) -> np.ndarray:
     """
     n = len(codes)
     if not 0 <= num <= n:
-        raise ValueError(f"DIV: cannot draw {num} clips without replacement from a pool of {n}")
+        raise ConfigError(f"DIV: cannot draw --num {num} clips without replacement from a pool of {n}")
     counts = np.bincount(codes)
     weights = 1.0 / counts[codes]
     weights /= weights.sum()
@@ -83,7 +84,7 @@ def div_sample(codes: np.ndarray, num: int, seed: int = 42) -> np.ndarray:
 def random_sample(n: int, num: int, seed: int = 42) -> np.ndarray:
     """Positions of ``num`` of ``n`` rows, uniform without replacement (the 10M/50M/200M scaling subsets)."""
     if not 0 <= num <= n:
-        raise ValueError(f"random: cannot draw {num} clips without replacement from a pool of {n}")
+        raise ConfigError(f"random: cannot draw --num {num} clips without replacement from a pool of {n}")
     return np.random.RandomState(seed).choice(n, num, replace=False)
 
 
@@ -96,10 +97,10 @@ def flt_mask(duration: np.ndarray, similarity: np.ndarray, min_seconds: float = 
     CLIPScore x 2.5). Clips without a score (NaN) never pass. Returns the mask and the threshold.
     """
     if not 0 < top_fraction <= 1:
-        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+        raise ConfigError(f"--top-fraction must be in (0, 1], got {top_fraction}")
     ok = (duration >= min_seconds) & (duration <= max_seconds) & ~np.isnan(similarity)
     if not ok.any():
-        raise ValueError("FLT: no clip with a similarity score passes the duration filter")
+        raise DataError("FLT: no clip with a similarity score passes the duration filter")
     threshold = float(np.quantile(similarity[ok], 1.0 - top_fraction))
     return ok & (similarity >= threshold), threshold
 
@@ -129,9 +130,9 @@ class SubsetSpec:
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
-            raise ValueError(f"subset rule must be one of {', '.join(RULES)}; got {self.rule!r}")
+            raise ConfigError(f"--rule: subset rule must be one of {', '.join(RULES)}; got {self.rule!r}")
         if self.rule in ("div", "flt", "random") and (self.num is None or self.num < 0):
-            raise ValueError(f"subset rule {self.rule!r} needs num >= 0 (clips to draw), got {self.num}")
+            raise ConfigError(f"subset rule {self.rule!r} needs --num >= 0 (clips to draw), got {self.num}")
 
     def columns(self) -> list[str]:
         cols = {"div": [self.source_column], "random": [],
@@ -152,7 +153,7 @@ class SubsetReport:
 def _numeric(batch: pa.RecordBatch, name: str, path: Path) -> np.ndarray:
     col = batch.column(name)
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
-        raise TypeError(f"{path}: column {name!r} must be numeric, got {col.type}")
+        raise DataError(f"{path}: column {name!r} must be numeric, got {col.type}")
     return pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
 
@@ -170,7 +171,7 @@ def _scan(files: Sequence[Path], spec: SubsetSpec,
     for path, pf in zip(files, readers):
         missing = [c for c in needed + by_id if c not in pf.schema_arrow.names]
         if missing:
-            raise KeyError(f"{path}: subset rule {spec.rule!r} needs columns {missing}")
+            raise DataError(f"{path}: subset rule {spec.rule!r} needs columns {missing}")
     total = sum(pf.metadata.num_rows for pf in readers)
     positions = np.empty(total, dtype=np.int64)
     cols = {c: np.empty(total, dtype=np.int32 if c == spec.source_column else np.float64) for c in needed}
@@ -218,7 +219,7 @@ def select(spec: SubsetSpec, pool_size: int, cols: dict[str, np.ndarray]) -> tup
               "no_score": int(np.isnan(sim).sum()), "similarity_threshold": threshold,
               "after_filters": len(survivors)}
     if spec.num > len(survivors):
-        raise ValueError(f"FLT: {spec.num} clips requested but only {len(survivors)} pass the filters")
+        raise ConfigError(f"FLT: --num {spec.num} clips requested but only {len(survivors)} pass the filters")
     drawn = div_sample(cols[spec.source_column][survivors], spec.num, spec.seed)
     return survivors[drawn], counts
 
@@ -226,7 +227,7 @@ def select(spec: SubsetSpec, pool_size: int, cols: dict[str, np.ndarray]) -> tup
 def _unified_schema(files: Sequence[Path]) -> pa.Schema:
     schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="default")
     if RANK_COLUMN in schema.names:
-        raise ValueError(f"input tables already have a {RANK_COLUMN!r} column: build subsets from clip tables")
+        raise DataError(f"input tables already have a {RANK_COLUMN!r} column: build subsets from clip tables")
     return schema.append(pa.field(RANK_COLUMN, pa.int64()))
 
 
@@ -259,6 +260,7 @@ def build_subset(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, sp
     """
     files = table_files(inputs)
     out = os.fspath(out)  # a local path or an fsspec URL (viclip.atomic uploads it whole)
+    refuse_output_over_inputs(out, [*inputs, *files])
     num_rows, positions, cols = _scan(files, spec, progress)
     pool = len(positions)
     chosen, counts = select(spec, pool, cols)

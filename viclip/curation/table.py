@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path
+from viclip.errors import OutputError
 
 CLIP_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -85,6 +86,23 @@ def table_files(paths: Sequence[str | os.PathLike], what: str = "clip table", hi
     if not files:
         raise FileNotFoundError(f"no finished {what}s in {[str(p) for p in paths]}")
     return files
+
+
+def refuse_output_over_inputs(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | None],
+                              option: str = "--out") -> None:
+    """Raise OutputError when the output is an input, holds one, or sits inside an input stage directory
+    (one with finished shards): its tars or tables would be replaced. URLs are not compared."""
+    if "://" in os.fspath(out):
+        return
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is None or "://" in os.fspath(given):
+            continue
+        source = Path(given).resolve()
+        in_stage = target.is_relative_to(source) and source.is_dir() and any(source.glob(f"*{STATS_SUFFIX}"))
+        if target == source or source.is_relative_to(target) or in_stage:
+            raise OutputError(f"{option} {out} overlaps the input {given}: writing there would replace the "
+                              "input's files; choose an output directory apart from the inputs")
 
 
 def read_tables(paths: Sequence[str | os.PathLike]) -> pa.Table:
