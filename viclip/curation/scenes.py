@@ -1,6 +1,9 @@
 """Scene cuts and per-frame motion from one decode pass over a source video.
 
-The paper trims videos with PySceneDetect's ContentDetector at threshold 27 (section 3.1). We drive
+The paper trims videos with PySceneDetect's ContentDetector at threshold 27 (section 3.1), the default
+``detector``; ``adaptive`` is PySceneDetect's AdaptiveDetector and ``transnetv2`` the released TransNetV2
+network (:mod:`viclip.curation.transnet`), which also sees gradual transitions and leaves their frames
+out of every scene (``VideoScan.gaps``); docs/detectors.md says which to pick. We drive
 the detector ourselves instead of through ``scenedetect.detect``: PyAV's scaler shrinks each
 decoded frame straight to the detection size in YUV (converting the full-resolution frame to BGR
 first costs more than decoding it), and the luma plane of that small frame gives the frame
@@ -13,7 +16,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import pairwise
 
@@ -22,11 +25,13 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from scenedetect.common import FrameTimecode, Timecode
-from scenedetect.detectors import ContentDetector
+from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
 from viclip.curation.errors import SourceError
+from viclip.errors import ConfigError
 
 AVFMT_TS_DISCONT = 0x200  # FFmpeg's format flag: timestamps may jump (MPEG-TS, MPEG-PS, FLV, ...)
+DETECTORS = ("content", "adaptive", "transnetv2")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,10 @@ class SceneConfig:
     one-pass splitter encodes clips from the same frames: from a 720p crf-23 source to short side 256
     that moved PSNR against the pristine frames by under 0.1 dB; turn it off (``--no-skip-deblock``)
     for clips kept near the source's size, e.g. viewing-quality ones.
+
+    ``detector``: ``content`` (the paper's; ``threshold`` is its), ``adaptive`` (PySceneDetect's
+    defaults) or ``transnetv2`` (``transnet_*``: the thresholds of its two outputs, the authors' 0.5;
+    the torch device; windows of 100 frames per forward pass, each adding 50 frames of look-ahead).
     """
 
     threshold: float = 27.0
@@ -49,11 +58,21 @@ class SceneConfig:
     detect_size: int = 256
     threads: int = 1  # codec threads per worker process: with one process per core, 1 is fastest
     skip_deblock: bool = True
+    detector: str = "content"
+    transnet_cut_threshold: float = 0.5
+    transnet_transition_threshold: float = 0.5
+    transnet_device: str = "cpu"
+    transnet_batch: int = 1
 
     def __post_init__(self) -> None:
-        if self.threshold <= 0 or self.min_scene_len < 0 or self.detect_size < 16:
-            raise ValueError(f"invalid SceneConfig: {self} (need threshold > 0, min_scene_len >= 0, "
-                             "detect_size >= 16)")
+        bad = [f"{name}={getattr(self, name)!r} (need {need})" for name, ok, need in [
+            ("threshold", self.threshold > 0, "> 0"), ("min_scene_len", self.min_scene_len >= 0, ">= 0"),
+            ("detect_size", self.detect_size >= 16, ">= 16"), ("detector", self.detector in DETECTORS, DETECTORS),
+            ("transnet_cut_threshold", 0 < self.transnet_cut_threshold < 1, "in (0, 1)"),
+            ("transnet_transition_threshold", 0 < self.transnet_transition_threshold < 1, "in (0, 1)"),
+            ("transnet_batch", self.transnet_batch >= 1, ">= 1")] if not ok]
+        if bad:
+            raise ConfigError(f"scene detection: {'; '.join(bad)}")
 
 
 @dataclass
@@ -62,10 +81,11 @@ class VideoScan:
 
     times: np.ndarray       # float64 [N] presentation time of every frame
     diffs: np.ndarray       # float32 [N] mean |luma difference| to the previous frame (0 for frame 0)
-    cuts: list[int]         # indices of frames that start a new scene (never 0)
+    cuts: list[int]         # indices of frames that start a new scene or a gap, or end a gap (never 0)
     end: float              # end time of the last frame (its time plus its duration)
     width: int
     height: int
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # [first, stop) transitions: in no scene
 
     @property
     def num_frames(self) -> int:
@@ -80,9 +100,10 @@ class VideoScan:
         return self.num_frames / self.end if self.end > 0 else 0.0
 
     def scenes(self) -> list[tuple[int, int]]:
-        """Scenes as ``[first, last + 1)`` frame index ranges; a cut-free video is one scene."""
+        """Scenes as ``[first, last + 1)`` frame index ranges (gaps left out); a cut-free video is one scene."""
         bounds = [0, *self.cuts, self.num_frames]
-        return [(a, b) for a, b in pairwise(bounds) if b > a]
+        gaps = set(self.gaps)
+        return [(a, b) for a, b in pairwise(bounds) if b > a and (a, b) not in gaps]
 
     def span_time(self, first: int, stop: int) -> tuple[float, float]:
         """Start and end time of frames ``[first, stop)``: a scene ends where the next one starts."""
@@ -153,7 +174,17 @@ class SceneScanner:
         self.rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
         self.step = max(1, round(1 / (self.rate * self.time_base)))  # nominal frame duration in pts
         self.start = stream_start(stream)
-        self.detector = ContentDetector(threshold=cfg.threshold, min_scene_len=float(cfg.min_scene_len))
+        self.detector: ContentDetector | AdaptiveDetector | None = None
+        self.network = None
+        if cfg.detector == "transnetv2":
+            from viclip.curation.transnet import TransNetStream  # torch and the optional extra only when asked
+
+            self.network = TransNetStream(cfg.transnet_cut_threshold, cfg.transnet_transition_threshold,
+                                          cfg.transnet_device, cfg.transnet_batch)
+        elif cfg.detector == "adaptive":
+            self.detector = AdaptiveDetector(min_scene_len=float(cfg.min_scene_len))
+        else:
+            self.detector = ContentDetector(threshold=cfg.threshold, min_scene_len=float(cfg.min_scene_len))
         self.scaler = VideoReformatter()  # one scaler for the whole video: a per-frame one rebuilds its context
         self.size = (0, 0)
         self.width = self.height = 0
@@ -172,6 +203,17 @@ class SceneScanner:
 
     def frame_time(self, i: int) -> float:
         return self.pts[i] * float(self.time_base)
+
+    def settled(self, i: int, hold: float) -> bool:
+        """Whether frame ``i``'s cuts are final: ``hold`` seconds behind the newest frame for PySceneDetect's
+        detectors (they place a cut at most ``min_scene_len`` back), its prediction in for TransNetV2."""
+        if self.network is not None:
+            return self.network.settled(i)
+        return self.frame_time(i) < self.frame_time(self.num_frames - 1) - hold
+
+    def in_gap(self, i: int) -> bool:
+        """Whether frame ``i`` (settled) lies in a transition, which no scene includes."""
+        return self.network is not None and self.network.in_gap(i)
 
     def add(self, frame: av.VideoFrame) -> list[int]:
         """Scan the next frame (presentation order); return the indices of the cuts found by it.
@@ -193,8 +235,14 @@ class SceneScanner:
         self.pts.append(pts - self.start)
         self.last_duration = frame.duration or self.step
         self._tc = FrameTimecode(Timecode(pts=pts - self.start, time_base=self.time_base), fps=self.rate)
+        if self.network is not None:
+            return self._indices(self.network.add(frame))
         bgr = cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
         return self._cuts(self.detector.process_frame(self._tc, bgr))
+
+    def _indices(self, found: list[int]) -> list[int]:
+        self.cut_pts += [self.pts[i] for i in found]
+        return found
 
     def _cuts(self, timecodes: list[FrameTimecode]) -> list[int]:
         found = []
@@ -209,14 +257,18 @@ class SceneScanner:
         """The scan of every frame fed so far (cuts the detector holds back until the end included)."""
         if self._tc is None:
             raise SourceError("undecodable", f"{self.name}: no decodable video frames")
-        self._cuts(self.detector.post_process(self._tc))
+        if self.network is not None:
+            self._indices(self.network.finish())
+        else:
+            self._cuts(self.detector.post_process(self._tc))
+        gaps = [(a, b) for a, b in self.network.gaps] if self.network is not None else []
         pts_arr = np.asarray(self.pts, dtype=np.int64)
         if np.any(np.diff(pts_arr) <= 0):  # decoders emit presentation order; anything else is broken
             raise SourceError("bad_timestamps", f"{self.name}: frame timestamps are not increasing")
         cuts = sorted({int(np.searchsorted(pts_arr, p)) for p in self.cut_pts} - {0, len(pts_arr)})
         end = float((pts_arr[-1] + self.last_duration) * self.time_base)
         return VideoScan(times=pts_arr * float(self.time_base), diffs=np.asarray(self.diffs, dtype=np.float32),
-                         cuts=cuts, end=end, width=self.width, height=self.height)
+                         cuts=cuts, end=end, width=self.width, height=self.height, gaps=gaps)
 
 
 def open_video(container: av.container.InputContainer, name: str, threads: int,
@@ -232,7 +284,7 @@ def open_video(container: av.container.InputContainer, name: str, threads: int,
 
 
 def scan_video(path: str | os.PathLike, cfg: SceneConfig = SceneConfig()) -> VideoScan:
-    """Decode ``path`` once: frame times, frame differences and ContentDetector cuts.
+    """Decode ``path`` once: frame times, frame differences and the cuts (and gaps) of ``cfg.detector``.
 
     Raises :class:`SourceError` or whatever PyAV raises for an unreadable file; callers turn that
     into a failed row.

@@ -2,10 +2,12 @@
 
 The two-pass way (:func:`split_two_pass`: :func:`scan_video`, then :func:`extract_clips` over the
 kept spans) decodes a source twice. :func:`split_one_pass` decodes it once: every frame goes to
-the scene detector and, ``min_scene_len`` seconds later (the furthest back PySceneDetect places a
-cut), to the encoder of the scene it belongs to. When a scene ends its clips are decided by the
+the scene detector and, once its cuts are final (``min_scene_len`` seconds later, the furthest back
+PySceneDetect places a cut; for TransNetV2 once its window is predicted, 75 frames later plus 50 per
+extra window in a batch), to the encoder of the scene it belongs to; a transition's frames (TransNetV2's
+gaps) go to none. When a scene ends its clips are decided by the
 same :func:`scene_clips` and its bytes kept or dropped, so memory holds at most those delayed
-frames and one scene's clip, whatever the source's length. The cuts and decisions are then taken
+frames (the detector's look-ahead) and one scene's clip, whatever the source's length. The cuts and decisions are then taken
 from the finished scan exactly as the two-pass path takes them (:func:`candidate_clips`); a kept
 clip the pass could not encode (the parts of a long scene under ``long_clips="split"``, a scene
 longer than ``max_clip``) is cut by the extractor afterwards.
@@ -115,8 +117,7 @@ class _SceneEncoder:
                 bisect.insort(self.cuts, cut)
         index = self.scanner.num_frames - 1
         self.queue.append((index, frame))
-        now = self.scanner.frame_time(index)
-        while self.queue and self.scanner.frame_time(self.queue[0][0]) < now - self.hold:
+        while self.queue and self.scanner.settled(self.queue[0][0], self.hold):
             self._release(*self.queue.popleft())
 
     def finish(self, end: float) -> dict[tuple[int, int], ExtractedClip]:
@@ -133,6 +134,7 @@ class _SceneEncoder:
             if self.cuts.pop(0) == i:
                 self._end_scene(i, self.scanner.frame_time(i))
         self.released = i + 1
+        self.broken |= self.scanner.in_gap(i)  # a transition's frames belong to no clip
         if self.broken:
             return
         if self.encoder is None:
