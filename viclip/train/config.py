@@ -30,6 +30,8 @@ class Phase:
     warmup_epochs: float
     min_lr_ratio: float
     batch_size: int
+    min_lr: float | None = None  # an absolute floor instead of min_lr_ratio (UMT's --min_lr)
+    warmup_lr: float = 0.0  # the warm-up's first lr (UMT's --warmup_lr); 0: from lr / warmup steps
 
 
 def _walk(node, prefix: str = ""):
@@ -68,7 +70,8 @@ def phases_of(cfg: DictConfig) -> list[Phase]:
             if field not in p:
                 raise ConfigError(f"phases.{name}.{field} is not set")
         ph = Phase(name, float(p.epochs), float(p.mask_ratio), float(p.lr), float(p.warmup_epochs),
-                   float(p.min_lr_ratio), int(p.get("batch_size") or cfg.train.batch_size))
+                   float(p.min_lr_ratio), int(p.get("batch_size") or cfg.train.batch_size),
+                   None if p.get("min_lr") is None else float(p.min_lr), float(p.get("warmup_lr") or 0.0))
         if ph.batch_size < 1:
             raise ConfigError(f"phases.{name}.batch_size must be >= 1 (or null: train.batch_size), got {ph.batch_size}")
         if ph.epochs < 0 or ph.lr <= 0 or not 0 <= ph.warmup_epochs <= max(ph.epochs, 0):

@@ -40,6 +40,9 @@ def build_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], e
 class WarmupCosine:
     """Linear warmup from 0 to ``base_lr`` over ``warmup_steps``, then cosine down to ``min_lr_ratio * base_lr``.
 
+    ``min_lr`` replaces the floor by an absolute one; ``warmup_lr`` > 0 makes the warm-up VideoMAE/UMT's
+    ``linspace(warmup_lr, base_lr, warmup_steps)`` (their ``utils.cosine_scheduler``).
+
     A pure function of the step, so a resumed run needs only the step to restore it.
     """
 
@@ -47,6 +50,8 @@ class WarmupCosine:
     total_steps: int
     warmup_steps: int
     min_lr_ratio: float = 0.01
+    min_lr: float | None = None
+    warmup_lr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:
@@ -56,10 +61,12 @@ class WarmupCosine:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
+            if self.warmup_lr > 0:
+                return self.warmup_lr + (self.base_lr - self.warmup_lr) * step / max(1, self.warmup_steps - 1)
             return self.base_lr * (step + 1) / self.warmup_steps
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        floor = self.min_lr_ratio * self.base_lr
+        floor = self.min_lr_ratio * self.base_lr if self.min_lr is None else self.min_lr
         return floor + (self.base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from viclip.distributed import broadcast_object, init_distributed, set_cpu_threads, shutdown
+from viclip.distributed import init_distributed, set_cpu_threads, shutdown
 from viclip.errors import OutputError
 from viclip.model import CheckpointError, ViCLIP, create_model, init_from_clip
 from viclip.train import loader as train_loader
@@ -67,7 +68,6 @@ class TrainResult:
     run_dir: Path
     exports: dict[str, str]  # phase name -> exported official-format weights
     final_loss: float | None
-    is_main: bool
 
 
 def build_train_model(cfg: DictConfig, is_main: bool) -> ViCLIP:
@@ -112,7 +112,7 @@ class Trainer:
         self.info = info = init_distributed()
         if info.device.type == "cpu":
             set_cpu_threads(int(cfg.data.num_workers))
-        self.claim_run_dir()
+        self.lock = claim_run_dir(self.run_dir, info)
         save_resolved_config(cfg, self.run_dir, info)
         train_loader.prepare(cfg.data, info.is_main)
         dist.barrier()
@@ -141,18 +141,6 @@ class Trainer:
                                     start_step=self.state.global_step, console=bool(cfg.progress))
         self.peak = peak_flops(info.device)
         self.clock = StepClock()
-
-    def claim_run_dir(self) -> None:
-        """Rank 0 refuses a directory that is not ours and locks it for the run; every rank hears why."""
-        why = None
-        if self.info.is_main:
-            try:
-                self.lock = claim_run_dir(self.run_dir)
-            except OutputError as e:
-                why = str(e)
-        why = broadcast_object(why)
-        if why is not None:
-            raise OutputError(why)
 
     def release(self) -> None:
         """Let another run use the directory (the lock also ends with the process)."""
@@ -241,7 +229,7 @@ class Trainer:
             if phase_idx >= self.state.phase:
                 self.run_phase(phase)
         self.logger.close()
-        return TrainResult(self.run_dir, dict(self.state.exports), self.last_loss, self.info.is_main)
+        return TrainResult(self.run_dir, dict(self.state.exports), self.last_loss)
 
     def run_phase(self, phase: Phase) -> None:
         """The phase's remaining steps, periodic checkpoints, then export and a checkpoint at its end."""
@@ -251,7 +239,7 @@ class Trainer:
             reset_optimizer_state(self.optimizer)  # also on a resume at this phase's start: the same state
         total = self.phase_steps(phase)
         schedule = WarmupCosine(phase.lr, total, min(total, round(phase.warmup_epochs * self.steps_per_epoch)),
-                                phase.min_lr_ratio)
+                                phase.min_lr_ratio, phase.min_lr, phase.warmup_lr)
         self.flops = self.flops_per_clip(phase)
         self.meter = ThroughputMeter()
         self.clock.new_phase()
@@ -381,12 +369,19 @@ class Trainer:
         }
 
 
-def train(cfg: DictConfig, trainer_cls: type[Trainer] = Trainer) -> TrainResult:
-    """Run every phase of ``cfg`` (a composed ``viclip/configs/train.yaml``); see the module docstring."""
+def train(cfg: DictConfig, trainer_cls: type[Trainer] = Trainer,
+          then: Callable[[TrainResult], None] | None = None) -> TrainResult:
+    """Run every phase of ``cfg`` (a composed ``viclip/configs/train.yaml``); see the module docstring.
+
+    ``then`` (the final evaluation) runs on every rank before the process group is torn down, so a
+    torchrun launch evaluates on all its ranks instead of rank 0 waiting for peers that have left.
+    """
     trainer = trainer_cls(cfg)
     try:
         trainer.setup()
         result = trainer.fit()
+        if then is not None:
+            then(result)
     except BaseException:
         trainer.release()
         shutdown(clean=False)
