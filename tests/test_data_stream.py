@@ -19,6 +19,7 @@ from viclip.data.stream import StreamConfig, build_train_loader
 from viclip.data.tars import ShardWriter, expand_shards, stable_hash64
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import write_mp4
+from viclip.errors import ConfigError, DataError
 
 T, S = 4, 32  # tiny clips: 4 frames of 32x32 decode in about a millisecond
 
@@ -105,7 +106,7 @@ def test_batch_contents(tmp_path):
     for key, caption, vid, index in zip(b["key"], b["caption"], b["video_id"], b["index"]):
         shard, i = int(key[-11:-6]), int(key[-6:])
         n = shard * 6 + i
-        assert caption == f"clip 0 {n}" and int(index) == int(key[-11:])
+        assert caption == f"clip 0 {n}" and int(index) == stable_hash64(key) & (2**63 - 1)  # key: shard:member
         assert int(vid) == stable_hash64(f"src0-{n // 2}")  # the json's source video id, hashed
     assert b["video_id"].dtype == torch.int64 and b["index"].dtype == torch.int64
     # the training setting: uint8 batches (a quarter of the bytes), normalised by the loader afterwards
@@ -212,6 +213,93 @@ def test_unusable_corpus_raises_instead_of_hanging(tmp_path):
     (tmp_path / "sizes.json").write_text('{"00000.tar": 6}')
     with pytest.raises(RuntimeError, match="in a row were unusable"):
         list(loader_for(tmp_path, batch_size=2, max_consecutive_skips=10))
-    (tmp_path / "00000.tar").write_bytes(b"")
-    with pytest.raises(RuntimeError, match="holds a readable sample"):
+    (tmp_path / "00000.tar").write_bytes(b"\x01" * 4096)  # not a tar, but large enough for its 6 samples
+    with pytest.raises(DataError, match="holds a readable sample"):
         list(loader_for(tmp_path, batch_size=2))
+
+
+def test_clips_of_two_shard_directories_have_distinct_indices(tmp_path):
+    # each directory written by its own make_shards run: both start at key 00000000000
+    a = make_corpus(tmp_path / "a", n_shards=1, per_shard=4, seed=1)
+    b = make_corpus(tmp_path / "b", n_shards=1, per_shard=4, seed=2)
+    loader = loader_for(f"{a}::{b}", batch_size=8, buffer=8, epoch_samples=32)
+    pairs = {(k, int(i)) for batch in loader for k, i in zip(batch["key"], batch["index"])}
+    keys = {k for k, _ in pairs}
+    assert {k.rsplit(":", 1)[1] for k in keys if k.startswith(str(a))} & {k.rsplit(":", 1)[1] for k in keys
+                                                                        if k.startswith(str(b))}  # same member keys
+    # one index per clip, and distinct clips never share one (the loss takes equal indices as positives)
+    assert len(pairs) == len(keys) == len({i for _, i in pairs})
+
+
+def test_bad_json_oversized_member_and_short_captions_are_skipped_and_counted(tmp_path):
+    bad = [("00000000006.mp4", clip_bytes(6)), ("00000000006.txt", b"listed json"),
+           ("00000000006.json", b'["a", "list"]'),
+           ("00000000007.mp4", clip_bytes(7)), ("00000000007.txt", b"Hello!"),  # one word after cleaning
+           ("00000000008.txt", b"a terabyte claimed")]
+    good = [(f"00000{i:06d}.{ext}", data) for i in range(6) for ext, data in
+            (("mp4", clip_bytes(i)), ("txt", f"good clip {i}".encode()))]
+    with tarfile.open(tmp_path / "00000.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in bad:
+            _add(tar, name, data)
+        header = _sparse_header("00000000008.mp4", 1 << 40)  # a GNU sparse member claiming 1 TiB, no data
+        tar.fileobj.write(header)
+        tar.offset += len(header)
+        for name, data in good:
+            _add(tar, name, data)
+    (tmp_path / "sizes.json").write_text('{"00000.tar": 9}')
+    loader = loader_for(tmp_path, batch_size=3, epoch_samples=6, buffer=1)
+    batches = list(loader)
+    assert sorted(c for b in batches for c in b["caption"]) == [f"good clip {i}" for i in range(6)]
+    skips = loader.skip_counts()
+    assert skips["bad_json"] == 1 and skips["short_caption"] == 1 and skips["oversized_member"] == 1
+    keep_one_word = loader_for(tmp_path, batch_size=7, epoch_samples=7, buffer=1, min_caption_words=1)
+    assert "Hello!" in next(iter(keep_one_word))["caption"]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _sparse_header(name: str, claimed: int) -> bytes:
+    """A GNU sparse member header: one empty data segment, expanding to ``claimed`` bytes when read."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size = tarfile.GNUTYPE_SPARSE, 0
+    buf = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    buf[386:410] = tarfile.itn(0, 12, tarfile.GNU_FORMAT) * 2
+    buf[483:495] = tarfile.itn(claimed, 12, tarfile.GNU_FORMAT)  # the real size
+    buf[148:156] = b" " * 8
+    buf[148:155] = b"%06o\0" % sum(buf)
+    return bytes(buf)
+
+
+@pytest.mark.parametrize(("sizes", "message"), [
+    ('{"00000.tar": "8"}', "'00000.tar' has '8' samples"),
+    ('{"00000.tar": 2.5}', "'00000.tar' has 2.5 samples"),
+    ('["00000.tar"]', "got a JSON list"),
+    ('{"00000.tar": 64}', "00000.tar has 64 samples, but"),
+])
+def test_bad_sizes_json_is_one_line_naming_file_and_value(tmp_path, sizes, message):
+    write_tar(tmp_path / "00000.tar", [])
+    (tmp_path / "sizes.json").write_text(sizes)
+    with pytest.raises(DataError, match="sizes.json") as e:
+        loader_for(tmp_path, batch_size=2)
+    assert message in str(e.value) and str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sample_count_comes_from_sizes_json_and_a_distant_configured_count_is_refused(tmp_path, caplog):
+    root = make_corpus(tmp_path / "c", n_shards=2, per_shard=6)
+    for configured in (None, 12):
+        [corpus] = as_corpora({"mine": {"shards": str(root), "num_samples": configured}})
+        assert corpus_num_samples(corpus, expand_shards(root)) == 12
+    with pytest.raises(ConfigError, match=r"count 12 samples but data.sources.mine.num_samples=10647458"):
+        loader_for({"mine": {"shards": str(root), "num_samples": 10647458}})
+    big = tmp_path / "big"  # counted, not read: a tar-sized file is enough
+    big.mkdir()
+    (big / "00000.tar").write_bytes(b"\0" * 1000 * 512)
+    (big / "sizes.json").write_text('{"00000.tar": 1000}')
+    [near] = as_corpora({"mine": {"shards": str(big), "num_samples": 1005}})
+    with caplog.at_level("WARNING", logger="viclip.data.corpora"):
+        assert corpus_num_samples(near, expand_shards(big)) == 1000  # within 1 %: the shards' count, and a warning
+    assert "count 1000 samples but data.sources.mine.num_samples=1005" in caplog.text

@@ -8,7 +8,6 @@ of batches per epoch and resumes mid-epoch from its ``state_dict``. Tars are rea
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tarfile
@@ -22,13 +21,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from viclip.data.corpora import CorporaSpec, as_corpora, corpus_num_samples
-from viclip.data.tars import expand_shards, iter_tar_samples, open_shard, stable_hash64
+from viclip.data.samples import SKIP_REASONS, SkipSample, sample_fields
+from viclip.data.tars import MAX_MEMBER_BYTES, expand_shards, iter_tar_samples, open_shard, stable_hash64
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import GPU_BACKEND, VideoDecodeError, decode_device, read_video
+from viclip.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-SKIP_REASONS = ("corrupt_shard", "missing_video", "missing_caption", "bad_json", "undecodable")
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,9 @@ class StreamConfig:
     encoded samples: memory per worker is about buffer x mean sample bytes. ``decode_size`` resizes
     in the decoder (an int is the short side) before the transform. A rank logs the first
     ``max_log_lines_per_shard`` skipped samples of each shard, and gives up after
-    ``max_consecutive_skips`` unusable samples in a row.
+    ``max_consecutive_skips`` unusable samples in a row. A tar member claiming more than
+    ``max_member_bytes`` is skipped unread; a caption of fewer than ``min_caption_words`` words after
+    the official cleaning is skipped (the official loader's rule, 2; 1 keeps every non-empty caption).
     """
 
     corpora: CorporaSpec
@@ -54,6 +55,8 @@ class StreamConfig:
     backend: str = "auto"
     max_log_lines_per_shard: int = 5
     max_consecutive_skips: int = 1000
+    max_member_bytes: int = MAX_MEMBER_BYTES
+    min_caption_words: int = 2
 
 
 def _seed(*parts: int) -> list[int]:
@@ -106,8 +109,8 @@ class VideoTextStream(IterableDataset):
                  transform: Callable[..., torch.Tensor] | None = None, rank: int | None = None,
                  world_size: int | None = None) -> None:
         if config.backend == GPU_BACKEND and config.num_workers:
-            raise ValueError(f"backend={GPU_BACKEND!r} decodes in the main process: num_workers must be 0, got "
-                             f"{config.num_workers} (viclip.data.video.decode_plan picks both)")
+            raise ConfigError(f"backend={GPU_BACKEND!r} decodes in the main process: num_workers must be 0, got "
+                              f"{config.num_workers} (viclip.data.video.decode_plan picks both)")
         self.config = config
         self.corpora = as_corpora(config.corpora)
         self.shards = [expand_shards(c.shards) for c in self.corpora]
@@ -127,8 +130,8 @@ class VideoTextStream(IterableDataset):
         self.transform = transform if transform is not None else VideoTransform(train=True)
         self.batches_per_rank = epoch_samples // (config.batch_size * world_size)
         if self.batches_per_rank < 1:
-            raise ValueError(f"epoch_samples={epoch_samples} is less than one global batch "
-                             f"(batch_size {config.batch_size} x world_size {world_size})")
+            raise ConfigError(f"epoch_samples={epoch_samples} is less than one global batch "
+                              f"(batch_size {config.batch_size} x world_size {world_size})")
         self.epoch = 0
         self.resume: dict[int, tuple[int, int]] = {}  # worker -> (batches done, samples taken)
 
@@ -161,7 +164,7 @@ class VideoTextStream(IterableDataset):
             n = 0
             try:
                 with open_shard(shard) as f:
-                    for sample in iter_tar_samples(f):
+                    for sample in iter_tar_samples(f, self.config.max_member_bytes):
                         sample["__shard__"], sample["__corpus__"] = shard, corpus
                         n += 1
                         yield sample
@@ -169,8 +172,8 @@ class VideoTextStream(IterableDataset):
                 skips.add("corrupt_shard", shard, None, f"{type(e).__name__}: {e}")
             empty = set() if n else empty | {shard}
             if len(empty) == len(set(self.shards[corpus])):
-                raise RuntimeError(f"corpus {self.names[corpus]}: none of its {len(empty)} shards holds a "
-                                   f"readable sample (last read: {shard})")
+                raise DataError(f"corpus {self.names[corpus]}: none of its {len(empty)} shards holds a "
+                                f"readable sample (last read: {shard})")
 
     def _buffered_samples(self, slot: int, skips: _SkipLog) -> Iterator[dict]:
         sources = [self._corpus_samples(c, slot, skips) for c in range(len(self.corpora))]
@@ -193,20 +196,10 @@ class VideoTextStream(IterableDataset):
     def _prepare(self, sample: dict, taken: int, slot: int, skips: _SkipLog,
                  out: torch.Tensor | None) -> dict | None:
         shard, key = sample["__shard__"], sample["__key__"]
-        meta = {}
-        if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                skips.add("bad_json", shard, key, str(e))
-                return None
-        caption = sample["txt"].decode("utf-8", "replace") if "txt" in sample else meta.get("caption")
-        if not isinstance(caption, str) or not caption.strip():
-            skips.add("missing_caption", shard, key)
-            return None
-        video = sample.get("mp4")
-        if video is None:
-            skips.add("missing_video", shard, key)
+        try:
+            caption, meta, video = sample_fields(sample, self.config.min_caption_words)
+        except SkipSample as e:
+            skips.add(e.reason, shard, key, e.detail)
             return None
         seed = _seed(self.config.seed, self.epoch, slot, taken)
         try:
@@ -216,17 +209,14 @@ class VideoTextStream(IterableDataset):
             skips.add("undecodable", shard, key, str(e))
             return None
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-        corpus = sample["__corpus__"]
-        base = os.path.basename(key)
-        index = corpus * 10**11 + int(base) if base.isdigit() and len(base) <= 11 else \
-            stable_hash64(f"{self.names[corpus]}/{key}") & (2**63 - 1)
+        identity = f"{shard}:{key}"  # unique per clip: shard directories restart their keys at 00000000000
         return {
             "video": self.transform(frames, generator=generator, **({} if out is None else {"out": out})),
-            "caption": caption.strip(),
-            "video_id": stable_hash64(str(meta.get("video_id", f"{self.names[corpus]}/{key}"))),
-            "index": index,
-            "corpus": corpus,
-            "key": f"{shard}:{key}",
+            "caption": caption,
+            "video_id": stable_hash64(str(meta.get("video_id", identity))),
+            "index": stable_hash64(identity) & (2**63 - 1),
+            "corpus": sample["__corpus__"],
+            "key": identity,
         }
 
     def _video_batch(self, shared: bool) -> torch.Tensor | None:
@@ -300,8 +290,8 @@ def check_resume_settings(state: dict, settings: dict[str, int], what: str) -> N
     """Refuse a loader state saved under other batch-deciding ``settings``: that resume would not be exact."""
     for field, value in settings.items():
         if state[field] != value:
-            raise ValueError(f"cannot resume {what}: {field} was {state[field]} and is now {value}; an exact "
-                             "resume needs the same data settings")
+            raise ConfigError(f"cannot resume {what}: {field} was {state[field]} and is now {value}; an exact "
+                              "resume needs the same data settings")
 
 
 class VideoTextLoader:
@@ -314,7 +304,8 @@ class VideoTextLoader:
     not yet given, none twice. Each batch is a dict: ``video`` [B, T, 3, H, W] (float, or uint8 from
     a transform built with ``normalize=False``: :meth:`normalize` it on the device), ``text``
     LongTensor [B, L], ``caption`` list[str], ``video_id`` int64 (hash of the json's source video
-    id), ``index`` int64 (sample id, unique per corpus sample), ``corpus`` int64, ``key`` list[str].
+    id), ``index`` int64 (hash of ``key``: one per clip, the loss's positives), ``corpus`` int64,
+    ``key`` list[str] (``shard:member key``).
     """
 
     def __init__(self, stream: VideoTextStream, pin_memory: bool = False, prefetch_factor: int = 2) -> None:
@@ -335,11 +326,6 @@ class VideoTextLoader:
         if video.dtype == torch.uint8 and isinstance(self.stream.transform, VideoTransform):
             return self.stream.transform.normalize(video, dtype)
         return video.to(dtype)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first batch, unless the loaded state is already inside it."""
-        if epoch != self.epoch:
-            self.epoch, self.step, self._workers = epoch, 0, {}
 
     def __iter__(self) -> Iterator[dict]:
         self.stream.epoch, self.stream.resume = self.epoch, dict(self._workers)

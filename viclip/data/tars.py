@@ -4,6 +4,10 @@ A shard is a plain tar of ``{key}.mp4``, ``{key}.txt`` (caption) and ``{key}.jso
 field plus the caption). Keys are dot-free (``{shard:05d}{index:06d}``) because webdataset splits a
 member name at its first dot. ``sizes.json`` (``{tar name: n_samples}``), written last, marks a
 shard set complete and lets the training stream compute a fixed epoch length without reading any tar.
+
+Every reader of tar members (the training stream, embed-clips, curation) splits a member name with
+:func:`member_key` and reads a member with :func:`read_member` or :func:`iter_tar_samples`, so a tar
+reads the same everywhere and no member can claim more memory than ``max_member_bytes``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,8 +29,12 @@ from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 
 from viclip.atomic import atomic_path, atomic_write, join, local_path
+from viclip.errors import ConfigError, DataError
 
 SIZES_FILE = "sizes.json"
+# What one member may claim before it is read: a clip is a few MB; a GNU sparse member can claim a
+# terabyte in a few header bytes, and reading it would fill memory with zeros.
+MAX_MEMBER_BYTES = 1 << 30
 
 
 class ShardWriter:
@@ -42,8 +51,8 @@ class ShardWriter:
     def __init__(self, out_dir: str | os.PathLike, max_samples: int = 1000, max_bytes: int = 1 << 30,
                  start_shard: int = 0) -> None:
         if max_samples < 1 or max_bytes < 1:
-            raise ValueError(f"ShardWriter needs max_samples >= 1 and max_bytes >= 1, got {max_samples}, "
-                             f"{max_bytes}")
+            raise ConfigError(f"ShardWriter needs max_samples >= 1 and max_bytes >= 1, got max_samples={max_samples}, "
+                              f"max_bytes={max_bytes}")
         self.out_dir = os.fspath(out_dir)
         self._local_dir = local_path(out_dir)  # None on an object store: nothing to create or clean there
         if self._local_dir is not None:
@@ -134,20 +143,19 @@ def _is_url(url: str) -> bool:
 
 
 def expand_shards(urls: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Brace-expanded shard list (``::`` joins patterns); a local directory stands for the tars named in
+    """Brace-expanded shard list (``::`` joins patterns and directories); a local directory stands for the tars named in
     its ``sizes.json`` (else every ``*.tar`` in it)."""
     items = [os.fspath(urls)] if isinstance(urls, (str, os.PathLike)) else [os.fspath(u) for u in urls]
     shards: list[str] = []
-    for item in items:
+    for item in (part for joined in items for part in joined.split("::")):
         if not _is_url(item) and os.path.isdir(item):
-            sizes = Path(item) / SIZES_FILE
-            names = sorted(json.loads(sizes.read_text())) if sizes.exists() else sorted(
-                p.name for p in Path(item).glob("*.tar"))
+            sizes = read_sizes(item)
+            names = sorted(sizes) if sizes is not None else sorted(p.name for p in Path(item).glob("*.tar"))
             shards += [os.path.join(item, n) for n in names]
         else:
             shards += expand_urls(item)
     if not shards:
-        raise ValueError(f"no shards found for {urls!r}")
+        raise DataError(f"no shards found for {urls!r}: give a directory of tars or a brace pattern of tar files")
     return shards
 
 
@@ -160,38 +168,81 @@ def open_shard(url: str) -> IO[bytes]:
     return open(url, "rb")
 
 
-def read_sizes(directory: str) -> dict[str, int] | None:
-    """``{tar name: n_samples}`` from the directory's ``sizes.json``; None when it has none."""
+def read_sizes(directory: str | os.PathLike) -> dict[str, int] | None:
+    """``{tar name: n_samples}`` from the directory's ``sizes.json``; None when it has none. A file
+    that is not such a mapping of counts raises DataError naming it and the bad entry."""
+    path = join(directory, SIZES_FILE)
     try:
-        with open_shard(f"{directory.rstrip('/')}/{SIZES_FILE}") as f:
-            return json.loads(f.read())
+        with open_shard(path) as f:
+            raw = f.read()
     except (FileNotFoundError, OSError):
         return None
+    try:
+        sizes = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not JSON ({e})") from None
+    if not isinstance(sizes, dict):
+        raise DataError(f"{path}: expected {{tar name: sample count}}, got a JSON {type(sizes).__name__}")
+    for name, n in sizes.items():
+        if type(n) is not int or n < 0:
+            raise DataError(f"{path}: {name!r} has {n!r} samples; a sample count is an integer >= 0")
+    return sizes
 
 
-def iter_tar_samples(fileobj: IO[bytes]) -> Iterator[dict[str, bytes | str]]:
-    """Group consecutive tar members by key (the name up to the first dot of its base name).
+def member_key(name: str) -> tuple[str, str] | None:
+    """``(key, extension)`` of a tar member name, or None for a name without one: the key is the path
+    up to the first dot of the base name (webdataset's rule), the extension the rest, lower-cased. A
+    leading ``./`` or ``/`` (``tar -C dir -cf x.tar .``) is dropped, so ``./k.mp4`` is ``k``'s mp4."""
+    directory, _, base = posixpath.normpath(name).lstrip("/").rpartition("/")
+    key, dot, ext = base.partition(".")
+    if not dot or not key or not ext:
+        return None
+    return (f"{directory}/{key}" if directory else key), ext.lower()
+
+
+def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo | str, where: str,
+                max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
+    """A member's bytes from an opened tar (random access). DataError, naming ``where`` (the tar) and
+    the member, for a missing member, one that is not a file, or one claiming more than ``max_bytes``
+    (checked before reading: a sparse member's claim costs nothing to write and all of memory to read)."""
+    try:
+        info = tar.getmember(member) if isinstance(member, str) else member
+    except KeyError:
+        raise DataError(f"{where}: no member {member}") from None
+    if info.size > max_bytes:
+        raise DataError(f"{where}: member {info.name} claims {info.size} bytes, more than max_member_bytes={max_bytes}")
+    f = tar.extractfile(info) if info.isfile() else None
+    if f is None:
+        raise DataError(f"{where}: member {info.name} is not a file")
+    return f.read()
+
+
+def iter_tar_samples(fileobj: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES
+                     ) -> Iterator[dict[str, bytes | str]]:
+    """Group consecutive tar members by :func:`member_key` into ``{"__key__": key, ext: bytes, ...}``.
 
     Reads the tar as a stream, so it works on pipes and network files; a truncated or corrupt tar
-    raises ``tarfile.ReadError`` after yielding the samples before the damage.
+    raises ``tarfile.ReadError`` after yielding the samples before the damage. A member claiming more
+    than ``max_member_bytes`` is not read: its sample gets ``"__oversized__"`` (the member and its
+    claim) instead, for the reader to skip.
     """
     current: dict[str, bytes | str] | None = None
     # reads of 1 MiB, not tarfile's 10 KiB records: a 1 MB clip then costs a few reads, not a hundred
     with tarfile.open(fileobj=fileobj, mode="r|*", bufsize=1 << 20) as tar:
         for member in tar:
-            if not member.isfile():
+            split = member_key(member.name) if member.isfile() else None
+            if split is None:
                 continue
-            directory, _, base = member.name.rpartition("/")
-            key, dot, ext = base.partition(".")
-            if not dot:
-                continue
-            key = f"{directory}/{key}" if directory else key
+            key, ext = split
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
             if current is None:
                 current = {"__key__": key}
-            current[ext.lower()] = tar.extractfile(member).read()
+            if member.size > max_member_bytes:
+                current["__oversized__"] = f"{member.name} claims {member.size} bytes > {max_member_bytes}"
+            else:
+                current[ext] = tar.extractfile(member).read()
     if current is not None:
         yield current
 
