@@ -2,6 +2,10 @@
 
     viclip-curate split-scenes --videos /data/raw --out /data/clips --workers 16
     viclip-curate split-scenes --list sources.txt --out /data/clips --task 3 --num-tasks 100
+    viclip-curate split-scenes --videos /data/raw --out /data/clips --detector transnetv2 --transnet-device cuda
+
+--detector: content (PySceneDetect's ContentDetector, the paper's), adaptive, or transnetv2 (sees dissolves
+and fades and leaves their frames out of every clip; the transnet extra; docs/detectors.md).
 
 Rerunning the same command resumes: finished shards are skipped, unfinished ones redone. A video that
 hangs past its time budget (--budget-base + --budget-factor x its duration) or crashes its worker

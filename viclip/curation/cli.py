@@ -20,10 +20,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from viclip.curation.clips import CurationConfig
+from viclip.curation.engine import ENGINES, Engine, make_engine
 from viclip.curation.extract import ExtractConfig
 from viclip.curation.filters import LONG_CLIP_POLICIES, FilterConfig
 from viclip.curation.pool import TimeBudget
-from viclip.curation.scenes import SceneConfig
+from viclip.curation.scenes import DETECTORS, SceneConfig
+from viclip.errors import ConfigError
 
 REQUIRED = object()  # a parameter without a default
 
@@ -120,6 +122,31 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
     add_progress_arg(parser)
 
 
+def add_engine_args(parser: argparse.ArgumentParser, models: bool = False) -> None:
+    """``--engine`` and its options: what runs the stage's shards (:mod:`viclip.curation.engine`)."""
+    group = parser.add_argument_group("engine", "what runs the shards; outputs are the same files either way, "
+                                                "so a rerun may switch engines")
+    group.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: this process, shard after shard; ray: a Ray cluster (needs the 'cluster' extra)")
+    group.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this run)")
+    if models:
+        group.add_argument("--gpus-per-worker", type=float, default=1.0,
+                           help="GPUs of each Ray actor; each actor loads the models once (0: on CPUs)")
+        group.add_argument("--actors", type=int, default=None,
+                           help="Ray actors (default: the cluster's GPUs / --gpus-per-worker, 1 without GPUs)")
+
+
+def engine_from_args(args: argparse.Namespace) -> Engine:
+    """The engine the options of :func:`add_engine_args` name."""
+    if args.engine == "local":
+        if args.ray_address is not None:
+            raise ConfigError(f"--ray-address {args.ray_address} needs --engine ray")
+        return make_engine("local")
+    models = {"gpus_per_worker": args.gpus_per_worker, "actors": args.actors} if hasattr(args, "actors") else {}
+    return make_engine("ray", address=args.ray_address, **models)
+
+
 def add_progress_arg(parser: argparse.ArgumentParser) -> None:
     """``--no-progress``: every long job shows a bar on a terminal, else a line every 30 s."""
     parser.add_argument("--no-progress", action="store_true",
@@ -130,7 +157,7 @@ def add_curation_args(parser: argparse.ArgumentParser, scenes: bool = True) -> N
     """Detection/filter options (scene splitting only) and clip encoding options."""
     seen: set[str] = set()
     if scenes:
-        add_options(parser, SceneConfig, "scene detection", seen)
+        add_options(parser, SceneConfig, "scene detection", seen, choices={"detector": DETECTORS})
         add_options(parser, FilterConfig, "clip filters", seen, choices={"long_clips": LONG_CLIP_POLICIES})
     add_options(parser, ExtractConfig, "clip extraction", seen)
     parser.add_argument("--ytdlp-format", default=CurationConfig.ytdlp_format,
@@ -144,7 +171,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos-per-shard", type=int, default=100)
     add_task_args(parser)
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes, one video each; 0 runs in-process for debugging "
+                        help="worker processes of each shard, one video each (a Ray task asks for as many CPUs); "
+                             "0 runs in-process for debugging "
                              "(no time budget, and a crash or hang stops the run)")
     parser.add_argument("--budget-base", type=float, default=TimeBudget.base,
                         help="a video's time budget: this many seconds (its fetch and open included) ... "
@@ -154,6 +182,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                              "worker killed and fails with reason 'timeout' (default %(default)s)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also redo the failed videos of this task's finished shards and rewrite them")
+    add_engine_args(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> CurationConfig:
@@ -165,5 +194,5 @@ def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"out_dir": args.out, "videos_per_shard": args.videos_per_shard, "task": args.task,
             "num_tasks": args.num_tasks, "workers": args.workers,
             "budget": TimeBudget(args.budget_base, args.budget_factor), "retry_failed": args.retry_failed,
-            "progress": not args.no_progress}
+            "progress": not args.no_progress, "engine": engine_from_args(args)}
 
