@@ -17,6 +17,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from tiny_model import outputs, tiny_model
 
 import viclip
+from viclip.errors import DataError, UnsafeFileError
 from viclip.model import CheckpointError, export_official, export_safetensors, init_from_clip, load_weights
 from viclip.model.weights import (
     interpolate_temporal_embedding,
@@ -85,7 +86,7 @@ def test_pickle_with_code_is_refused_not_run(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"model": {"temp": _Payload()}}, f)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(UnsafeFileError, match="refused"):
         viclip.load_model("tiny", checkpoint=path)
     assert not _Payload.marker.exists()
 
@@ -178,9 +179,15 @@ def _traced_openai_clip(path: Path) -> torch.nn.Module:
 
 def test_openai_torchscript_archive_initialises_viclip(tmp_path):
     clip = _traced_openai_clip(tmp_path / "ViT-T-8.pt")
+    read = load_checkpoint_file(tmp_path / "ViT-T-8.pt")  # as data: the zip's data.pkl and data/ records
+    expected = {k: v for k, v in clip.state_dict().items() if k != "input_resolution"}  # dropped, as OpenAI's loader
+    expected["attn_mask"] = clip.attn_mask  # a non-persistent buffer, yet an attribute of the archive
+    assert set(read) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(read[name], tensor), name
     model = viclip.create_model("tiny", tubelet_size=1).eval()
     report = init_from_clip(model, tmp_path / "ViT-T-8.pt")
-    assert report.unused == ["attn_mask"]  # the traced causal mask; input_resolution is dropped
+    assert report.unused == ["attn_mask"]  # the traced causal mask
     image = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_video(image.unsqueeze(1)), clip.encode_image(image), atol=1e-5,
@@ -189,6 +196,87 @@ def test_openai_torchscript_archive_initialises_viclip(tmp_path):
     (tmp_path / "cut.pt").write_bytes(archive[: len(archive) // 2])
     with pytest.raises(CheckpointError, match="cut.pt"):
         init_from_clip(model, tmp_path / "cut.pt")
+
+
+class _WritesOnLoad(torch.nn.Module):
+    """A module whose TorchScript ``__setstate__`` creates the file named in its state when the archive loads."""
+
+    def __init__(self, marker: str, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.marker = marker
+        self.temp = torch.nn.Parameter(weights["temp"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.temp
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
+        return self.temp, self.marker, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
+        self.temp, self.marker, self.training = state[0], state[1], state[2]
+        created = torch.from_file(self.marker, shared=True, size=1, dtype=torch.uint8)  # opens with O_CREAT
+        self.temp = self.temp + created.sum().to(self.temp.dtype)
+
+
+def _code_running_archive(tmp_path: Path) -> tuple[Path, Path]:
+    """A TorchScript archive that writes a marker file when ``torch.jit.load`` reads it (checked here)."""
+    import warnings
+
+    probe, marker = tmp_path / "probe_marker", tmp_path / "marker"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_WritesOnLoad(str(probe), {"temp": torch.tensor(0.07)})).save(str(tmp_path / "probe.pt"))
+        torch.jit.load(str(tmp_path / "probe.pt"))  # the test's own trusted load: the payload really runs
+        assert probe.exists(), "the planted archive must run code under torch.jit.load, or this test proves nothing"
+        torch.jit.script(_WritesOnLoad(str(marker), {"temp": torch.tensor(0.07)})).save(str(tmp_path / "evil.pt"))
+    return tmp_path / "evil.pt", marker
+
+
+def test_code_running_torchscript_is_refused_not_run(tmp_path, monkeypatch):
+    evil, marker = _code_running_archive(tmp_path)
+    for load in (lambda: viclip.load_model("tiny", checkpoint=evil),
+                 lambda: init_from_clip(viclip.create_model("tiny"), evil),
+                 lambda: load_checkpoint_file(evil)):
+        with pytest.raises(UnsafeFileError, match=r"evil.pt: refused: its TorchScript defines __setstate__"):
+            load()
+    assert not marker.exists()
+
+    import sys
+
+    from viclip.commands.convert import main
+
+    for argv in (["--input", str(evil)], ["--input", str(evil), "--from-clip", "--model", "tiny"]):
+        monkeypatch.setattr(sys, "argv", ["viclip-convert", *argv, "--out", str(tmp_path / "out.pth")])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        line = str(exit_.value.code)  # one_line_errors exits with "viclip-convert: error: MESSAGE"
+        assert "\n" not in line and "refused" in line and "evil.pt" in line, line
+    assert not marker.exists() and not (tmp_path / "out.pth").exists()
+
+
+def test_torchscript_reader_refuses_foreign_globals(tmp_path):
+    """The unpickler resolves only tensor rebuilds and containers: a data.pkl naming os.system is refused."""
+    import zipfile
+
+    archive = tmp_path / "odd.pt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("odd/data.pkl", pickle.dumps(_Payload(), protocol=2))
+        z.writestr("odd/constants.pkl", pickle.dumps((), protocol=2))
+    _Payload.marker = tmp_path / "pwned"
+    with pytest.raises(UnsafeFileError, match=r"odd.pt: refused: its data.pkl names (posix|os|nt)\.system"):
+        load_checkpoint_file(archive)
+    assert not _Payload.marker.exists()
+
+
+def test_integer_weights_are_refused_not_cast(tmp_path, tiny):
+    sd = dict(tiny.state_dict())
+    sd["vision_encoder.proj"] = sd["vision_encoder.proj"].to(torch.int8)
+    torch.save({"model": sd}, tmp_path / "int8.pth")
+    with pytest.raises(DataError, match=r"int8.pth: tensors that are not floating point .*: "
+                                        r"vision_encoder.proj \(torch.int8\)"):
+        viclip.load_model(checkpoint=tmp_path / "int8.pth")
 
 
 def _laid_out_open_clip_cache(cache: Path, repo_id: str, state_dict) -> Path:

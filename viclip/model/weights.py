@@ -1,10 +1,11 @@
 """Reading, checking, converting and writing ViCLIP weights, and CLIP start weights by open_clip name.
 
-Every read goes through ``torch.load(..., weights_only=True)`` or safetensors: a checkpoint that
-needs arbitrary unpickling is refused, never executed. The one exception is OpenAI's TorchScript
-CLIP archives (``ViT-L-14.pt``), read with ``torch.jit.load``: it runs no Python (TorchScript only),
-and only the tensors of the archive are taken. Official ``.pth`` files hold the state dict under
-``'model'`` (DeepSpeed: ``'module'``) with the names of ``tests/data/official_viclip_keys.txt``.
+Loading weights never runs code: every read goes through ``torch.load(..., weights_only=True)`` or
+safetensors (a checkpoint that needs arbitrary unpickling is refused, never executed), and OpenAI's
+TorchScript CLIP archives (``ViT-L-14.pt``) are read as data by :mod:`viclip.model.torchscript`, never
+``torch.jit.load``. Only floating-point tensors are weights: an integer tensor is refused, not cast.
+Official ``.pth`` files hold the state dict under ``'model'`` (DeepSpeed: ``'module'``) with the names
+of ``tests/data/official_viclip_keys.txt``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from viclip.atomic import atomic_path
+from viclip.errors import DataError, UnsafeFileError
+from viclip.model.torchscript import read_torchscript
 from viclip.model.viclip import MODEL_CONFIGS, ViCLIP, ViCLIPConfig
 
 StateDict = dict[str, torch.Tensor]
@@ -31,8 +34,8 @@ _TEMPORAL_KEY = "vision_encoder.temporal_positional_embedding"
 _MAX_LISTED = 20
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read safely or does not fit the model."""
+class CheckpointError(DataError):
+    """A weights file that cannot be read safely or does not fit the model (names the file)."""
 
 
 # Attributes OpenAI's TorchScript CLIP keeps beside its weights (its own loader drops them too).
@@ -47,22 +50,12 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in z.namelist())
 
 
-def _read_torchscript(path: Path) -> StateDict:
-    try:
-        with warnings.catch_warnings():  # torch 2.9+ marks torch.jit as deprecated; loading still works
-            warnings.simplefilter("ignore", FutureWarning)
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: not a readable TorchScript archive ({str(e).splitlines()[0]})") from e
-    return {k: v for k, v in sd.items() if k not in _JIT_ATTRIBUTES}
-
-
 def _read_file(path: Path) -> tuple[object, dict]:
     """(raw object, metadata) of a .pth/.pt/.bin, .safetensors or TorchScript file."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if _is_torchscript(path):
-        return _read_torchscript(path), {}
+        return {k: v for k, v in read_torchscript(path).items() if k not in _JIT_ATTRIBUTES}, {}
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -75,7 +68,7 @@ def _read_file(path: Path) -> tuple[object, dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
+        raise UnsafeFileError(
             f"{path}: refused: the file needs arbitrary unpickling (objects beyond tensors and plain "
             f"containers), which could run code. Re-save its state dict with torch.save(state_dict) "
             f"from a trusted environment. Loader said: {str(e).splitlines()[0]}"
@@ -99,6 +92,11 @@ def _unwrap(obj: object, path: Path) -> StateDict:
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}")
+    # Loading casts to the model's float dtype: int8 weights would become a near-zero model, silently.
+    ints = [f"{k} ({v.dtype})" for k, v in obj.items() if not v.is_floating_point()]
+    if ints:
+        raise CheckpointError(f"{path}: tensors that are not floating point (quantised or not weights): "
+                              f"{_listing(ints)}; give float weights (dequantise first)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
