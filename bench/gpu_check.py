@@ -1,30 +1,33 @@
-"""One prepared check of a GPU node (H100/H200 class), under 8 minutes, printed as one table.
+"""One prepared check of a GPU node (H100/H200 class) in one command of at most 10 minutes, as one table.
 
-Sections, each in its own subprocess under its own time box, so that one that fails or hangs leaves
-the others' rows (a timed-out section keeps the rows it printed) and the check never crashes whole:
+Sections in order of value, each in its own process group under one deadline (``bench/check_driver.py``):
 
-- ``peak``: the card's measured bf16 matmul peak (the MFU denominator) and the SDPA kernel of each tower;
+- ``peak``: the card's measured bf16 matmul peak (the MFU denominator; the datasheet figure, marked as
+  such, where the measurement fails) and the SDPA kernel of each tower, with the reason flash is not used;
 - ``step``: vit_l14 bf16 fwd+bwd training steps (``bench/model_step.py``'s split step) at mask 0.9 and
-  0.0, activation checkpointing on and off, the batch doubled until it no longer fits: clips/s and MFU
-  at the largest batch that fits;
-- ``compiled``: the same with ``train.compile``'s compiled block stacks (checkpointing on), and the
-  seconds of the first step, which compiles;
-- ``loader``: the training loader's clips/s on curated-format shards (short side 256, 4 fps, every
-  frame a keyframe, fastdecode) with CPU workers vs GPU decoding (``data.backend=torchcodec_cuda``);
+  0.0, activation checkpointing on and off, the batch doubled until it no longer fits (then bisected):
+  clips/s and MFU at the largest batch that fits;
+- ``precision``: vit_l14 embeddings of the same clips in bf16 autocast vs fp32 (max difference);
 - ``deepspeed``: ``train.py`` on one GPU, vit_b16 on synthetic shards, 50 steps: the loss falls, and a
   second run resumed from the step-25 checkpoint ends on the same weights (max difference);
-- ``precision``: vit_l14 embeddings of the same clips in bf16 autocast vs fp32 (max difference).
+- ``loader``: the training loader's clips/s on curated-format shards (short side 256, 4 fps, every
+  frame a keyframe, fastdecode) with CPU workers vs GPU decoding (``data.backend=torchcodec_cuda``);
+- ``compiled``: ``train.compile``'s compiled block stacks at mask 0.9, at half eager's largest batch,
+  and the seconds of the first step, which compiles (last: it is the slowest to start).
 
-``--cpu-smoke`` runs the same code on ``tiny`` on the CPU (fp32, small batches, 10 steps) in about a
-minute on an idle machine; tests/test_gpu_check.py runs it. Every figure is measured in the run.
+On the lent machine it runs through ``bench/gpu_check.sh`` (the wheels it lacks, from ``make gpu-wheels``,
+installed into a temporary folder); ``--jsonl`` gets each section's rows as soon as it ends.
+``--cpu-smoke`` runs the same code on ``tiny`` on the CPU (fp32, small batches); tests run it.
 
-    python bench/gpu_check.py [--cpu-smoke] [--workdir DIR]        (make gpu-check)
+    bench/gpu_check.sh [--cpu-smoke]      (on the GPU machine; make gpu-wheels prints the whole call)
+    python bench/gpu_check.py [--cpu-smoke] [--workdir DIR] [--deadline S] [--jsonl FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -38,14 +41,41 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-# Seconds per section on the GPU (480 in all, start-up of each subprocess included) and on the CPU smoke.
-BUDGETS = {"peak": (30, 60), "step": (140, 120), "compiled": (120, 300), "loader": (50, 90),
-           "deepspeed": (110, 240), "precision": (30, 60)}
+from check_driver import format_table, row, run_all
+
+# Order of value, and the most seconds each may take (GPU, CPU smoke); the deadline cuts the later ones.
+PLAN = {"peak": (45, 60), "step": (150, 120), "precision": (40, 60), "deepspeed": (150, 240),
+        "loader": (60, 90), "compiled": (150, 300)}
+DEADLINE = {"gpu": 540, "smoke": 900}  # seconds for the whole check: the device allows 600 per command
+# bf16 dense tensor-core TFLOP/s from the vendors' datasheets, used only when the measurement fails.
+DATASHEET_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4,
+                    "A100": 312.0, "L40S": 362.1}
+# Messages of a failed allocation: the caching allocator raises OutOfMemoryError, cuBLAS and cuDNN a
+# plain RuntimeError when their workspace or handle cannot be allocated.
+OOM_MARKERS = ("out of memory", "ALLOC_FAILED", "CUBLAS_STATUS_NOT_INITIALIZED")
 
 
-def row(item: str, value: str, **fields) -> None:
-    """One table row, printed at once (a section killed by its time box keeps the rows it printed)."""
-    print("ROW " + json.dumps({"item": item, "value": value, **fields}), flush=True)
+def datasheet_tflops(device_name: str) -> float | None:
+    """The datasheet figure of the first (most specific) entry whose name the card's name contains."""
+    return next((v for k, v in DATASHEET_TFLOPS.items() if k in device_name), None)
+
+
+def is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(m in str(error) for m in OOM_MARKERS))
+
+
+def free_memory(runner=None) -> None:
+    """Drop what a failed step left (partial gradients, cached blocks), so a smaller batch can run."""
+    import torch
+
+    if runner is not None:
+        runner.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # -- sections (each runs in its own subprocess) ------------------------------------------------------
@@ -57,11 +87,11 @@ def section_peak(s: dict) -> None:
     from viclip.train.kernels import describe_kernels
 
     if s["smoke"]:
-        row("matmul peak (CPU fp32, smoke)", f"{matmul_tflops('cpu', torch.float32, n=512, reps=5):.3f} TFLOP/s",
-            peak_tflops=None)
+        peak = matmul_tflops("cpu", torch.float32, n=512, warmup_s=0.2)
+        row("matmul peak (CPU fp32, smoke)", f"{peak:.3f} TFLOP/s", peak_tflops=None)
     else:
         peak = matmul_tflops()
-        row(f"bf16 matmul peak, {torch.cuda.get_device_name()}", f"{peak:.0f} TFLOP/s", peak_tflops=peak)
+        row(f"bf16 matmul peak, {torch.cuda.get_device_name()} (measured)", f"{peak:.0f} TFLOP/s", peak_tflops=peak)
     with torch.device("meta"):  # only the config is read
         model = create_model(s["model"])
     device = torch.device(s["device"])
@@ -70,25 +100,42 @@ def section_peak(s: dict) -> None:
         row(what, f"SDPA {backend}")
 
 
-def largest_batch(runner, mask: float, start: int, cap: int, steps: int, deadline: float):
-    """Double the batch from ``start`` until it does not fit, reaches ``cap`` or time runs out; the last that ran."""
-    import torch
+def try_batch(runner, batch: int, mask: float, steps: int):
+    """``runner.run``'s (timings, first-step seconds), or None where an allocation failed (memory freed)."""
+    try:
+        return runner.run(batch, mask, steps)
+    except RuntimeError as e:  # OutOfMemoryError is a RuntimeError; cuBLAS / cuDNN raise plain ones
+        if not is_oom(e):
+            raise
+    free_memory(runner)  # outside the except block: its traceback no longer holds the step's tensors
+    return None
 
-    best, batch, why = None, start, f"cap {cap}"
+
+def largest_batch(runner, mask: float, start: int, cap: int, steps: int, deadline: float, bisect: int = 2):
+    """Double the batch from ``start`` until it does not fit, reaches ``cap`` or time runs out, then bisect
+    between the last that ran and the first that did not (``bisect`` tries); the largest that ran."""
+    best, batch, why, failed = None, start, f"cap {cap}", None
     while batch <= cap:
         if time.monotonic() > deadline:
             why = "time box"
             break
-        try:
-            best = runner.run(batch, mask, steps)[0]
-        except torch.cuda.OutOfMemoryError:
-            why = f"out of memory at {batch}"
-            runner.optimizer.zero_grad(set_to_none=True)  # the failed step's partial gradients
+        result = try_batch(runner, batch, mask, steps)
+        if result is None:
+            failed, why = batch, f"out of memory at {batch}"
             break
-        finally:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        batch *= 2
+        best, batch = result[0], batch * 2
+    low = best.batch if best is not None else 0
+    for _ in range(bisect if failed else 0):
+        mid = (low + failed) // 2
+        if mid <= low or time.monotonic() > deadline:
+            break
+        result = try_batch(runner, mid, mask, steps)
+        if result is None:
+            failed = mid
+        else:
+            best, low = result[0], mid
+    if failed:
+        why = f"out of memory at {failed}"
     return best, why
 
 
@@ -119,14 +166,32 @@ def section_step(s: dict) -> None:
 
 
 def section_compiled(s: dict) -> None:
+    """Only what it measures: mask 0.9 at half eager's largest batch (compiled code may need more memory),
+    eager at the same batch first (the ratio's base), each inside the same out-of-memory handling."""
     from model_step import StepRunner
 
-    runner = StepRunner(s["model"], s["device"], compile=True, grad_checkpointing=True)
-    for mask in (0.9, 0.0):
-        batch = s["batches"].get(str(mask)) or (4 if s["smoke"] else 64)
-        r, first = runner.run(batch, mask, s["steps"])
-        step_row(f"{s['model']} step, mask {mask:g}, checkpointing on, compiled (first step {first:.0f} s)", r,
-                 runner.cfg, s["peak"], ckpt=True, compiled=True)
+    from viclip.model import get_config
+
+    mask, cfg = 0.9, get_config(s["model"])
+    largest = s["batches"].get(str(mask))
+    batch = max(1, largest // 2) if largest else (2 if s["smoke"] else 64)
+    for attempt in dict.fromkeys((batch, max(1, batch // 2))):
+        done = {}
+        for compiled in (False, True):
+            runner = StepRunner(s["model"], s["device"], compile=compiled, grad_checkpointing=True)
+            done[compiled] = try_batch(runner, attempt, mask, s["steps"])
+            del runner
+            free_memory()
+            if done[compiled] is None:
+                break
+        if None not in done.values():
+            (eager, _), (comp, first) = done[False], done[True]
+            step_row(f"{s['model']} step, mask {mask:g}, checkpointing on, eager (base of the compiled row)", eager,
+                     cfg, s["peak"], eager_reference=True)
+            step_row(f"{s['model']} step, mask {mask:g}, checkpointing on, compiled (first step {first:.0f} s)",
+                     comp, cfg, s["peak"], ckpt=True, compiled=True)
+            return
+    row(f"{s['model']} step, mask {mask:g}, compiled", f"out of memory at batch {batch} and {max(1, batch // 2)}")
 
 
 def curated_shards(out: Path, clips: int, copies: int) -> Path:
@@ -170,13 +235,24 @@ def capture_log(name: str):
         logging.getLogger(name).removeHandler(handler)
 
 
+def gpu_decoding_problem(backend: str, workers: int) -> str | None:
+    """Why ``backend`` would fall back to CPU decoding here (decode_plan's own warning), None if it runs."""
+    import torch
+
+    from viclip.data.video import decode_plan
+
+    with capture_log("viclip.data.video") as messages:
+        used, _, _ = decode_plan(backend, workers, torch.cuda.is_available())
+    return None if used == backend else ("; ".join(messages) or "GPU decoding unavailable")
+
+
 def loader_rate(shards: Path, backend: str, workers: int, batch: int, model: str, device: str,
-                seconds: float) -> tuple[float, str, int, str]:
-    """(clips/s on the device after the first batch, backend used, workers used, the decoder's warnings)."""
+                seconds: float) -> tuple[float, int]:
+    """(clips/s on the device after the first batch, batches per epoch); the epoch outlasts the measurement,
+    so the rate has no worker restarts in it."""
     import torch
     from hydra import compose, initialize_config_dir
 
-    from viclip.data.video import decode_plan
     from viclip.model import get_config
     from viclip.train import loader as train_loader
 
@@ -184,34 +260,38 @@ def loader_rate(shards: Path, backend: str, workers: int, batch: int, model: str
                  f"data.backend={backend}", f"data.num_workers={workers}", f"train.batch_size={batch}"]
     with initialize_config_dir(config_dir=str(REPO / "viclip" / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    with capture_log("viclip.data.video") as messages:  # why GPU decoding fell back, if it did
-        used, used_workers, _ = decode_plan(backend, workers, torch.cuda.is_available())
-    batches = train_loader.endless(train_loader.build_loader(cfg, get_config(model), 0, 1))
+    loader = train_loader.build_loader(cfg, get_config(model), 0, 1)
+    batches = iter(loader)
     next(batches)  # workers start, the shuffle buffer fills
     clips, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        clips += len(next(batches)["video"].to(device, non_blocking=True))
+        batch_ = next(batches, None)
+        if batch_ is None:
+            raise RuntimeError(f"the epoch ({len(loader)} batches) ended inside the measurement: write more copies")
+        clips += len(batch_["video"].to(device, non_blocking=True))
     if device == "cuda":
         torch.cuda.synchronize()
-    return clips / (time.perf_counter() - start), used, used_workers, "; ".join(messages)
+    return clips / (time.perf_counter() - start), len(loader)
 
 
 def section_loader(s: dict) -> None:
-    from viclip.data import video
+    from viclip.data.video import GPU_BACKEND, decode_plan
 
     smoke = s["smoke"]
-    shards = curated_shards(Path(s["workdir"]) / "curated", 8 if smoke else 32, 4 if smoke else 16)
+    # 32 distinct clips, copied so that one epoch (batches spread over all workers) outlasts each measurement
+    shards = curated_shards(Path(s["workdir"]) / "curated", 8 if smoke else 32, 32 if smoke else 200)
     workers = 1 if smoke else min(8, (os.cpu_count() or 2) - 1)
-    seconds = 5 if smoke else 12
-    rate, used, w, _ = loader_rate(shards, "auto", workers, 8 if smoke else 64, s["model"], s["device"], seconds)
-    row(f"loader, CPU decoding ({used}, {w} workers), curated shards", f"{rate:.1f} clips/s")
-    gpu = getattr(video, "GPU_BACKEND", None)
-    if gpu is None:
-        row("loader, GPU decoding", "absent: this checkout has no data.backend=torchcodec_cuda")
+    seconds, batch = (5, 8) if smoke else (12, 64)
+    used, w, _ = decode_plan("auto", workers, False)
+    rate, per_epoch = loader_rate(shards, used, w, batch, s["model"], s["device"], seconds)
+    row(f"loader, CPU decoding ({used}, {w} workers), curated shards", f"{rate:.1f} clips/s "
+        f"(one epoch of {per_epoch} batches of {batch}: no worker restart)", clips_per_s=rate)
+    problem = gpu_decoding_problem(GPU_BACKEND, workers)
+    if problem is not None:  # the fallback would only measure the CPU decoders again
+        row(f"loader, GPU decoding ({GPU_BACKEND})", f"not measured: {problem}")
         return
-    rate, used, w, why = loader_rate(shards, gpu, workers, 8 if smoke else 64, s["model"], s["device"], seconds)
-    note = "" if used == gpu else f" (fell back to {used}, {w} workers: {why or 'GPU decoding unavailable'})"
-    row(f"loader, GPU decoding ({gpu}), curated shards", f"{rate:.1f} clips/s{note}")
+    rate, _ = loader_rate(shards, GPU_BACKEND, 0, batch, s["model"], s["device"], seconds)
+    row(f"loader, GPU decoding ({GPU_BACKEND}), curated shards", f"{rate:.1f} clips/s", clips_per_s=rate)
 
 
 def train_run(s: dict, name: str, steps: int, extra: list[str]) -> Path:
@@ -285,30 +365,37 @@ SECTIONS = {"peak": section_peak, "step": section_step, "compiled": section_comp
 
 
 # -- driver ------------------------------------------------------------------------------------------
-def run_section(name: str, settings: dict, budget: float) -> tuple[list[dict], str]:
-    """The section's rows and its status (ok / failed: ... / timed out after N s)."""
-    start = time.monotonic()
-    cmd = [sys.executable, __file__, "--section", name, "--settings", json.dumps({**settings, "budget": budget})]
+def device_name() -> str:
+    """The card's name without creating a CUDA context in the parent (nvidia-smi; torch as the fallback)."""
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget, check=False)
-        out, err, code = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err, code = "", None
-    rows = [json.loads(line[4:]) for line in out.splitlines() if line.startswith("ROW ")]
-    took = time.monotonic() - start
-    if code is None:
-        return rows, f"timed out after {budget:.0f} s (time box)"
-    if code:
-        return rows, f"failed in {took:.0f} s: {(err.strip().splitlines() or ['exit ' + str(code)])[-1][:200]}"
-    return rows, f"ok in {took:.0f} s"
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=True).stdout.strip().splitlines()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import torch
+
+    return torch.cuda.get_device_name()
+
+
+def annotate(r: dict, eager: dict) -> str:
+    """A compiled row's value with its speed-up over the eager step at the same mask and batch."""
+    base = eager.get((r.get("mask"), r.get("batch"))) if r.get("compiled") else None
+    if base and not math.isclose(base, 0.0):
+        return r["value"] + f", {r['clips_per_s'] / base:.2f}x eager"
+    return r["value"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny on the CPU: the same code paths, fast")
     parser.add_argument("--workdir", default=None, help="shards and runs (default: a temporary directory)")
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(PLAN))
+    parser.add_argument("--deadline", type=float, default=None,
+                        help=f"seconds for the whole check (default {DEADLINE['gpu']} on a GPU, "
+                             f"{DEADLINE['smoke']} for the smoke)")
+    parser.add_argument("--jsonl", type=Path, default=None, help="append each section's rows here as it ends")
     parser.add_argument("--section", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -322,38 +409,49 @@ def main() -> None:
 
     import torch
 
-    smoke = args.cpu_smoke
-    if not smoke and not torch.cuda.is_available():
+    started, smoke = time.monotonic(), args.cpu_smoke
+    if not smoke and not torch.cuda.is_available():  # asks the driver only: no CUDA context in this process
         sys.exit("bench/gpu_check.py: no CUDA device here; run with --cpu-smoke for the CPU version of the check")
+    machine = "CPU smoke (tiny, fp32)" if smoke else device_name()
+    deadline = started + (args.deadline or DEADLINE["smoke" if smoke else "gpu"])
     workdir = args.workdir or tempfile.mkdtemp(prefix="viclip_gpu_check_")
     settings = {"smoke": smoke, "model": "tiny" if smoke else "vit_l14", "device": "cpu" if smoke else "cuda",
-                "steps": 1 if smoke else 2, "workdir": workdir, "peak": None, "batches": {}}
-    machine = "CPU smoke (tiny, fp32)" if smoke else f"{torch.cuda.get_device_name()}, bf16"
-    print(f"GPU check: {machine}, torch {torch.__version__}, {os.cpu_count()} CPU cores, workdir {workdir}", flush=True)
-    table, started = [], time.monotonic()
-    for name in args.only:
-        rows, status = run_section(name, settings, BUDGETS[name][1 if smoke else 0])
-        for r in rows:
+                "steps": 1 if smoke else 2, "workdir": workdir, "peak": None, "peak_source": None, "batches": {}}
+    torch_version = torch.__version__
+    print(f"GPU check: {machine}, torch {torch_version}, {os.cpu_count()} CPU cores, workdir {workdir}", flush=True)
+    if args.jsonl:
+        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.jsonl, "a") as f:
+            f.write(json.dumps({"section": "machine", "item": machine, "value": f"torch {torch_version}"}) + "\n")
+
+    def command(name: str) -> list[str]:
+        box = PLAN[name][1 if smoke else 0]
+        return [sys.executable, __file__, "--section", name,
+                "--settings", json.dumps({**settings, "budget": min(box, deadline - time.monotonic())})]
+
+    def on_result(result) -> None:
+        for r in result.rows:
             if r.get("peak_tflops"):
-                settings["peak"] = r["peak_tflops"]
+                settings["peak"], settings["peak_source"] = r["peak_tflops"], "measured"
             if r.get("ckpt") and not r.get("compiled") and "clips_per_s" in r:
-                settings["batches"][str(r["mask"])] = r["batch"]
-        table.append((name, rows, status))
-        print(f"[{name}] {status}; " + "; ".join(f"{r['item']}: {r['value']}" for r in rows), flush=True)
-    eager = {(r["mask"], r["batch"]): r["clips_per_s"] for _, rows, _ in table for r in rows
-             if r.get("ckpt") and not r.get("compiled") and "clips_per_s" in r}
-    width = max((len(r["item"]) for _, rows, _ in table for r in rows), default=20)
-    print(f"\n{'section':<10} {'what':<{width}}  result")
-    for name, rows, status in table:
-        for r in rows:
-            value = r["value"]
-            base = eager.get((r.get("mask"), r.get("batch"))) if r.get("compiled") else None
-            if base and not math.isclose(base, 0.0):
-                value += f", {r['clips_per_s'] / base:.2f}x eager"
-            print(f"{name:<10} {r['item']:<{width}}  {value}")
-        if not status.startswith("ok"):
-            print(f"{name:<10} {'(section)':<{width}}  {status}")
-    print(f"total {time.monotonic() - started:.0f} s")
+                settings["batches"][str(r["mask"])] = max(r["batch"], settings["batches"].get(str(r["mask"]), 0))
+        if result.name == "peak" and settings["peak"] is None and not smoke:
+            sheet = datasheet_tflops(machine)  # MFU rows survive a failed measurement
+            if sheet:
+                settings["peak"], settings["peak_source"] = sheet, "datasheet"
+                result.rows.append({"item": f"bf16 peak, {machine} (datasheet, not measured)",
+                                    "value": f"{sheet:.0f} TFLOP/s"})
+        print(f"[{result.name}] {result.status}; " + "; ".join(f"{r['item']}: {r['value']}" for r in result.rows),
+              flush=True)
+
+    plan = [(name, PLAN[name][1 if smoke else 0]) for name in PLAN if name in args.only]
+    results, stopped = run_all(plan, command, deadline, args.jsonl, on_result, cwd=REPO)
+    eager = {(r["mask"], r["batch"]): r["clips_per_s"] for res in results for r in res.rows
+             if r.get("eager_reference") or (r.get("ckpt") and not r.get("compiled") and "clips_per_s" in r)}
+    print("\n" + format_table(results, lambda r: annotate(r, eager)))
+    if stopped:
+        print(f"check {stopped}: the table holds the sections that finished")
+    print(f"total {time.monotonic() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -172,13 +172,20 @@ def available_gib() -> float:
     raise RuntimeError("/proc/meminfo has no MemAvailable line; pass --max-gib")
 
 
-def matmul_tflops(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 20) -> float:
-    """Measured dense matmul throughput (TFLOP/s): on a GPU in bf16, the denominator of MFU."""
+def matmul_tflops(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 20,
+                  warmup_s: float = 1.0) -> float:
+    """Measured dense matmul throughput (TFLOP/s): on a GPU in bf16, the denominator of MFU.
+
+    Products run for ``warmup_s`` seconds first: a GPU's clocks ramp up under load, and timing from a
+    cold start under-reports the peak."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    start = time.perf_counter()
+    while True:
         a @ b
-    synchronize(device)
+        synchronize(device)
+        if time.perf_counter() - start >= warmup_s:
+            break
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
