@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from stage_outputs import tar_keys
 
-from viclip.curation import clips, stages
+from viclip.curation import clips, source_shards
 from viclip.curation.clips import CurationConfig, process_source
 from viclip.curation.pool import TimeBudget
 from viclip.curation.sources import Source, list_folder
@@ -164,18 +164,18 @@ def kill_after_tar(monkeypatch):
     """Killed once the new tar of the first shard is in place, before its table."""
     def write_table(table, path):
         raise Killed(path)
-    monkeypatch.setattr(stages, "write_table", write_table)
+    monkeypatch.setattr(source_shards, "write_table", write_table)
 
 
 def kill_before_stats(monkeypatch):
     """Killed once the new tar and table of the first shard are in place, before its stats."""
-    original = stages._atomic_json
+    original = source_shards.atomic_json
 
     def atomic_json(path, obj):
         if str(path).endswith(".stats.json"):  # a local path or an fsspec URL
             raise Killed(path)
         original(path, obj)
-    monkeypatch.setattr(stages, "_atomic_json", atomic_json)
+    monkeypatch.setattr(source_shards, "atomic_json", atomic_json)
 
 
 def kill_in_writer(monkeypatch):

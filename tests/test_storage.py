@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from viclip.atomic import atomic_path, atomic_write
-from viclip.curation import stages
+from viclip.curation import source_shards, stages
 from viclip.curation.sources import list_folder
 from viclip.curation.stages import run_stage
 from viclip.curation.table import read_tables
@@ -116,14 +116,14 @@ def comparable(files: dict[str, bytes]) -> dict[str, object]:
 
 def kill_at_table(monkeypatch, call: int) -> None:
     """Raise in the ``call``-th table write of a stage: that shard's tar is out, its table and stats are not."""
-    original, calls = stages.write_table, []
+    original, calls = source_shards.write_table, []
 
     def write_table(table, path):
         calls.append(path)
         if len(calls) == call:
             raise Killed
         original(table, path)
-    monkeypatch.setattr(stages, "write_table", write_table)
+    monkeypatch.setattr(source_shards, "write_table", write_table)
 
 
 @pytest.mark.parametrize("protocol", ["memory", "file"])

@@ -16,7 +16,7 @@ import argparse
 
 from viclip.commands import one_line_errors
 from viclip.curation.captioning import DTYPES
-from viclip.curation.cli import add_options, add_task_args, from_args
+from viclip.curation.cli import add_engine_args, add_options, add_task_args, engine_from_args, from_args
 from viclip.curation.quality import SIMILARITY_MODELS, ScoreConfig, run_scoring
 
 
@@ -27,9 +27,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output directory (one table per shard)")
     add_options(parser, ScoreConfig, "scoring", choices={"similarity": SIMILARITY_MODELS, "dtype": DTYPES})
     add_task_args(parser)
+    add_engine_args(parser, models=True)
     a = parser.parse_args()
     cfg = from_args(ScoreConfig, a)
-    print(run_scoring(a.input, a.out, cfg, task=a.task, num_tasks=a.num_tasks, progress=not a.no_progress))
+    print(run_scoring(a.input, a.out, cfg, task=a.task, num_tasks=a.num_tasks, progress=not a.no_progress,
+                      engine=engine_from_args(a)))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from viclip.curation.engine import Engine
 from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.video import read_video
@@ -261,9 +262,10 @@ def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict
 
 def run_captioning(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: CaptionConfig,
                    captioner: Captioner | None = None, task: int = 0, num_tasks: int = 1,
-                   progress: bool = True) -> StageSummary:
+                   progress: bool = True, engine: Engine | None = None) -> StageSummary:
     """Caption every finished shard of ``in_dir`` into ``out_dir`` (resumable; see ``run_table_stage``,
     which loads the models only when a shard needs them)."""
     return run_table_stage(
         in_dir, out_dir, lambda: captioner if captioner is not None else Captioner.from_config(cfg),
-        {"stage": "caption", "config": cfg.record()}, task=task, num_tasks=num_tasks, progress=progress)
+        {"stage": "caption", "config": cfg.record()}, task=task, num_tasks=num_tasks, progress=progress,
+        engine=engine)

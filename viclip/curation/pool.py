@@ -22,6 +22,7 @@ from multiprocessing.process import BaseProcess
 from viclip.curation.clips import CurationConfig, VideoResult, failed_result, process_source
 from viclip.curation.errors import SourceError
 from viclip.curation.sources import Source
+from viclip.errors import ConfigError
 
 SHUTDOWN_SECONDS = 5.0  # how long an idle worker gets to exit on its own before it is killed
 
@@ -41,9 +42,9 @@ class TimeBudget:
 
     def __post_init__(self) -> None:
         if not self.base > 0:
-            raise ValueError(f"time budget base must be > 0 seconds (--budget-base), got {self.base}")
+            raise ConfigError(f"time budget base must be > 0 seconds (--budget-base), got {self.base}")
         if not self.factor >= 0:
-            raise ValueError(f"time budget factor must be >= 0 (--budget-factor), got {self.factor}")
+            raise ConfigError(f"time budget factor must be >= 0 (--budget-factor), got {self.factor}")
 
     def seconds(self, duration: float | None) -> float:
         return self.base + self.factor * (duration or 0.0)
@@ -126,7 +127,7 @@ def process_sources(sources: Sequence[Source], cfg: CurationConfig, workers: int
     when the caller stops early or raises.
     """
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
     if workers == 0:
         for source in sources:
             yield process_source(source, cfg)

@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from viclip.curation.captioning import resolve_device, set_columns, undecodable_columns
+from viclip.curation.engine import Engine
 from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.transforms import VideoTransform
@@ -263,8 +264,9 @@ def add_score_columns(table: pa.Table, aesthetic: dict[int, np.ndarray], sims: d
 
 def run_scoring(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: ScoreConfig,
                 scorer: Scorer | None = None, task: int = 0, num_tasks: int = 1,
-                progress: bool = True) -> StageSummary:
+                progress: bool = True, engine: Engine | None = None) -> StageSummary:
     """Score every finished shard of ``in_dir`` into ``out_dir`` (resumable; see ``run_table_stage``)."""
     return run_table_stage(
         in_dir, out_dir, lambda: scorer if scorer is not None else Scorer.from_config(cfg),
-        {"stage": "score", "config": cfg.record()}, task=task, num_tasks=num_tasks, progress=progress)
+        {"stage": "score", "config": cfg.record()}, task=task, num_tasks=num_tasks, progress=progress,
+        engine=engine)
