@@ -278,3 +278,48 @@ def test_dedup_tool_errors_in_one_line(tmp_path, monkeypatch, capsys):
     expected = (f"dedup_clips.py: error: embedding shard not found: {tmp_path / 'none'} "
                 "(give embed_clips' output directory)")
     assert exit_info.value.code == expected  # sys.exit(message): printed as one line, status 1
+
+
+def _tar_of(path: Path, members: list[tuple[str, bytes]], size: dict[str, int] | None = None) -> Path:
+    """A tar written by hand (``tar -C dir -cf x.tar .`` names members ``./key.mp4``); ``size`` fakes claims."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    if size:  # rewrite a header's size field (and checksum) to claim more than the member holds
+        raw = bytearray(path.read_bytes())
+        for name, claim in size.items():
+            at = raw.index(name.encode())
+            raw[at + 124:at + 136] = f"{claim:011o}\0".encode()
+            raw[at + 148:at + 156] = b" " * 8
+            raw[at + 148:at + 155] = f"{sum(raw[at:at + 512]):06o}\0".encode()
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def test_tar_member_names_and_bad_members_are_counted_not_fatal(setup, tmp_path):
+    """./key.mp4 members are clips; a bad JSON, a non-UTF-8 caption, a member claiming 100 GB and a truncated
+    tar each become a failed row naming the file, and the run goes on."""
+    mp4 = (setup["folder"] / "clip0.mp4").read_bytes()
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    _tar_of(tars / "00000.tar", [("./a.mp4", mp4), ("./a.txt", b"a dotted clip"), ("./b.mp4", mp4),
+                                 ("./b.json", b"{not json"), ("./c.mp4", mp4), ("./c.txt", b"\xff\xfe caption")])
+    _tar_of(tars / "00001.tar", [("d.mp4", mp4), ("huge.mp4", mp4)], size={"huge.mp4": 100 << 30})
+    good = _tar_of(tmp_path / "whole.tar", [("e.mp4", mp4), ("f.mp4", mp4)]).read_bytes()
+    (tars / "00002.tar").write_bytes(good[:512 + len(mp4) + 1024])  # cut inside the second clip
+    summary = run_embedding([str(tars)], tmp_path / "out", EmbedConfig(checkpoint=setup["ckpt"], workers=0),
+                            progress=False)
+    rows = read_embeddings(tmp_path / "out")
+    assert rows["a"]["error"] is None and rows["a"]["text_embedding"] is not None  # read and captioned
+    assert "00000.tar:b.json: not JSON" in rows["b"]["error"]
+    assert "00000.tar:./c.txt: UnicodeDecodeError" in rows["c"]["error"]
+    assert rows["d"]["error"] is None and "00001.tar:huge.mp4: DataError" in rows["huge"]["error"]
+    assert rows["e"]["error"] is None and "00002.tar: damaged tar" in rows["00002.tar:damaged"]["error"]
+    assert "00002.tar:f.mp4: ReadError" in rows["f"]["error"]  # its header came before the cut, its bytes not
+    assert "00001.tar: damaged tar" in rows["00001.tar:damaged"]["error"]  # the claim runs past the end
+    assert summary["clips"] == 9 and summary["failed"] == 6

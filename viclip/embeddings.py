@@ -21,6 +21,7 @@ once, and ranks never wait for each other.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,10 +40,11 @@ from torch.utils.data import DataLoader, Dataset
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.stages import StageDir, clips_dir_of, record_or_check_settings, shard_name, stats_name
 from viclip.curation.table import STATS_SUFFIX, table_files
-from viclip.data.tars import SIZES_FILE, expand_shards
+from viclip.data.tars import SIZES_FILE, expand_shards, member_key, read_member
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import VIDEO_EXTENSIONS, VideoDecodeError, read_video
 from viclip.distributed import init_from_env, pick_device, world
+from viclip.errors import ConfigError, DataError
 from viclip.eval.embed import VideoProtocol, encode_text_batch, encode_video_batch, protocol_transform
 from viclip.eval.model_loading import file_sha256
 from viclip.model import ViCLIP, load_model
@@ -90,6 +92,7 @@ class Clip:
     caption: str | None = None
     video_id: str | None = None
     aesthetic: float | None = None
+    error: str | None = None  # why it cannot be read, found while listing (a bad member, a damaged tar)
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def _detect_kind(inputs: Sequence[str]) -> str:
 def plan_units(inputs: Sequence[str], kind: str = "auto", clips_per_shard: int = 1000) -> list[Unit]:
     """The input units in a fixed order, so shard ``s`` is the same unit on every rank and rerun."""
     if kind not in INPUT_KINDS:
-        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {kind!r}")
+        raise ConfigError(f"--input-kind must be one of {INPUT_KINDS}, got {kind!r}")
     kind = _detect_kind(inputs) if kind == "auto" else kind
     if kind == "tables":
         units = []
@@ -132,10 +135,10 @@ def plan_units(inputs: Sequence[str], kind: str = "auto", clips_per_shard: int =
         shards = expand_shards(list(inputs))
         remote = [s for s in shards if "://" in s or s.startswith("pipe:")]
         if remote:
-            raise ValueError(f"embedding reads local tars by member (random access); {remote[0]} is not local")
+            raise ConfigError(f"--input {remote[0]}: embedding reads local tars by member (random access)")
         return [Unit("tars", s) for s in shards]
     if clips_per_shard < 1:
-        raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
+        raise ConfigError(f"--clips-per-shard must be >= 1, got {clips_per_shard}")
     clips = []
     for root in map(Path, inputs):
         if not root.is_dir():
@@ -158,27 +161,63 @@ def unit_clips(unit: Unit) -> list[Clip]:
         table = pq.read_table(unit.path)
         missing = [c for c in ("clip_id", "status", "clip_tar", "clip_key") if c not in table.column_names]
         if missing:
-            raise KeyError(f"{unit.path}: clip table lacks columns {missing} (give split_scenes' output or later)")
+            raise DataError(f"{unit.path}: clip table lacks columns {missing} (give split_scenes' output or later)")
         cols = {c: table.column(c).to_pylist() if c in table.column_names else [None] * len(table)
                 for c in ("clip_id", "status", "clip_tar", "clip_key", "caption", "video_id", "aesthetic")}
         return [Clip(cid, os.path.join(unit.clips_dir, tar), f"{key}.mp4", cap or None, vid, _number(aes))
                 for cid, status, tar, key, cap, vid, aes in zip(*cols.values()) if status == "kept" and tar and key]
-    clips, meta = [], {}
-    with tarfile.open(unit.path, mode="r:") as tar:
-        members = [m for m in tar.getmembers() if m.isfile()]
-        for m in members:
-            key, _, ext = m.name.partition(".")
-            if ext in ("json", "txt"):
-                meta.setdefault(key, {})[ext] = tar.extractfile(m).read().decode()
-    for m in members:
-        key, _, ext = m.name.partition(".")
-        if ext != "mp4":
-            continue
-        info = json.loads(meta.get(key, {}).get("json", "{}"))
+    return _tar_clips(unit.path)
+
+
+def _tar_clips(path: str) -> list[Clip]:
+    """The mp4 members of a tar with their caption and metadata members. A bad metadata member (not UTF-8,
+    not JSON, oversized) or a damaged tar (truncated, corrupt headers) costs the clips it touches: each is
+    a clip with its error, counted as failed, never the run."""
+    clips: list[Clip] = []
+    meta: dict[str, dict[str, str]] = {}
+    bad: dict[str, str] = {}
+    videos: list[tuple[str, str]] = []
+    damage = None
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for m in tar:
+                split = member_key(m.name) if m.isfile() else None
+                if split is None:
+                    continue
+                key, ext = split
+                if ext == "mp4":
+                    videos.append((key, m.name))
+                elif ext in ("json", "txt"):
+                    try:
+                        meta.setdefault(key, {})[ext] = read_member(tar, m, path).decode("utf-8")
+                    except (DataError, UnicodeDecodeError) as e:
+                        bad[key] = f"{path}:{m.name}: {type(e).__name__}: {e}"
+    except (tarfile.TarError, OSError, EOFError) as e:
+        damage = f"{path}: damaged tar after {len(videos)} clips: {type(e).__name__}: {e}"
+    for key, name in videos:
+        info, error = {}, bad.get(key)
+        if error is None and "json" in meta.get(key, {}):
+            try:
+                info = json.loads(meta[key]["json"])
+            except json.JSONDecodeError as e:
+                error = f"{path}:{key}.json: not JSON: {e}"
+            if not isinstance(info, dict):
+                info, error = {}, error or f"{path}:{key}.json: not a JSON object"
         caption = meta.get(key, {}).get("txt", info.get("caption"))
-        clips.append(Clip(info.get("clip_id") or key, unit.path, m.name, caption or None, info.get("video_id"),
-                          _number(info.get("aesthetic"))))
+        clips.append(Clip(str(info.get("clip_id") or key), path, name, caption if isinstance(caption, str) and caption
+                          else None, info.get("video_id"), _number(info.get("aesthetic")), error))
+    if damage is not None:
+        clips.append(Clip(f"{Path(path).name}:damaged", path, None, error=damage))
     return clips
+
+
+def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """The members before any damage: a truncated tar still gives the clips written before the cut."""
+    found: dict[str, tarfile.TarInfo] = {}
+    with contextlib.suppress(tarfile.TarError, OSError, EOFError):
+        for m in tar:
+            found[m.name] = m
+    return found
 
 
 class ClipVideos(Dataset):
@@ -186,7 +225,8 @@ class ClipVideos(Dataset):
 
     def __init__(self, clips: Sequence[Clip], protocol: VideoProtocol, transform: VideoTransform) -> None:
         self.clips, self.protocol, self.transform = list(clips), protocol, transform
-        self._tars: dict[str, tarfile.TarFile] = {}  # opened lazily: each worker process gets its own
+        # opened lazily, each worker process its own, with the headers read up to any damage
+        self._tars: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -195,23 +235,26 @@ class ClipVideos(Dataset):
         if clip.member is None:
             return clip.path
         if clip.path not in self._tars:
-            self._tars[clip.path] = tarfile.open(clip.path, mode="r:")  # noqa: SIM115 - kept open per worker
-        f = self._tars[clip.path].extractfile(clip.member)
-        if f is None:
-            raise KeyError(f"{clip.member} is not a file")
-        return f.read()
+            tar = tarfile.open(clip.path, mode="r:")  # noqa: SIM115 - kept open per worker
+            self._tars[clip.path] = tar, _members(tar)
+        tar, members = self._tars[clip.path]
+        if clip.member not in members:
+            raise DataError(f"{clip.path}: no member {clip.member}")
+        return read_member(tar, members[clip.member], clip.path)
 
     def __getitem__(self, i: int) -> dict:
         clip, p = self.clips[i], self.protocol
+        if clip.error is not None:
+            return {"index": i, "video": None, "error": clip.error}
         label = clip.path if clip.member is None else f"{clip.path}:{clip.member}"
         try:
             frames = read_video(self._source(clip), p.num_frames, p.sampling, backend=p.backend, rng=i, name=label)
-        except (VideoDecodeError, KeyError, OSError, tarfile.TarError) as e:
+        except (VideoDecodeError, DataError, KeyError, OSError, EOFError, tarfile.TarError) as e:
             return {"index": i, "video": None, "error": f"{label}: {type(e).__name__}: {e}"}
         return {"index": i, "video": self.transform(frames), "error": None}
 
     def close(self) -> None:
-        for tar in self._tars.values():
+        for tar, _ in self._tars.values():
             tar.close()
         self._tars.clear()
 
@@ -276,7 +319,7 @@ def run_embedding(inputs: Sequence[str], out_dir: str | os.PathLike, cfg: EmbedC
                   num_tasks: int = 1, progress: bool = True) -> dict:
     """Embed every pending shard this worker owns; returns counts (shards done, skipped, clips, failed)."""
     if not 0 <= task < num_tasks:
-        raise ValueError(f"task must be in [0, num_tasks), got task={task}, num_tasks={num_tasks}")
+        raise ConfigError(f"--task must be in [0, num_tasks), got task={task}, num_tasks={num_tasks}")
     if not Path(cfg.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {cfg.checkpoint}")
     device = pick_device(cfg.device)
