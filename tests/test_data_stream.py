@@ -218,11 +218,12 @@ def test_unusable_corpus_raises_instead_of_hanging(tmp_path):
         list(loader_for(tmp_path, batch_size=2))
 
 
-def test_clips_of_two_shard_directories_have_distinct_indices(tmp_path):
+@pytest.mark.parametrize("pattern", ["{a}::{b}", "{a}/{{00000..00000}}.tar::{b}/{{00000..00000}}.tar"])
+def test_clips_of_two_shard_directories_have_distinct_indices(tmp_path, pattern):
     # each directory written by its own make_shards run: both start at key 00000000000
     a = make_corpus(tmp_path / "a", n_shards=1, per_shard=4, seed=1)
     b = make_corpus(tmp_path / "b", n_shards=1, per_shard=4, seed=2)
-    loader = loader_for(f"{a}::{b}", batch_size=8, buffer=8, epoch_samples=32)
+    loader = loader_for(pattern.format(a=a, b=b), batch_size=8, buffer=8, epoch_samples=32)
     pairs = {(k, int(i)) for batch in loader for k, i in zip(batch["key"], batch["index"])}
     keys = {k for k, _ in pairs}
     assert {k.rsplit(":", 1)[1] for k in keys if k.startswith(str(a))} & {k.rsplit(":", 1)[1] for k in keys

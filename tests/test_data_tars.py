@@ -1,4 +1,5 @@
-"""ShardWriter: tars rotated at a limit and renamed into place when complete, sizes.json, no partial tar."""
+"""ShardWriter: tars rotated at a limit and renamed into place when complete, sizes.json, no partial tar;
+the one member-name rule and the member size cap of every reader."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import tarfile
 
 import pytest
 
-from viclip.data.tars import ShardWriter
+from viclip.data.tars import ShardWriter, iter_tar_samples, member_key, read_member
+from viclip.errors import DataError
 
 
 def test_shard_writer_rotates_atomically_and_records_sizes(tmp_path):
@@ -40,3 +42,32 @@ def test_shard_writer_removes_a_killed_runs_partial_tar(tmp_path):
     with ShardWriter(tmp_path, max_samples=2) as w:
         w.write(b"x", "c", {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar", "sizes.json"]
+
+
+def test_member_key_is_one_rule_for_every_name_form():
+    assert member_key("00000000001.mp4") == ("00000000001", "mp4")
+    assert member_key("./00000000001.mp4") == ("00000000001", "mp4")  # tar -C dir -cf x.tar .
+    assert member_key("/abs/dir/k.JSON") == ("abs/dir/k", "json")
+    assert member_key("dir/k.seg.TXT") == ("dir/k", "seg.txt")  # the key ends at the first dot of the base name
+    assert member_key("noext") is None and member_key(".hidden") is None and member_key("./") is None
+
+
+def test_tar_written_from_a_directory_reads_by_key(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "00000000000.mp4").write_bytes(b"video")
+    (src / "00000000000.txt").write_text("a caption")
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        tar.add(src, arcname=".")  # members ./, ./00000000000.mp4, ./00000000000.txt, as `tar -C src -cf x.tar .`
+    with open(tmp_path / "x.tar", "rb") as f:
+        [sample] = list(iter_tar_samples(f))
+    assert sample == {"__key__": "00000000000", "mp4": b"video", "txt": b"a caption"}
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        assert read_member(tar, "./00000000000.txt", "x.tar") == b"a caption"
+        with pytest.raises(DataError, match=r"x.tar: member ./00000000000.mp4 claims 5 bytes, more than max_member"):
+            read_member(tar, "./00000000000.mp4", "x.tar", max_bytes=4)
+        with pytest.raises(DataError, match="x.tar: no member k.mp4"):
+            read_member(tar, "k.mp4", "x.tar")
+    with open(tmp_path / "x.tar", "rb") as f:  # the stream reader marks the sample instead of reading it
+        [sample] = list(iter_tar_samples(f, max_member_bytes=6))
+    assert sample["mp4"] == b"video" and "txt" not in sample and "txt claims 9 bytes" in sample["__oversized__"]
