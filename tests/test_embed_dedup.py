@@ -22,6 +22,7 @@ from viclip.data.annotations import youtube_id
 from viclip.data.tars import ShardWriter
 from viclip.data.video import write_mp4
 from viclip.embeddings import EmbedConfig, embeddings_schema, run_embedding
+from viclip.errors import DataError
 from viclip.eval.runner import evaluate
 from viclip.model import create_model, export_safetensors
 from viclip.testing.videos import pan_frames
@@ -278,6 +279,26 @@ def test_dedup_tool_errors_in_one_line(tmp_path, monkeypatch, capsys):
     expected = (f"dedup_clips.py: error: embedding shard not found: {tmp_path / 'none'} "
                 "(give embed_clips' output directory)")
     assert exit_info.value.code == expected  # sys.exit(message): printed as one line, status 1
+
+
+def test_non_finite_embeddings_are_counted_and_mixed_widths_named(tmp_path):
+    """All-NaN embeddings are not "no duplicates": they are counted and left out; 64-d and 32-d shards mixed
+    end in one line naming both files."""
+    rng = np.random.default_rng(0)
+    vec = rng.standard_normal((4, DIM)).astype(np.float32)
+    vec[1] = vec[0]  # a true duplicate pair among the finite rows
+    vec[2:] = np.nan
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    write_shard(emb / "00000.parquet", ["a", "b", "c", "d"], vec, [None] * 4, [None] * 4)
+    report = find_duplicates_and_leaks([emb], tmp_path / "f.parquet", DedupConfig())
+    assert report.clips == 2 and report.non_finite == 2 and report.duplicates_removed == 1
+    narrow = tmp_path / "narrow.parquet"
+    rows = [{"clip_id": "z", "video_id": None, "aesthetic": None, "video_embedding": [0.5] * 32,
+             "text_embedding": None, "similarity": None, "error": None}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=embeddings_schema(32)), narrow)
+    with pytest.raises(DataError, match=r"narrow.parquet: .* width 32, but .*00000.parquet has width 64"):
+        find_duplicates_and_leaks([emb / "00000.parquet", narrow], tmp_path / "g.parquet", DedupConfig())
 
 
 def _tar_of(path: Path, members: list[tuple[str, bytes]], size: dict[str, int] | None = None) -> Path:

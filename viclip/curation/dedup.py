@@ -39,6 +39,7 @@ import torch
 from viclip.atomic import atomic_write
 from viclip.curation.table import table_files, write_table
 from viclip.data.annotations import load_kinetics, load_video_text_annotations, youtube_id
+from viclip.errors import ConfigError, DataError
 
 KEEP_BY = ("first", "aesthetic", "similarity")
 FLAGS_SCHEMA = pa.schema([
@@ -46,7 +47,6 @@ FLAGS_SCHEMA = pa.schema([
     ("eval_source", pa.string()), ("eval_video", pa.string()), ("eval_similarity", pa.float32()),
     ("exclude", pa.bool_()),
 ])
-# An 11-character YouTube id, optionally after ActivityNet's "v_" and before Kinetics/MSVD's "_start_end".
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,13 @@ class DedupConfig:
 
     def __post_init__(self) -> None:
         if self.keep_by not in KEEP_BY:
-            raise ValueError(f"keep_by must be one of {KEEP_BY}, got {self.keep_by!r}")
+            raise ConfigError(f"--keep-by must be one of {KEEP_BY}, got {self.keep_by!r}")
         for name in ("threshold", "eval_threshold"):
             if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a cosine similarity in [-1, 1], got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} is a cosine similarity in [-1, 1], "
+                                  f"got {getattr(self, name)}")
         if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+            raise ConfigError(f"--block-size must be >= 1, got {self.block_size}")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Embeddings:
     video_id: list[str | None]
     columns: dict[str, np.ndarray]  # aesthetic, similarity as float64 with NaN for missing
     vectors: torch.Tensor
+    non_finite: int = 0  # rows left out because their embedding holds NaN or inf (counted, never searched)
 
 
 def embedding_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -87,26 +89,37 @@ def embedding_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def load_embeddings(paths: Sequence[str | os.PathLike]) -> Embeddings:
-    """Read embedding shards in order; rows without a video embedding (unreadable clips) are left out."""
-    tables = []
+    """Read embedding shards in order; rows without a video embedding (unreadable clips) are left out, and so
+    are rows whose embedding is not finite (counted in ``non_finite``). Shards of different widths are an
+    error naming both."""
+    tables, width = [], None
     for f in embedding_files(paths):
         names = pq.read_schema(f).names
         missing = [c for c in ("clip_id", "video_embedding") if c not in names]
         if missing:
-            raise KeyError(f"{f}: not an embedding shard (no columns {missing}); make it with embed_clips")
+            raise DataError(f"{f}: not an embedding shard (no columns {missing}); make it with embed_clips")
         # the text embeddings are not needed: reading them would double the memory of a large corpus
         table = pq.read_table(f, columns=[c for c in ("clip_id", "video_id", "aesthetic", "similarity",
                                                       "video_embedding") if c in names])
-        tables.append(table.filter(pc.is_valid(table.column("video_embedding"))))
+        table = table.filter(pc.is_valid(table.column("video_embedding")))
+        lengths = pc.unique(pc.list_value_length(table.column("video_embedding"))).to_pylist()
+        for dim in lengths:
+            if width is not None and dim != width[0]:
+                raise DataError(f"{f}: video embeddings of width {dim}, but {width[1]} has width {width[0]}: "
+                                "give shards of one model")
+            width = (dim, f)
+        tables.append(table)
     table = pa.concat_tables(tables, promote_options="default")
     flat = table.column("video_embedding").combine_chunks()
-    dim = flat.type.list_size if pa.types.is_fixed_size_list(flat.type) else len(flat[0]) if len(flat) else 0
+    dim = width[0] if width else 0
     vectors = torch.from_numpy(flat.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim).copy())
+    finite = torch.isfinite(vectors).all(dim=1)
+    table, vectors = table.filter(pa.array(finite.numpy())), vectors[finite]
     columns = {c: pc.cast(table.column(c), pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False)
                for c in ("aesthetic", "similarity") if c in table.column_names}
     video_id = table.column("video_id").to_pylist() if "video_id" in table.column_names else [None] * len(table)
     return Embeddings(table.column("clip_id").to_pylist(), video_id, columns,
-                      torch.nn.functional.normalize(vectors.float(), dim=-1))
+                      torch.nn.functional.normalize(vectors.float(), dim=-1), int((~finite).sum()))
 
 
 def _blocks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -202,6 +215,7 @@ def eval_source_ids(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, str],
 class DedupReport:
     config: dict
     clips: int = 0
+    non_finite: int = 0             # clips left out: their embedding holds NaN or inf (a failed embedding)
     duplicate_pairs: int = 0
     duplicate_groups: int = 0       # groups of two or more clips
     duplicates_removed: int = 0     # clips flagged as another clip's duplicate
@@ -219,7 +233,7 @@ def find_duplicates_and_leaks(inputs: Sequence[str | os.PathLike], out: str | os
     emb = load_embeddings(inputs)
     n = len(emb.clip_id)
     if cfg.keep_by != "first" and cfg.keep_by not in emb.columns:
-        raise KeyError(f"keep_by={cfg.keep_by}: the embedding shards have no {cfg.keep_by!r} column")
+        raise DataError(f"--keep-by {cfg.keep_by}: the embedding shards have no {cfg.keep_by!r} column")
     pairs = similar_pairs(emb.vectors, cfg.threshold, cfg.block_size, cfg.device)
     searched = time.perf_counter()
     groups = duplicate_groups(n, pairs)
@@ -232,6 +246,9 @@ def find_duplicates_and_leaks(inputs: Sequence[str | os.PathLike], out: str | os
     eval_sim = np.full(n, np.nan, dtype=np.float32)
     if cfg.eval_embeddings:
         ev = load_embeddings(cfg.eval_embeddings)
+        if n and len(ev.clip_id) and ev.vectors.shape[1] != emb.vectors.shape[1]:
+            raise DataError(f"--eval-embeddings {list(cfg.eval_embeddings)}: width {ev.vectors.shape[1]}, but the "
+                            f"clips' embeddings have width {emb.vectors.shape[1]}: embed both with one model")
         best, where = nearest(emb.vectors, ev.vectors, cfg.block_size, cfg.device)
         for i in np.flatnonzero(best >= cfg.eval_threshold):
             eval_video[i], eval_sim[i] = ev.clip_id[where[i]], best[i]
@@ -246,7 +263,7 @@ def find_duplicates_and_leaks(inputs: Sequence[str | os.PathLike], out: str | os
     }, schema=FLAGS_SCHEMA)
     out = Path(out)
     write_table(table, out)
-    report = DedupReport(config=asdict(cfg), clips=n, duplicate_pairs=len(pairs),
+    report = DedupReport(config=asdict(cfg), clips=n, non_finite=emb.non_finite, duplicate_pairs=len(pairs),
                          duplicate_groups=int((sizes > 1).sum()), duplicates_removed=int(duplicate.sum()),
                          eval_source_overlap=sum(s is not None for s in eval_source),
                          eval_near=int((~np.isnan(eval_sim)).sum()), excluded=int(exclude.sum()),
@@ -265,5 +282,5 @@ def excluded_clip_ids(path: str | os.PathLike) -> pa.Array:
     table = pq.read_table(path)
     missing = [c for c in ("clip_id", "exclude") if c not in table.column_names]
     if missing:
-        raise KeyError(f"{path}: a flags table needs the columns {missing} (make it with dedup_clips)")
+        raise DataError(f"{path}: a flags table needs the columns {missing} (make it with dedup_clips)")
     return table.filter(pc.fill_null(table.column("exclude"), False)).column("clip_id").combine_chunks()
