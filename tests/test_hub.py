@@ -14,8 +14,10 @@ from safetensors.torch import save_file
 from tiny_model import outputs, tiny_model
 
 import viclip
+from viclip.errors import ConfigError
 from viclip.model import CheckpointError
-from viclip.model.hub import convert_weights, read_pretrained_config, resolve_pretrained
+from viclip.model.hub import convert_weights, resolve_pretrained
+from viclip.model.weights import read_config
 from viclip.testing.hub_cache import add_to_hub_cache, offline_hub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +72,12 @@ def test_bad_config_json_names_the_file_and_field(tmp_path, tiny):
     with pytest.raises(CheckpointError, match=r"config\.json: not a ViCLIP config \(unknown fields: architectures\)"):
         viclip.load_model(checkpoint=folder)
     (folder / "config.json").write_text(json.dumps({**config, "width": "64"}))
-    with pytest.raises(CheckpointError, match=r"config\.json: field width must be int, got '64'"):
-        read_pretrained_config(folder / "config.json")
+    with pytest.raises(CheckpointError, match=r"config\.json: ViCLIPConfig.width must be an integer in \[1, 16384\], "
+                                              r"got '64'"):
+        read_config(folder / "config.json")
+    (folder / "config.json").write_text(json.dumps({**config, "num_frames": 1e12}))
+    with pytest.raises(CheckpointError, match=r"config\.json: ViCLIPConfig.num_frames must be .* got 1000000000000.0"):
+        viclip.load_model(checkpoint=folder)
     (folder / "config.json").write_text("{")
     with pytest.raises(CheckpointError, match=r"config\.json: not a readable JSON file"):
         viclip.load_model(checkpoint=folder)
@@ -145,7 +151,7 @@ def test_convert_weights_writes_each_format(tmp_path, tiny):
         assert report is None
         _assert_same(tiny, viclip.load_model(checkpoint=path))
     assert (tmp_path / "tiny_folder" / "config.json").is_file()
-    with pytest.raises(ValueError, match="from_clip needs model"):
+    with pytest.raises(ConfigError, match="--from-clip needs --model"):
         convert_weights(str(src), str(tmp_path / "x.pth"), from_clip=True)
 
 
@@ -168,3 +174,32 @@ def test_convert_tool_error_is_one_line(hub, tmp_path, monkeypatch):
         main()
     assert str(exit_.value.code).startswith("viclip-convert: error: hf-hub:viclip-test/no: config.json is not in")
     assert "\n" not in str(exit_.value.code)
+
+
+def test_one_config_rule_for_folders_and_file_metadata(tmp_path, tiny):
+    """config.json and a safetensors file's own metadata are read by one rule: unknown fields refused, bad
+    values named, the retired mask_ratio dropped with a warning (old exports still load)."""
+    from safetensors.torch import save_file
+
+    def with_meta(meta: dict, name: str) -> Path:
+        path = tmp_path / name
+        save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, path,
+                  metadata={"format": "pt", "viclip_config": json.dumps(meta)})
+        return path
+
+    saved = dataclasses.asdict(tiny.cfg)
+    assert "mask_ratio" not in saved
+    for bad, match in (({"width": 64.5}, r"ViCLIPConfig.width must be an integer .* got 64.5"),
+                       ({"num_frames": 1e12}, r"ViCLIPConfig.num_frames must be an integer .* got 1000000000000.0"),
+                       ({"mlp_ratio": 4}, r"not a ViCLIP config \(unknown fields: mlp_ratio\)")):
+        path = with_meta({**saved, **bad}, "bad.safetensors")
+        with pytest.raises(CheckpointError, match=r"bad\.safetensors \(its viclip_config\): " + match):
+            viclip.load_model(checkpoint=path)
+    old = with_meta({**saved, "mask_ratio": 0.9}, "old.safetensors")
+    with pytest.warns(UserWarning, match="retired config field mask_ratio=0.9"):
+        _assert_same(tiny, viclip.load_model(checkpoint=old))
+    folder = tiny.save_pretrained(tmp_path / "old_folder")
+    (folder / "config.json").write_text(json.dumps({"model_name": "tiny", **saved, "mask_ratio": 0.9}))
+    with pytest.warns(UserWarning, match="retired config field mask_ratio"):
+        _assert_same(tiny, viclip.load_model(checkpoint=folder))
+

@@ -8,8 +8,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import viclip
+from viclip.errors import ConfigError
 from viclip.model import forward_flops, get_config
-from viclip.model.vision import random_keep
+from viclip.model.vision import ResidualAttentionBlock, random_keep
 
 KEYS_FILE = Path(__file__).parent / "data" / "official_viclip_keys.txt"
 
@@ -75,16 +76,37 @@ def test_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b)
 
 
-def test_drop_path_is_per_sample_and_off_in_eval():
+@pytest.mark.parametrize("mode", ["official", "sample"])
+def test_drop_path_modes_drop_token_positions_or_samples(mode):
+    """official: the official blocks run sequence-first, so a token position is dropped for the whole batch;
+    sample: whole samples, as timm's DropPath on batch-first tokens."""
     torch.manual_seed(0)
-    model = viclip.create_model("tiny", num_frames=4, drop_path_rate=0.9, layers=4)
+    block = ResidualAttentionBlock(4, 1, drop_path=0.5, drop_path_mode=mode).train()
+    out = block.drop_path1(torch.ones(8, 64, 4))  # [B, L, C]
+    assert set(out.unique().tolist()) == {0.0, 2.0}  # dropped, or kept and scaled by 1 / keep
+    per_position = out.amax(dim=(0, 2)) == out.amin(dim=(0, 2))  # one value across the batch at each position
+    per_sample = out.amax(dim=(1, 2)) == out.amin(dim=(1, 2))  # one value across each sample's tokens
+    assert bool(per_position.all()) == (mode == "official") and bool(per_sample.all()) == (mode == "sample")
+
+    model = viclip.create_model("tiny", num_frames=4, drop_path_rate=0.9, layers=4, drop_path_mode=mode)
     video = torch.randn(1, 4, 3, 32, 32).expand(16, -1, -1, -1, -1)
-    model.train()
-    out = model.encode_video(video)
-    assert len({tuple(o.round(decimals=4).tolist()) for o in out}) > 1, "identical inputs, different paths dropped"
-    model.eval()
-    out = model.encode_video(video)
+    out = model.train().encode_video(video)
+    distinct = len({tuple(o.round(decimals=4).tolist()) for o in out})
+    assert distinct == 1 if mode == "official" else distinct > 1, "identical inputs: one path per batch or per sample"
+    out = model.eval().encode_video(video)
     torch.testing.assert_close(out, out[:1].expand_as(out))
+
+
+def test_config_fields_are_checked_at_construction():
+    for bad, match in (({"num_frames": 0}, r"ViCLIPConfig.num_frames must be an integer in \[1, 1024\], got 0"),
+                       ({"num_frames": 10**12}, r"num_frames .* got 1000000000000"),
+                       ({"width": 64.0}, r"ViCLIPConfig.width must be an integer .* got 64.0"),
+                       ({"drop_path_rate": 1.0}, r"drop_path_rate must be a number in \[0, 1\), got 1.0"),
+                       ({"drop_path_mode": "batch"}, r"drop_path_mode must be one of \('official', 'sample'\)"),
+                       ({"heads": 3}, r"ViCLIPConfig.width=64 is not a multiple of heads=3"),
+                       ({"mask_ratio": 0.5}, r"unknown ViCLIPConfig field\(s\) \['mask_ratio'\]")):
+        with pytest.raises(ConfigError, match=match):
+            viclip.create_model("tiny", **bad)
 
 
 def test_bf16_autocast_matches_fp32():

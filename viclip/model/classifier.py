@@ -51,7 +51,7 @@ class ViCLIPClassifier(nn.Module):
         self.vision_encoder = VisionTransformer(
             image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.width, layers=cfg.layers,
             heads=cfg.heads, output_dim=cfg.embed_dim, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
-            drop_path_rate=cfg.drop_path_rate,
+            drop_path_rate=cfg.drop_path_rate, drop_path_mode=cfg.drop_path_mode,
         )
         self.vision_encoder.transformer.grad_checkpointing = cfg.grad_checkpointing
         self.head = nn.Linear(cfg.embed_dim, num_classes)

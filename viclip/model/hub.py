@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from viclip.atomic import atomic_write
-from viclip.model.viclip import ViCLIP, ViCLIPConfig, get_config
+from viclip.errors import ConfigError
+from viclip.model.viclip import ViCLIP, ViCLIPConfig, get_config, with_overrides
 from viclip.model.weights import (
     CheckpointError,
     InitReport,
@@ -95,7 +96,7 @@ def resolve_pretrained(ref: str | os.PathLike, cache_dir: str | os.PathLike | No
     if is_hub_name(ref):
         # The config first (it lands in the weights' snapshot folder): a repo that is not ViCLIP's fails
         # here, before a large download.
-        read_pretrained_config(_hub_download(ref, CONFIG_NAME, cache_dir))
+        read_config(_hub_download(ref, CONFIG_NAME, cache_dir))
         return _hub_download(ref, WEIGHTS_NAME, cache_dir)
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -106,31 +107,10 @@ def resolve_pretrained(ref: str | os.PathLike, cache_dir: str | os.PathLike | No
     return path
 
 
-def read_pretrained_config(path: str | os.PathLike) -> ViCLIPConfig:
-    """The config of a pretrained folder's ``config.json``; one error names a bad field or value."""
-    path = Path(path)
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable JSON file ({e})") from e
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: expected a JSON object of ViCLIPConfig fields, got {type(saved).__name__}")
-    saved.pop("model_name", None)  # derived from the fields; for people reading the folder
-    defaults = ViCLIPConfig()
-    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(ViCLIPConfig)})
-    if unknown:
-        raise CheckpointError(f"{path}: not a ViCLIP config (unknown fields: {', '.join(unknown)})")
-    for name, value in saved.items():
-        want = type(getattr(defaults, name))
-        if not isinstance(value, want) and not (want is float and type(value) is int):
-            raise CheckpointError(f"{path}: field {name} must be {want.__name__}, got {value!r}")
-    return dataclasses.replace(defaults, **saved)
-
-
 def _config_of(weights: Path) -> ViCLIPConfig:
     """A pretrained folder's config.json for its model.safetensors, else the file's own (see read_config)."""
     if weights.name == WEIGHTS_NAME and (weights.parent / CONFIG_NAME).is_file():
-        return read_pretrained_config(weights.parent / CONFIG_NAME)
+        return read_config(weights.parent / CONFIG_NAME)
     return read_config(weights)
 
 
@@ -143,10 +123,10 @@ def load_model(
     (saved, else inferred from tensor shapes) when ``name`` is None; ``overrides`` (e.g.
     ``num_frames=16``) change it before loading."""
     if checkpoint is None:
-        raise ValueError("load_model needs checkpoint= (a file, a pretrained folder or hf-hub:ORG/NAME; "
-                         "use create_model for random weights)")
+        raise ConfigError("load_model needs checkpoint= (a file, a pretrained folder or hf-hub:ORG/NAME; "
+                          "use create_model for random weights)")
     weights = resolve_pretrained(checkpoint)
-    cfg = get_config(name, **overrides) if name else dataclasses.replace(_config_of(weights), **overrides)
+    cfg = get_config(name, **overrides) if name else with_overrides(_config_of(weights), **overrides)
     model = ViCLIP(cfg)
     load_weights(model, weights)
     return model.to(device).eval()
@@ -174,7 +154,7 @@ def convert_weights(source: str, destination: str, model: str | None = None, num
     report = None
     if from_clip:
         if not model:
-            raise ValueError("from_clip needs model (vit_l14 or vit_b16): the size CLIP initialises")
+            raise ConfigError("--from-clip needs --model (vit_l14 or vit_b16): the size CLIP initialises")
         viclip_model = ViCLIP(get_config(model, **overrides))
         report = init_from_clip(viclip_model, source)
     else:

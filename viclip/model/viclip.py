@@ -11,14 +11,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from viclip.errors import ConfigError
 from viclip.model.text import build_text_tower
 from viclip.model.tokenizer import tokenize
 from viclip.model.vision import VisionTransformer
 
+# Sane bounds of the integer fields: a typo or a corrupt config fails here in one line, not as an
+# out-of-memory or a shape error deep in a tower.
+_INT_BOUNDS = {
+    "image_size": (1, 4096), "patch_size": (1, 1024), "num_frames": (1, 1024), "tubelet_size": (1, 64),
+    "width": (1, 16384), "layers": (1, 512), "heads": (1, 512), "embed_dim": (1, 16384),
+    "text_width": (1, 16384), "text_layers": (1, 512), "text_heads": (1, 512), "context_length": (1, 4096),
+    "vocab_size": (1, 10_000_000),
+}
+DROP_PATH_MODES = ("official", "sample")
+
 
 @dataclass(frozen=True)
 class ViCLIPConfig:
-    """Everything needed to rebuild a ViCLIP model; saved beside checkpoints and exports."""
+    """Everything needed to rebuild a ViCLIP model; saved beside checkpoints and exports.
+
+    Fields are checked at construction (types, bounds, divisibility): a bad value is a ConfigError naming it.
+    """
 
     image_size: int = 224
     patch_size: int = 14
@@ -34,11 +48,33 @@ class ViCLIPConfig:
     context_length: int = 32
     vocab_size: int = 49408
     drop_path_rate: float = 0.1
-    mask_ratio: float = 0.9  # pre-training default; encode_video never masks
+    drop_path_mode: str = "official"  # see viclip.model.vision.DropTokenPath; docs/fidelity.md
     grad_checkpointing: bool = False
     freeze_text: bool = True
     temp_init: float = 0.01
     temp_min: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in _INT_BOUNDS.items():
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise ConfigError(f"ViCLIPConfig.{name} must be an integer in [{low}, {high}], got {value!r}")
+        for name, what in (("grad_checkpointing", bool), ("freeze_text", bool), ("drop_path_mode", str)):
+            if type(getattr(self, name)) is not what:
+                raise ConfigError(f"ViCLIPConfig.{name} must be a {what.__name__}, got {getattr(self, name)!r}")
+        if type(self.drop_path_rate) not in (int, float) or not 0 <= self.drop_path_rate < 1:
+            raise ConfigError(f"ViCLIPConfig.drop_path_rate must be a number in [0, 1), got {self.drop_path_rate!r}")
+        for name in ("temp_init", "temp_min"):
+            if type(getattr(self, name)) not in (int, float) or not 0 < getattr(self, name) <= 100:
+                raise ConfigError(f"ViCLIPConfig.{name} must be a number in (0, 100], got {getattr(self, name)!r}")
+        if self.drop_path_mode not in DROP_PATH_MODES:
+            raise ConfigError(f"ViCLIPConfig.drop_path_mode must be one of {DROP_PATH_MODES}, "
+                              f"got {self.drop_path_mode!r}")
+        for a, b in (("image_size", "patch_size"), ("num_frames", "tubelet_size"), ("width", "heads"),
+                     ("text_width", "text_heads")):
+            if getattr(self, a) % getattr(self, b):
+                raise ConfigError(f"ViCLIPConfig.{a}={getattr(self, a)} is not a multiple of "
+                                  f"{b}={getattr(self, b)}")
 
 
 @dataclass(frozen=True)
@@ -72,12 +108,17 @@ def list_models() -> list[str]:
 def get_config(name: str, **overrides) -> ViCLIPConfig:
     """The registered config ``name`` with fields replaced by ``overrides``."""
     if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    return with_overrides(MODEL_CONFIGS[name], **overrides)
+
+
+def with_overrides(cfg: ViCLIPConfig, **overrides) -> ViCLIPConfig:
+    """``cfg`` with fields replaced (``model.overrides``, ``load_model(**overrides)``); checked like any config."""
     fields = {f.name for f in dataclasses.fields(ViCLIPConfig)}
     unknown = set(overrides) - fields
     if unknown:
-        raise ValueError(f"unknown ViCLIPConfig field(s) {sorted(unknown)}; known: {sorted(fields)}")
-    return dataclasses.replace(MODEL_CONFIGS[name], **overrides)
+        raise ConfigError(f"unknown ViCLIPConfig field(s) {sorted(unknown)}; known: {sorted(fields)}")
+    return dataclasses.replace(cfg, **overrides)
 
 
 class ViCLIP(nn.Module):
@@ -97,6 +138,7 @@ class ViCLIP(nn.Module):
             num_frames=cfg.num_frames,
             tubelet_size=cfg.tubelet_size,
             drop_path_rate=cfg.drop_path_rate,
+            drop_path_mode=cfg.drop_path_mode,
         )
         self.text_encoder = build_text_tower(
             cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.embed_dim, cfg.context_length, cfg.vocab_size

@@ -49,10 +49,25 @@ class Attention(nn.Module):
         return self.out_proj(x.transpose(1, 2).reshape(b, n, c))
 
 
-class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block with per-sample stochastic depth on both branches."""
+class DropTokenPath(DropPath):
+    """timm's DropPath as the official blocks apply it: they run sequence-first (``[L, B, C]``), so the
+    per-"sample" draw falls on the first axis and drops one token position for the whole batch.
 
-    def __init__(self, width: int, heads: int, drop_path: float = 0.0):
+    ``drop_path_mode='official'`` uses this; ``'sample'`` uses DropPath on our batch-first tokens
+    (whole samples, the usual stochastic depth). See docs/fidelity.md.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(0, 1)).transpose(0, 1)
+
+
+_DROP_PATHS = {"official": DropTokenPath, "sample": DropPath}
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block with stochastic depth on both branches (per token position or per sample)."""
+
+    def __init__(self, width: int, heads: int, drop_path: float = 0.0, drop_path_mode: str = "official"):
         super().__init__()
         self.attn = Attention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
@@ -62,8 +77,9 @@ class ResidualAttentionBlock(nn.Module):
             )
         )
         self.ln_2 = nn.LayerNorm(width)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        drop = _DROP_PATHS[drop_path_mode]
+        self.drop_path1 = drop(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = drop(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.ln_1(x)))
@@ -73,10 +89,11 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of blocks on batch-first tokens, with a switch for activation checkpointing."""
 
-    def __init__(self, width: int, layers: int, heads: int, drop_path_rate: float = 0.0):
+    def __init__(self, width: int, layers: int, heads: int, drop_path_rate: float = 0.0,
+                 drop_path_mode: str = "official"):
         super().__init__()
         rates = [drop_path_rate * i / max(layers - 1, 1) for i in range(layers)]  # linspace(0, rate)
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, r) for r in rates)
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, r, drop_path_mode) for r in rates)
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +130,7 @@ class VisionTransformer(nn.Module):
         num_frames: int = 8,
         tubelet_size: int = 1,
         drop_path_rate: float = 0.0,
+        drop_path_mode: str = "official",
     ):
         super().__init__()
         if image_size % patch_size:
@@ -128,7 +146,7 @@ class VisionTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(scale * torch.randn((image_size // patch_size) ** 2 + 1, width))
         self.temporal_positional_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, drop_path_rate)
+        self.transformer = Transformer(width, layers, heads, drop_path_rate, drop_path_mode)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 

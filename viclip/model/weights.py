@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from viclip.atomic import atomic_path
-from viclip.errors import DataError, UnsafeFileError
+from viclip.errors import ConfigError, DataError, UnsafeFileError
 from viclip.model.torchscript import read_torchscript
 from viclip.model.viclip import MODEL_CONFIGS, ViCLIP, ViCLIPConfig
 
@@ -148,21 +148,50 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> ViCLIPConfig:
             "context_length": sd["text_encoder.positional_embedding"].shape[0],
             "text_layers": _count_blocks(sd, "text_encoder.transformer.resblocks."),
         }
-    except (KeyError, ValueError) as e:
+        guess = ViCLIPConfig(**geometry, heads=max(1, width // 64), text_heads=max(1, geometry["text_width"] // 64))
+    except (KeyError, ValueError) as e:  # ConfigError too: a shape out of bounds
         raise CheckpointError(f"not a ViCLIP state dict: cannot infer the architecture ({e})") from e
-    guess = ViCLIPConfig(**geometry, heads=width // 64, text_heads=geometry["text_width"] // 64)
     name = model_name_of(guess)
     return dataclasses.replace(MODEL_CONFIGS[name], **geometry) if name in MODEL_CONFIGS else guess
 
 
+# Fields older exports carry that no longer exist: dropped with a warning (the file still loads).
+_RETIRED_FIELDS = {"mask_ratio": "masking comes from the training phases (train.phases.*.mask_ratio); the model "
+                                 "field was read by nothing"}
+
+
+def config_from_dict(saved: object, source: str) -> ViCLIPConfig:
+    """The one rule for a saved config (a folder's config.json, an export's metadata): every field must be
+    a ViCLIPConfig field and pass its checks. An unknown field is refused, not dropped: it means another
+    model or a newer viclip, and building without it would load the weights into a different architecture
+    (or behaviour) without a word. Retired fields are dropped with a warning."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{source}: expected a JSON object of ViCLIPConfig fields, got {type(saved).__name__}")
+    saved = {k: v for k, v in saved.items() if k != "model_name"}  # derived from the fields; for people reading
+    for name in sorted(set(saved) & set(_RETIRED_FIELDS)):
+        warnings.warn(f"{source}: ignoring the retired config field {name}={saved.pop(name)!r}: "
+                      f"{_RETIRED_FIELDS[name]}", stacklevel=3)
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(ViCLIPConfig)})
+    if unknown:
+        raise CheckpointError(f"{source}: not a ViCLIP config (unknown fields: {', '.join(unknown)})")
+    try:
+        return ViCLIPConfig(**saved)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+
+
 def read_config(path: str | os.PathLike) -> ViCLIPConfig:
-    """The config saved with one of our exports, else the one inferred from the tensors."""
+    """The config of a pretrained folder's ``config.json``, else the one saved in an export's metadata,
+    else the one inferred from the tensors (see :func:`config_from_dict`)."""
     path = Path(path)
+    if path.suffix == ".json":
+        try:
+            return config_from_dict(json.loads(path.read_text()), str(path))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: not a readable JSON file ({e})") from e
     obj, meta = _read_file(path)
     if "viclip_config" in meta:
-        saved = json.loads(meta["viclip_config"])
-        known = {f.name for f in dataclasses.fields(ViCLIPConfig)}
-        return ViCLIPConfig(**{k: v for k, v in saved.items() if k in known})
+        return config_from_dict(json.loads(meta["viclip_config"]), f"{path} (its viclip_config)")
     return config_from_state_dict(_unwrap(obj, path))
 
 
