@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from viclip.data.annotations import VideoTextDataset, load_kinetics, load_video_text_annotations
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import write_mp4
+from viclip.errors import DataError
 
 
 @pytest.fixture
@@ -51,6 +52,39 @@ def test_malformed_annotations_name_the_file_and_entry(tmp_path):
         load_video_text_annotations(bad, tmp_path)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_video_text_annotations(tmp_path / "nope.json", tmp_path)
+
+
+def test_a_caption_is_a_string_or_a_list_of_strings(tmp_path):
+    # A dict caption used to give its first key as the caption; a number its digits' error elsewhere.
+    bad = tmp_path / "dict.json"
+    for caption in ({"en": "a dog runs", "de": "ein Hund"}, 3, [], ["ok", 2]):
+        bad.write_text(json.dumps([{"video": "a.mp4", "caption": "fine"}, {"video": "b.mp4", "caption": caption}]))
+        with pytest.raises(DataError, match=r"dict.json: entry 1 \('b.mp4'\): caption must be a string or a list"):
+            load_video_text_annotations(bad, tmp_path, missing="keep")
+        with pytest.raises(DataError, match=r"dict.json: entry 1"):
+            load_kinetics(bad, tmp_path, missing="keep")
+
+
+def test_empty_lists_and_bad_csv_values_name_the_file(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(DataError, match=r"empty.json: the annotation list is empty"):
+        load_video_text_annotations(empty, tmp_path)
+    with pytest.raises(DataError, match=r"empty.json: the annotation list is empty"):
+        load_kinetics(empty, tmp_path)
+    csv = tmp_path / "val.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\n")
+    with pytest.raises(DataError, match=r"val.csv: the annotation list is empty"):
+        load_kinetics(csv, tmp_path)
+    csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,abc,1,2,val\nzumba,abd,xx,2,val\n")
+    with pytest.raises(DataError, match=r"val.csv: line 3: time_start='xx' is not a number of seconds"):
+        load_kinetics(csv, tmp_path)
+    with pytest.raises(DataError, match=r"val.csv: no row has split=test"):
+        load_kinetics(csv, tmp_path, split="test")
+    csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,abc,1,2,val\n")
+    (tmp_path / "classes.json").write_text('{"zumba": 0}')
+    with pytest.raises(DataError, match=r"classes.json: expected one class name a line"):
+        load_kinetics(csv, tmp_path, class_names=tmp_path / "classes.json", split="val")
 
 
 def test_kinetics_json_list_and_class_file(root):

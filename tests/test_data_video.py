@@ -331,3 +331,28 @@ def test_gpu_decoded_training_batches_stay_on_the_gpu(tmp_path):
     assert len(batches) == 2
     for batch in batches:
         assert batch["video"].is_cuda and batch["video"].shape == (4, 8, 3, 32, 32)
+
+
+def test_frames_above_the_pixel_limit_are_scaled_down_before_rgb():
+    # A 4096x4096 stream: read at full size, 4 RGB frames are 200 MB; the limit scales them in the decoder.
+    import tracemalloc
+
+    data = write_mp4(np.zeros((4, 4096, 4096, 3), np.uint8), fps=4, preset="ultrafast")
+    tracemalloc.start()
+    frames = read_video(data, num_frames=4, max_pixels=256 * 256)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert frames.shape == (4, 256, 256, 3)
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB of arrays while reading"
+    assert read_video(data, num_frames=1, size=(64, 128), max_pixels=1024).shape == (1, 22, 45, 3)  # aspect kept
+    assert read_video(data, num_frames=1, size=32).shape == (1, 32, 32, 3)  # within the default limit
+
+
+def test_a_non_video_member_fails_in_one_line_without_decoder_logs(capfd):
+    from viclip.errors import DataError
+
+    text = b"not a video at all\n" * 200
+    with pytest.raises(VideoDecodeError, match=r"shard\.tar:k1: pyav: not a video") as err:
+        read_video(text, name="shard.tar:k1")
+    assert isinstance(err.value, DataError)
+    assert "not a video at all" not in capfd.readouterr().err

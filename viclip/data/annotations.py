@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from viclip.data.video import VideoDecodeError, read_video
+from viclip.errors import DataError
 
 log = logging.getLogger(__name__)
 KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
@@ -70,20 +71,23 @@ def _read_json_list(path: str | os.PathLike) -> list[dict]:
     except FileNotFoundError:
         raise FileNotFoundError(f"annotation file not found: {path}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise DataError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(items, list):
-        raise ValueError(  # noqa: TRY004 - a malformed file, not a wrong argument type
-            f"{path}: expected a JSON list of {{'video', 'caption'}} objects, got {type(items).__name__}")
+        raise DataError(f"{path}: expected a JSON list of {{'video', 'caption'}} objects, got {type(items).__name__}")
+    if not items:
+        raise DataError(f"{path}: the annotation list is empty; expected a JSON list of {{'video', 'caption'}} objects")
     return items
 
 
 def _captions(item: dict, i: int, path) -> tuple[str, ...]:
     if not isinstance(item, dict) or "video" not in item or "caption" not in item:
-        raise ValueError(f"{path}: entry {i} needs the fields 'video' and 'caption', got {item!r:.200}")
+        raise DataError(f"{path}: entry {i} needs the fields 'video' and 'caption', got {item!r:.200}")
     caption = item["caption"]
-    captions = (caption,) if isinstance(caption, str) else tuple(caption)
+    # only a list spells several captions: tuple() of a dict would take its keys as the captions
+    captions = (caption,) if isinstance(caption, str) else tuple(caption) if isinstance(caption, list) else ()
     if not captions or not all(isinstance(c, str) for c in captions):
-        raise ValueError(f"{path}: entry {i} ('{item['video']}') has no caption string")
+        raise DataError(f"{path}: entry {i} ('{item['video']}'): caption must be a string or a list of strings, "
+                        f"got {caption!r:.200}")
     return captions
 
 
@@ -99,16 +103,33 @@ def load_video_text_annotations(path: str | os.PathLike, data_root: str | os.Pat
 def _class_list(class_names: Sequence[str] | str | os.PathLike | None, found: list[str]) -> list[str]:
     if class_names is None:
         return sorted(set(found))
+    source = "the class list"
     if isinstance(class_names, (str, os.PathLike)):
-        text = Path(class_names).read_text()
-        names = json.loads(text) if str(class_names).endswith(".json") else [
-            line.strip() for line in text.splitlines() if line.strip()]
+        source, text = str(class_names), Path(class_names).read_text()
+        try:
+            names = json.loads(text) if source.endswith(".json") else [
+                line.strip() for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source} is not valid JSON: {e}") from None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{source}: expected one class name a line (.txt) or a non-empty JSON list of strings")
     else:
         names = list(class_names)
     unknown = sorted(set(found) - set(names))
     if unknown:
-        raise ValueError(f"{len(unknown)} labels are not in the class list, e.g. {unknown[:3]}")
+        raise DataError(f"{len(unknown)} labels are not in {source}, e.g. {unknown[:3]}")
     return names
+
+
+def _kinetics_fields(row: dict, line: int, path) -> dict:
+    """A CSV row with ``time_start`` and ``time_end`` as ints (seconds), for the filename pattern."""
+    out = dict(row)
+    for name in ("time_start", "time_end"):
+        try:
+            out[name] = int(float(row[name]))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: line {line}: {name}={row[name]!r} is not a number of seconds") from None
+    return out
 
 
 def load_kinetics(
@@ -133,15 +154,16 @@ def load_kinetics(
         except FileNotFoundError:
             raise FileNotFoundError(f"annotation file not found: {path}") from None
         need = {"label", "youtube_id", "time_start", "time_end"}
-        if rows and not need <= set(rows[0]):
-            raise ValueError(f"{path}: a Kinetics CSV needs the columns {sorted(need)}, "
-                             f"got {sorted(rows[0])}")
-        if split is not None:
-            rows = [r for r in rows if r.get("split", split) == split]
-        entries = []
-        for r in rows:
-            fields = {**r, "time_start": int(float(r["time_start"])), "time_end": int(float(r["time_end"]))}
-            entries.append((filename_pattern.format(**fields), r["label"]))
+        if not rows:
+            raise DataError(f"{path}: the annotation list is empty; expected a Kinetics CSV with a header "
+                            "label,youtube_id,time_start,time_end[,split] and one row a video")
+        if not need <= set(rows[0]):
+            raise DataError(f"{path}: a Kinetics CSV needs the columns {sorted(need)}, got {sorted(rows[0])}")
+        numbered = [(line, r) for line, r in enumerate(rows, start=2)  # line 1 is the header
+                    if split is None or r.get("split", split) == split]
+        if not numbered:
+            raise DataError(f"{path}: no row has split={split}")
+        entries = [(filename_pattern.format(**_kinetics_fields(r, line, path)), r["label"]) for line, r in numbered]
     else:
         items = _read_json_list(path)
         entries = []

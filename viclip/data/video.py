@@ -1,4 +1,4 @@
-"""Video encoding and decoding: the mp4 writer, the official frame sampling, and decoder backends.
+"""Video decoding: the official frame sampling and the decoder backends (the mp4 writer is in :mod:`.encode`).
 
 ``read_video`` hides the decoder (decord, PyAV, torchcodec on the CPU or on the GPU's NVDEC) behind
 one call so a config field switches it; every backend decodes only the sampled frames and accepts
@@ -11,6 +11,7 @@ import bisect
 import functools
 import io
 import logging
+import math
 import os
 import threading
 
@@ -19,53 +20,29 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
+from viclip.data.encode import write_mp4
+from viclip.errors import ConfigError, DataError
+
 log = logging.getLogger(__name__)
 
 # File suffixes a folder of videos is listed by (curation sources, embeddings, viclip_score).
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv", ".3gp")
+# Frames above this many pixels (4K UHD, 3840x2160) are scaled down in the decoder, before RGB: a 198 KB
+# H.264 of 8192x8192 frames took 8.9 GB to read at full size. read_video's max_pixels changes it.
+MAX_PIXELS = 3840 * 2160
 
 
-def write_mp4(
-    frames: np.ndarray,
-    fps: float = 8.0,
-    crf: int = 23,
-    gop: int | None = None,
-    preset: str = "veryfast",
-    tune: str | None = None,
-) -> bytes:
-    """Encode uint8 frames ``[T, H, W, 3]`` (H, W even) as H.264 in an mp4 and return its bytes.
-
-    ``gop`` is the keyframe interval in frames (default: one keyframe per second), which bounds how
-    far a decoder must read after a seek when it samples a few frames from a clip. ``tune`` is x264's
-    (``fastdecode`` trades ~20 % more bytes for a third to a half less decoding CPU, see
-    bench/data_loader.py).
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"write_mp4 expects uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    _, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"write_mp4 needs even height and width for yuv420p, got {h}x{w}")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=round(fps) if float(fps).is_integer() else fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset, "g": str(gop or max(1, round(fps))),
-                          **({"tune": tune} if tune else {})}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
-class VideoDecodeError(ValueError):
+class VideoDecodeError(DataError):
     """A video that cannot be decoded; the message names the file or the shard member."""
+
+
+class _NotAVideo(ValueError):
+    """FFmpeg cannot open the input as a video: no other decoder is tried (decord would print its bytes)."""
 
 
 BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec_cuda")
 GPU_BACKEND = "torchcodec_cuda"
-_SAMPLING_ALIASES = {"middle": "middle", "random": "random", "rand": "random"}
+SAMPLINGS = {"middle": "middle", "random": "random", "rand": "random"}  # accepted name -> rule
 
 
 def sample_indices(
@@ -84,7 +61,7 @@ def sample_indices(
     We keep these quirks so training sees the same frame distribution as the released models.
     Videos shorter than ``num_frames`` repeat the last index.
     """
-    mode = _SAMPLING_ALIASES.get(sampling)
+    mode = SAMPLINGS.get(sampling)
     if mode is None:
         raise ValueError(f"sampling must be 'middle' or 'random', got {sampling!r}")
     if num_video_frames < 1:
@@ -114,15 +91,19 @@ def _source(path_or_bytes: str | os.PathLike | bytes) -> tuple[str | io.BytesIO,
     return path, path
 
 
-def _target_size(height: int, width: int, size: int | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``size`` as (H, W): an int is the short side (aspect ratio kept), a pair is exact."""
-    if size is None:
-        return None
+def _target_size(height: int, width: int, size: int | tuple[int, int] | None,
+                 max_pixels: int | None = None) -> tuple[int, int] | None:
+    """``size`` as (H, W): an int is the short side (aspect ratio kept), a pair is exact; then scaled
+    down (aspect kept) to at most ``max_pixels``. None: the stored size, within the limit."""
     if isinstance(size, int):
         scale = size / min(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
-    h, w = size
-    return int(h), int(w)
+        hw = max(1, round(height * scale)), max(1, round(width * scale))
+    else:
+        hw = (int(size[0]), int(size[1])) if size is not None else (height, width)
+    if max_pixels and hw[0] * hw[1] > max_pixels:
+        scale = math.sqrt(max_pixels / (hw[0] * hw[1]))
+        return max(1, int(hw[0] * scale)), max(1, int(hw[1] * scale))
+    return None if size is None else hw
 
 
 _local = threading.local()
@@ -203,7 +184,8 @@ def _decode_runs(packets: list, wanted: set[int]) -> list[tuple[int, int]]:
 _FAST_PROBE = {"skip_frame": "all", "probesize": "32", "analyzeduration": "0"}
 
 
-def _pyav_decode(src, num_frames: int, sampling: str, size, rng) -> tuple[np.ndarray, int]:
+def _pyav_decode(src, num_frames: int, sampling: str, size, rng,
+                 max_pixels: int | None = MAX_PIXELS) -> tuple[np.ndarray, int]:
     """The sampled frames and how many pictures were decoded to get them (tests/test_data_decode_skip.py).
 
     Demux once; frame numbers come from the packet timestamps (sorted: display order), so nothing
@@ -212,7 +194,13 @@ def _pyav_decode(src, num_frames: int, sampling: str, size, rng) -> tuple[np.nda
     the container, skipping the non-reference pictures between sampled frames and stopping at the
     last one. Should the decoder still hold a frame back, the stream is decoded from its start.
     """
-    with av.open(src, options=_FAST_PROBE) as container:
+    try:
+        container = av.open(src, options=_FAST_PROBE)
+    except av.error.InvalidDataError as e:
+        raise _NotAVideo(f"not a video ({e})") from None
+    with container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
         stream = container.streams.video[0]
         ctx = stream.codec_context
         ctx.thread_count = 1  # parallelism comes from loader workers; codec threads cost CPU here
@@ -221,7 +209,7 @@ def _pyav_decode(src, num_frames: int, sampling: str, size, rng) -> tuple[np.nda
             raise ValueError("no video frames")
         pts = sorted(p.pts for p in packets)
         indices = sample_indices(len(pts), num_frames, sampling, rng)
-        hw = _target_size(stream.height, stream.width, size)
+        hw = _target_size(stream.height, stream.width, size, max_pixels)
         fmt = {"format": "rgb24"} if hw is None else {
             "format": "rgb24", "height": hw[0], "width": hw[1], "interpolation": "BICUBIC"}
         skip = _SKIP_UNSAMPLED if ctx.name in _SKIP_NONREF_CODECS else "DEFAULT"
@@ -238,23 +226,19 @@ def _pyav_decode(src, num_frames: int, sampling: str, size, rng) -> tuple[np.nda
         return np.stack([frames[pts[i]] for i in indices]), decoded
 
 
-def _read_pyav(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
-    return _pyav_decode(src, num_frames, sampling, size, rng)[0]
+def _read_pyav(src, num_frames: int, sampling: str, size, rng, max_pixels: int | None) -> np.ndarray:
+    return _pyav_decode(src, num_frames, sampling, size, rng, max_pixels)[0]
 
 
-def _read_decord(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
+def _read_decord(src, num_frames: int, sampling: str, size, rng, max_pixels: int | None) -> np.ndarray:
     import decord
 
-    height = width = -1
-    if size is not None:
-        if isinstance(size, int):  # the short side needs the stored size, read from the header only
-            with av.open(src) as container:
-                stream = container.streams.video[0]
-                height, width = _target_size(stream.height, stream.width, size)
-            if isinstance(src, io.BytesIO):
-                src.seek(0)
-        else:
-            height, width = _target_size(0, 0, size)
+    decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg's log lines, one per bad input otherwise
+    with av.open(src) as container:  # the stored size, from the header only
+        stream = container.streams.video[0]
+        height, width = _target_size(stream.height, stream.width, size, max_pixels) or (-1, -1)
+    if isinstance(src, io.BytesIO):
+        src.seek(0)
     reader = decord.VideoReader(src, width=width, height=height, num_threads=1)
     n = len(reader)
     if n < 1:
@@ -262,9 +246,11 @@ def _read_decord(src, num_frames: int, sampling: str, size, rng) -> np.ndarray:
     return reader.get_batch(sample_indices(n, num_frames, sampling, rng)).asnumpy()
 
 
-def _read_torchcodec(src, num_frames: int, sampling: str, size, rng, device: str = "cpu") -> torch.Tensor:
+def _read_torchcodec(src, num_frames: int, sampling: str, size, rng, max_pixels: int | None,
+                     device: str = "cpu") -> torch.Tensor:
     """torchcodec's decoder on the CPU, or with ``device='cuda'`` on this process's GPU (NVDEC): the
-    frames, and the resize, stay on that device."""
+    frames, and the resize, stay on that device. It decodes at the stored size, so frames above
+    ``max_pixels`` are refused (PyAV scales them down in the decoder)."""
     try:
         from torchcodec.decoders import VideoDecoder
     except ImportError as e:  # optional extra: pip install 'viclip[gpu]' (needs FFmpeg libraries)
@@ -274,9 +260,11 @@ def _read_torchcodec(src, num_frames: int, sampling: str, size, rng, device: str
     if device == "cuda":
         device = f"cuda:{torch.cuda.current_device()}"  # the rank's GPU (viclip.distributed sets it)
     decoder = VideoDecoder(source, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact", device=device)
-    n = decoder.metadata.num_frames
+    n, height, width = decoder.metadata.num_frames, decoder.metadata.height, decoder.metadata.width
     if not n:
         raise ValueError("no video frames")
+    if max_pixels and height * width > max_pixels:
+        raise ValueError(f"frames of {width}x{height} exceed max_pixels={max_pixels}; backend=pyav scales them down")
     frames = decoder.get_frames_at(indices=sample_indices(n, num_frames, sampling, rng)).data
     hw = _target_size(frames.shape[1], frames.shape[2], size)
     if hw is not None and hw != tuple(frames.shape[1:3]):
@@ -359,6 +347,7 @@ def read_video(
     backend: str = "auto",
     rng: np.random.Generator | int | None = None,
     name: str | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> torch.Tensor:
     """Decode ``num_frames`` frames sampled by :func:`sample_indices` into uint8 ``[T, H, W, 3]``.
 
@@ -368,13 +357,14 @@ def read_video(
     is a file path or the bytes of a tar member, read in memory without a temporary file. ``size``
     resizes in the decoder: an int sets the short side (aspect kept), a pair ``(H, W)`` is exact.
     ``backend='auto'`` tries :func:`auto_backends` in turn, so one decoder's quirk does not drop a
-    clip. ``name`` labels bytes in error messages (e.g. ``shard.tar:key``). Raises
+    clip. ``name`` labels bytes in error messages (e.g. ``shard.tar:key``). Frames larger than
+    ``max_pixels`` (after ``size``) come out scaled down to it, aspect kept (None: no limit). Raises
     :class:`VideoDecodeError`.
     """
     if backend not in ("auto", *BACKENDS):
-        raise ValueError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
-    if _SAMPLING_ALIASES.get(sampling) is None:
-        raise ValueError(f"sampling must be 'middle' or 'random', got {sampling!r}")
+        raise ConfigError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
+    if SAMPLINGS.get(sampling) is None:
+        raise ConfigError(f"sampling must be 'middle' or 'random', got {sampling!r}")
     if backend == GPU_BACKEND and not torch.cuda.is_available():  # not a per-video error: no clip would decode
         raise RuntimeError(f"backend={GPU_BACKEND!r} needs a CUDA GPU and none is visible "
                            "(loaders fall back through decode_plan)")
@@ -386,9 +376,12 @@ def read_video(
         if isinstance(src, io.BytesIO):
             src.seek(0)
         try:
-            frames = _READERS[b](src, num_frames, sampling, size, rng)
+            frames = _READERS[b](src, num_frames, sampling, size, rng, max_pixels)
         except ImportError:
             raise
+        except _NotAVideo as e:
+            errors.append(f"{b}: {e}")
+            break
         except Exception as e:  # noqa: BLE001 - decoders raise many types (RuntimeError, av.error.*, DECORDError)
             errors.append(f"{b}: {type(e).__name__}: {e}")
             continue

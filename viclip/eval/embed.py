@@ -18,6 +18,7 @@ from viclip.data.annotations import VideoText, VideoTextDataset
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import decode_plan
 from viclip.distributed import gather_rows, shard_indices, world
+from viclip.errors import ConfigError
 from viclip.eval.views import MultiViewDataset, Views, encode_views
 from viclip.model import ViCLIP, tokenize
 from viclip.progress import progress as progress_bar
@@ -40,7 +41,7 @@ class VideoProtocol:
 def autocast(device: torch.device, precision: str):
     """bf16 autocast when asked for (GPU evaluation), else full precision."""
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from viclip.errors import ConfigError, DataError
 from viclip.eval.metrics import topk_accuracy
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -56,11 +57,11 @@ def fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: floa
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit indices, held-out indices): a seeded permutation, so the sweep is reproducible."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"linear_probe.holdout must be in (0, 1), got {fraction}")
+        raise ConfigError(f"linear_probe.holdout must be in (0, 1), got {fraction}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_hold = max(1, round(n * fraction))
     if n_hold >= n:
-        raise ValueError(f"the training split has {n} items: too few to hold out {fraction:.0%} for the sweep")
+        raise DataError(f"the training split has {n} items: too few to hold out {fraction:.0%} for the sweep")
     return perm[n_hold:], perm[:n_hold]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from viclip.errors import ConfigError
 from viclip.model import CheckpointError, ViCLIP, init_from_clip
 from viclip.model.hub import is_hub_name, is_pretrained_folder, resolve_pretrained
 from viclip.model.weights import model_name_of, resolve_clip_weights
@@ -28,7 +29,7 @@ def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
     ``model.safetensors``, or the newest (by modification time) ``*.safetensors`` / ``*.pth`` under a
     run directory's ``weights/`` (else anywhere below it)."""
     if path is None or str(path) == "":
-        raise ValueError(f"checkpoint= is required: {_EXPECTED}")
+        raise ConfigError(f"checkpoint= is required: {_EXPECTED}")
     if is_hub_name(path):
         return resolve_pretrained(path)
     p = Path(path).expanduser()
@@ -72,7 +73,7 @@ def wise_ft(model: ViCLIP, clip_weights: str | os.PathLike, alpha: float) -> Pat
     (``init_from_clip``), so tensors CLIP lacks (the temporal embedding) take their init values.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"wise_ft.alpha must be in [0, 1], got {alpha}")
+        raise ConfigError(f"wise_ft.alpha must be in [0, 1], got {alpha}")
     try:
         path = resolve_clip_weights(clip_weights, model_name_of(model.cfg))
     except CheckpointError as e:

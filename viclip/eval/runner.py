@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from viclip.data.video import SAMPLINGS
 from viclip.distributed import broadcast_object, init_from_env, pick_device, world
-from viclip.errors import DataError
+from viclip.errors import ConfigError, DataError
 from viclip.eval import linear_probe as lp
 from viclip.eval.cache import EmbeddingCache, cache_key, file_identity
 from viclip.eval.dual_softmax import dual_softmax
@@ -40,6 +41,10 @@ def video_protocol(cfg: DictConfig) -> VideoProtocol:
     """``cfg.protocol``'s video fields over the official protocol (:class:`VideoProtocol`'s defaults,
     which a null field keeps); ``image_size`` is left to the caller, as it is the model's."""
     chosen = {f: cfg.protocol[f] for f in ("num_frames", "sampling", "backend") if cfg.protocol.get(f) is not None}
+    if "num_frames" in chosen and (not isinstance(chosen["num_frames"], int) or chosen["num_frames"] < 1):
+        raise ConfigError(f"protocol.num_frames must be a whole number >= 1, got {chosen['num_frames']!r}")
+    if chosen.get("sampling", "middle") not in SAMPLINGS:
+        raise ConfigError(f"protocol.sampling must be one of {', '.join(SAMPLINGS)}, got {chosen['sampling']!r}")
     views = cfg.protocol.get("views") or task_views(cfg)
     return VideoProtocol(**chosen, views=str(Views.parse(views)))
 
@@ -194,7 +199,7 @@ class Evaluator:
         """A fine-tuned classifier: softmax of its head over each view, averaged (UMT's ``merge``)."""
         head = self.model.head
         if head.out_features != len(split.class_names):
-            raise ValueError(f"checkpoint {self.cfg.checkpoint}: its head has {head.out_features} classes, task "
+            raise ConfigError(f"checkpoint {self.cfg.checkpoint}: its head has {head.out_features} classes, task "
                              f"{self.cfg.task.name} {len(split.class_names)}; fine-tune on this task's classes")
         video, ok = self.videos(split)
         probs = mean_view_scores(lambda v: head(v.to(self.device)).float().softmax(-1).cpu(), video[ok])
@@ -243,10 +248,10 @@ def evaluate(cfg: DictConfig) -> dict:
     splits = load_task(task, cache_dir=cfg.cache_dir)  # fails on a bad path before any model is built
     views = video_protocol(cfg).views
     if Views.parse(views).count > 1 and task["kind"] not in ("zeroshot", "finetuned"):
-        raise ValueError(f"protocol.views={views} applies to zeroshot and finetuned tasks, not to the "
+        raise ConfigError(f"protocol.views={views} applies to zeroshot and finetuned tasks, not to the "
                          f"{task['kind']} task {task['name']}")
     if task["kind"] == "finetuned" and cfg.wise_ft.clip:
-        raise ValueError("wise_ft.clip blends ViCLIP checkpoints; a finetuned task evaluates a classifier")
+        raise ConfigError("wise_ft.clip blends ViCLIP checkpoints; a finetuned task evaluates a classifier")
     sha = broadcast_object(file_sha256(weights) if rank == 0 else None)
     evaluator = Evaluator(cfg, device, weights, sha)
     loaded = time.perf_counter()

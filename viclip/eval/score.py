@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from viclip.data.annotations import VideoText, load_video_text_annotations
 from viclip.data.video import VIDEO_EXTENSIONS
+from viclip.errors import DataError
 from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.model import ViCLIP
 
@@ -36,7 +37,7 @@ def read_prompts(videos: str | os.PathLike, prompts: str | os.PathLike) -> list[
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     lines = [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
     if len(lines) != len(files):
-        raise ValueError(f"prompts={prompts} has {len(lines)} prompts but videos={folder} holds {len(files)} "
+        raise DataError(f"prompts={prompts} has {len(lines)} prompts but videos={folder} holds {len(files)} "
                          f"videos; expected {PROMPTS_FORMAT}")
     return [VideoText(str(f), (line,)) for f, line in zip(files, lines)]
 

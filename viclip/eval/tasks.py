@@ -14,6 +14,7 @@ from pathlib import Path
 from viclip.data.annotations import KINETICS_PATTERN, VideoText, load_kinetics, load_video_text_annotations
 from viclip.data.synthetic import make_synthetic
 from viclip.distributed import barrier, world
+from viclip.errors import ConfigError, DataError
 from viclip.eval.score import PROMPTS_FORMAT, read_prompts
 
 KINDS = ("zeroshot", "retrieval", "linear", "score", "finetuned")
@@ -43,7 +44,7 @@ class EvalSplit:
 def _require(task: dict, key: str, expected: str, is_dir: bool = False) -> str:
     value = task.get(key)
     if value in (None, "", "???"):
-        raise ValueError(f"task.{key} is not set for task {task['name']}: give {expected}")
+        raise ConfigError(f"task.{key} is not set for task {task['name']}: give {expected}")
     path = Path(os.path.expanduser(str(value)))
     ok = path.is_dir() if is_dir else path.is_file()
     if not ok:
@@ -84,7 +85,7 @@ def load_task(task: dict, cache_dir: str | None = None) -> dict[str, EvalSplit]:
     """The splits of ``task`` (the resolved task config as a dict): ``{"eval": ...}``, plus
     ``"train"`` for linear probing."""
     if task.get("kind") not in KINDS:
-        raise ValueError(f"task.kind must be one of {KINDS}, got {task.get('kind')!r} (task {task.get('name')})")
+        raise ConfigError(f"task.kind must be one of {KINDS}, got {task.get('kind')!r} (task {task.get('name')})")
     task = {**task, **_with_synthetic(task, cache_dir)}
     if task["kind"] == "score":  # viclip_score: a folder of (generated) videos and a prompt for each
         videos = _require(task, "videos", "a directory of videos (videos=DIR)", is_dir=True)
@@ -95,11 +96,14 @@ def load_task(task: dict, cache_dir: str | None = None) -> dict[str, EvalSplit]:
         video_root = _require(task, "video_root", FORMATS["video_root"], is_dir=True)
         return {"eval": EvalSplit(annotation, video_root,
                                   load_video_text_annotations(annotation, video_root, missing="keep"))}
+    if task["kind"] == "linear":  # every path is checked before any file is read
+        _require(task, "train_annotation", FORMATS["classification"])
+        _require(task, "train_video_root", FORMATS["video_root"], is_dir=True)
     splits = {"eval": _classification(task)}
     if task["kind"] == "linear":
         train = _classification(task, prefix="train_")
         if train.class_names != splits["eval"].class_names:
-            raise ValueError(f"task {task['name']}: train and eval splits have different class lists "
+            raise DataError(f"task {task['name']}: train and eval splits have different class lists "
                              f"({len(train.class_names)} vs {len(splits['eval'].class_names)}); set task.class_names")
         splits["train"] = train
     return splits

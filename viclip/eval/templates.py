@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from viclip.errors import ConfigError
+
 # The 16 templates of the official ViCLIP zero-shot action-recognition evaluation ({} = class name).
 # Each prompt then goes through the official caption cleaning, like every caption.
 KINETICS_TEMPLATES: tuple[str, ...] = (
@@ -35,7 +37,7 @@ REDUCTIONS = ("sim", "embed")
 def get_templates(name: str) -> tuple[str, ...]:
     """A named template set (``kinetics``: the official 16; ``none``: the bare class name)."""
     if name not in TEMPLATE_SETS:
-        raise ValueError(f"templates.set={name!r} is unknown; choose one of {sorted(TEMPLATE_SETS)}")
+        raise ConfigError(f"templates.set={name!r} is unknown; choose one of {sorted(TEMPLATE_SETS)}")
     return TEMPLATE_SETS[name]
 
 
@@ -55,7 +57,7 @@ def class_prototypes(text_emb: torch.Tensor, num_templates: int, reduce: str = "
     the ranking across classes whose prompts agree more or less with each other.
     """
     if reduce not in REDUCTIONS:
-        raise ValueError(f"templates.reduce={reduce!r} is unknown; choose one of {REDUCTIONS}")
+        raise ConfigError(f"templates.reduce={reduce!r} is unknown; choose one of {REDUCTIONS}")
     if text_emb.shape[0] % num_templates:
         raise ValueError(f"{text_emb.shape[0]} prompt embeddings are not a multiple of {num_templates} templates")
     mean = F.normalize(text_emb.float(), dim=-1).view(-1, num_templates, text_emb.shape[-1]).mean(dim=1)

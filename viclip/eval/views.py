@@ -30,6 +30,7 @@ from torchvision.transforms import InterpolationMode
 
 from viclip.data.annotations import VideoText, VideoTextDataset
 from viclip.data.video import VideoDecodeError, read_video
+from viclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
 _PATTERN = re.compile(r"^(\d+)x(\d+)$")
@@ -46,7 +47,7 @@ class Views:
     def parse(cls, text: str | None) -> Views:
         match = _PATTERN.match(str(text).strip()) if text is not None else None
         if text is not None and (match is None or int(match.group(1)) < 1 or int(match.group(2)) < 1):
-            raise ValueError(f"protocol.views must be CLIPSxCROPS with both >= 1, e.g. 4x3, got {text!r}")
+            raise ConfigError(f"protocol.views must be CLIPSxCROPS with both >= 1, e.g. 4x3, got {text!r}")
         return cls(int(match.group(1)), int(match.group(2))) if match else cls()
 
     @property
