@@ -3,6 +3,7 @@ export at a phase end and a fresh optimizer state at a phase start."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from viclip.distributed import DistInfo
 from viclip.model import ViCLIP, export_official
+
+log = logging.getLogger(__name__)
 
 PHASE_OPTIMIZER = ("fresh", "carry")  # train.phase_optimizer: the Adam state a later phase starts from
 
@@ -23,8 +26,9 @@ def vectorise_scalars(model: torch.nn.Module) -> None:
             p.data = p.data.reshape(1)
 
 
-def deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
-    """The deepspeed group as-is, plus batch sizes and clipping from train.*.
+def deepspeed_config(cfg: DictConfig, world_size: int, device: torch.device) -> dict[str, Any]:
+    """The deepspeed group, plus batch sizes and clipping from train.*; on a CPU in float32 (the
+    default group's bf16 runs slower on CPUs without bf16 units).
 
     The micro-batch size is the first phase's; DeepSpeed only reports it, so a later phase with its
     own ``batch_size`` needs no new engine.
@@ -37,6 +41,9 @@ def deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
         gradient_clipping=float(cfg.train.grad_clip),
         steps_per_print=2**31 - 1,  # our own logger prints
     )
+    if device.type == "cpu" and ds.get("bf16", {}).get("enabled"):
+        log.warning("deepspeed.bf16.enabled on a CPU: training in float32 (as deepspeed=cpu_fp32)")
+        ds["bf16"] = {"enabled": False}
     return ds
 
 

@@ -111,7 +111,7 @@ class Trainer:
         cfg = self.cfg
         self.info = info = init_distributed()
         if info.device.type == "cpu":
-            set_cpu_threads(int(cfg.data.num_workers))
+            set_cpu_threads(train_loader.loader_workers(cfg.data, cuda=False))
         self.lock = claim_run_dir(self.run_dir, info)
         save_resolved_config(cfg, self.run_dir, info)
         train_loader.prepare(cfg.data, info.is_main)
@@ -125,8 +125,8 @@ class Trainer:
         vectorise_scalars(model)
         optimizer = build_optimizer(self.param_groups(model), lr=self.phases[0].lr, betas=tuple(cfg.optim.betas),
                                     eps=cfg.optim.eps)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 config=deepspeed_config(cfg, info.world_size))
+        ds_config = deepspeed_config(cfg, info.world_size, info.device)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
         report = prepare_kernels(self.engine.module, bool(cfg.train.compile), [p.mask_ratio for p in self.phases],
                                  self.dtype, info.device)
