@@ -19,6 +19,7 @@ from viclip.curation.sources import (
     read_id_map,
 )
 from viclip.curation.table import read_tables
+from viclip.errors import DataError
 from viclip.testing import videos as tv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,17 @@ def test_timestamps_and_bad_annotations_are_named(tmp_path):
         read_annotations(bad)
     with pytest.raises(ValueError, match="id map or a URI template"):
         annotated_sources({"x": []})
+
+
+@pytest.mark.parametrize("caption", [None, 12345, ["list", "caption"]])
+def test_a_caption_that_is_not_a_string_is_named(tmp_path, caption):
+    """A null, number or list Caption would be written as 'None', '12345', "['list', 'caption']"."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"YoutubeID": "x", "Start_timestamp": "00:00:01.000", "End_timestamp": "00:00:02.000", '
+                   '"Caption": "fine"}\n' + json.dumps({"YoutubeID": "x", "Start_timestamp": "00:00:03.000",
+                                                          "End_timestamp": "00:00:04.000", "Caption": caption}))
+    with pytest.raises(DataError, match=rf"bad.jsonl:2: Caption must be a string, got {type(caption).__name__}"):
+        read_annotations(bad)
 
 
 def test_id_maps_file_lists_and_fsspec_sources(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from viclip.curation.interleave import ASRIndex, ICLConfig, build_icl
 from viclip.curation.table import rows_to_table, write_table
+from viclip.errors import DataError
 
 
 def _clip(video: str, i: int, start: float, caption: str | None = "cap", status: str = "kept") -> dict:
@@ -140,3 +141,15 @@ def test_windows_cut_long_videos_and_c_never_pairs_a_video_with_itself(tmp_path)
     with pytest.raises(ValueError, match="format must be one of"):
         ICLConfig("d")
     assert np.isclose(ICLConfig().drop_prob, 0.3)
+
+
+def test_a_number_caption_column_is_named(tmp_path):
+    """A table whose caption column holds integers (written by other tools) is not passed through as text."""
+    import pyarrow as pa
+
+    table = rows_to_table([_clip("v", i, 2.0 * i) for i in range(3)])
+    table = table.set_column(table.schema.get_field_index("caption"), "caption", pa.array([1, 2, 3]))
+    write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"t.parquet: column 'caption' must be text, got int64"):
+        build_icl([tmp_path / "t.parquet"], tmp_path / "a.jsonl", ICLConfig("a"))
+    assert not (tmp_path / "a.jsonl").exists()

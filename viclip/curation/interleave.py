@@ -29,8 +29,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path, atomic_write
-from viclip.curation.table import table_files
+from viclip.curation.table import require_text_columns, table_files
 from viclip.data.tars import stable_hash64
+from viclip.errors import ConfigError, DataError
 
 FORMATS = ("a", "b", "c")
 CLIP_COLUMNS = ("video_id", "clip_id", "status", "start", "end", "caption", "clip_tar", "clip_key")
@@ -48,11 +49,11 @@ class ICLConfig:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"ICL format must be one of {', '.join(FORMATS)}; got {self.format!r}")
+            raise ConfigError(f"--format: ICL format must be one of {', '.join(FORMATS)}; got {self.format!r}")
         if not 0 <= self.drop_prob < 1:
-            raise ValueError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
+            raise ConfigError(f"--drop-prob must be in [0, 1), got {self.drop_prob}")
         if self.min_clips < 1 or (self.max_clips is not None and self.max_clips < self.min_clips):
-            raise ValueError(f"need 1 <= min_clips <= max_clips, got {self.min_clips}, {self.max_clips}")
+            raise ConfigError(f"need 1 <= --min-clips <= --max-clips, got {self.min_clips}, {self.max_clips}")
 
 
 @dataclass
@@ -74,7 +75,7 @@ class ASRIndex:
     def __init__(self, table: pa.Table, source: str = "<asr>") -> None:
         missing = [c for c in ("video_id", "start", "end", "text") if c not in table.column_names]
         if missing:
-            raise KeyError(f"{source}: ASR segments need columns {missing}")
+            raise DataError(f"{source}: ASR segments need columns {missing}")
         table = table.sort_by([("video_id", "ascending"), ("start", "ascending")])
         self.start = pc.cast(table.column("start"), pa.float64()).to_numpy()
         self.end = pc.cast(table.column("end"), pa.float64()).to_numpy()
@@ -137,7 +138,7 @@ def _videos(table: pa.Table, report: ICLReport, seen: set[str], path: Path) -> I
         by_video.setdefault(row["video_id"], []).append(row)
     for video_id, clips in by_video.items():
         if video_id in seen:
-            raise ValueError(f"{path}: clips of video {video_id!r} also appear in an earlier table; "
+            raise DataError(f"{path}: clips of video {video_id!r} also appear in an earlier table; "
                              "ICL sequences need each video's clips in one table (as stage shards have them)")
         seen.add(video_id)
         yield video_id, sorted(clips, key=lambda c: (c["start"], c["end"]))
@@ -156,7 +157,7 @@ def build_icl(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, cfg: 
     A report (counts, config, ``clips_dir``) is written beside it as ``{out}.json``.
     """
     if cfg.format == "b" and asr is None:
-        raise ValueError("ICL format (b) needs ASR segments")
+        raise ConfigError("ICL format (b) needs ASR segments (--asr)")
     files = table_files(inputs)
     clips_dir = Path(clips_dir) if clips_dir is not None else None
     report = ICLReport(config=asdict(cfg), inputs=[str(f) for f in files])
@@ -167,7 +168,8 @@ def build_icl(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, cfg: 
             schema = pq.read_schema(path)
             missing = [c for c in CLIP_COLUMNS if c not in schema.names]
             if missing:
-                raise KeyError(f"{path}: ICL sequences need columns {missing}")
+                raise DataError(f"{path}: ICL sequences need columns {missing}")
+            require_text_columns(schema, ("video_id", "clip_id", "status", "caption", "clip_tar", "clip_key"), path)
             sequences = []  # (ids, items) per window
             for video_id, clips in _videos(pq.read_table(path, columns=list(CLIP_COLUMNS)), report, seen, path):
                 windows = [w for w in _windows(clips, cfg) if len(w) >= cfg.min_clips]

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from viclip.curation.errors import SourceError
 from viclip.data.video import VIDEO_EXTENSIONS
+from viclip.errors import ConfigError, DataError
 
 # released score names -> clip table columns (the paper's aesthetic score and UMT clip-caption similarity)
 SCORE_FIELDS = {"Aesthetic_Score": "aesthetic", "UMT_Score": "clip_text_sim"}
@@ -70,7 +71,7 @@ def read_file_list(path: str | os.PathLike) -> list[Source]:
             continue
         parts = line.split("\t")
         if len(parts) > 2:
-            raise ValueError(f"{path}:{n}: expected 'URI' or 'ID<TAB>URI', got {len(parts)} fields")
+            raise DataError(f"{path}:{n}: expected 'URI' or 'ID<TAB>URI', got {len(parts)} fields")
         uri = parts[-1]
         video_id = parts[0] if len(parts) == 2 else Path(urlparse(uri).path).stem
         sources.append(Source(video_id, uri))
@@ -95,21 +96,24 @@ def read_annotations(path: str | os.PathLike) -> dict[str, list[Annotation]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+                raise DataError(f"{path}:{n}: not JSON ({e})") from None
             missing = [k for k in ANNOTATION_FIELDS if k not in rec]
             if missing:
-                raise ValueError(f"{path}:{n}: missing field(s) {missing}")
+                raise DataError(f"{path}:{n}: missing field(s) {missing}")
             try:
                 start, end = parse_timestamp(rec["Start_timestamp"]), parse_timestamp(rec["End_timestamp"])
             except ValueError as e:
-                raise ValueError(f"{path}:{n}: {e}") from None
+                raise DataError(f"{path}:{n}: {e}") from None
             if end <= start:
-                raise ValueError(f"{path}:{n}: End_timestamp {rec['End_timestamp']} is not after "
+                raise DataError(f"{path}:{n}: End_timestamp {rec['End_timestamp']} is not after "
                                  f"Start_timestamp {rec['Start_timestamp']}")
+            if not isinstance(rec["Caption"], str):
+                raise DataError(f"{path}:{n}: Caption must be a string, got {type(rec['Caption']).__name__} "
+                                f"{rec['Caption']!r}")
             scores = {col: float(rec[k]) for k, col in SCORE_FIELDS.items() if rec.get(k) is not None}
             extra = {k: v for k, v in rec.items() if k not in ANNOTATION_FIELDS and k not in SCORE_FIELDS}
             grouped.setdefault(str(rec["YoutubeID"]), []).append(
-                Annotation(start, end, str(rec["Caption"]), extra=extra, **scores))
+                Annotation(start, end, rec["Caption"], extra=extra, **scores))
     return grouped
 
 
@@ -119,7 +123,7 @@ def read_id_map(path: str | os.PathLike) -> dict[str, str]:
     if path.suffix == ".json":
         mapping = json.loads(path.read_text())
         if not isinstance(mapping, dict):
-            raise ValueError(f"{path}: expected a JSON object mapping ids to paths or URLs")
+            raise DataError(f"{path}: expected a JSON object mapping ids to paths or URLs")
         return {str(k): str(v) for k, v in mapping.items()}
     delimiter = "," if path.suffix == ".csv" else "\t"
     with open(path, newline="") as f:
@@ -128,7 +132,7 @@ def read_id_map(path: str | os.PathLike) -> dict[str, str]:
         rows = rows[1:]
     bad = [i for i, r in enumerate(rows, 1) if len(r) != 2]
     if bad:
-        raise ValueError(f"{path}: rows {bad[:5]} do not have exactly two columns (id, uri)")
+        raise DataError(f"{path}: rows {bad[:5]} do not have exactly two columns (id, uri)")
     return dict(rows)
 
 
@@ -136,7 +140,7 @@ def annotated_sources(annotations: dict[str, list[Annotation]], id_map: dict[str
                       template: str | None = None) -> list[Source]:
     """Attach a URI to each annotated video: ``id_map[id]`` if given, else ``template.format(id=id)``."""
     if id_map is None and template is None:
-        raise ValueError("annotated sources need an id map or a URI template such as '/videos/{id}.mp4'")
+        raise ConfigError("annotated sources need an id map or a URI template such as '/videos/{id}.mp4'")
     sources = []
     for video_id, anns in annotations.items():
         if id_map is not None and video_id in id_map:

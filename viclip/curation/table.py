@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path
-from viclip.errors import OutputError
+from viclip.errors import DataError, OutputError
 
 CLIP_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -86,6 +86,16 @@ def table_files(paths: Sequence[str | os.PathLike], what: str = "clip table", hi
     if not files:
         raise FileNotFoundError(f"no finished {what}s in {[str(p) for p in paths]}")
     return files
+
+
+def require_text_columns(schema: pa.Schema, names: Sequence[str], source: str | os.PathLike) -> None:
+    """DataError naming the file, column and type when a column that holds text (a caption, a status, a tar
+    name) holds numbers or lists, as a table written by other tools may: they would be written as ``12345``."""
+    for name in names:
+        if name in schema.names:
+            kind = schema.field(name).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+                raise DataError(f"{source}: column {name!r} must be text, got {kind}")
 
 
 def refuse_output_over_inputs(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | None],

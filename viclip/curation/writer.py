@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from viclip.atomic import filesystem, join
 from viclip.curation.own_captions import join_caption_file
 from viclip.curation.stages import clips_dir_of
-from viclip.curation.table import read_tables, refuse_output_over_inputs
+from viclip.curation.table import read_tables, refuse_output_over_inputs, require_text_columns
 from viclip.data.tars import ShardWriter, member_key, read_member
 from viclip.errors import ConfigError, DataError
 from viclip.progress import progress as progress_bar
@@ -36,15 +36,6 @@ def _json_value(v: Any) -> Any:
 NO_CAPTIONS = ("caption the clips first (viclip-curate caption-clips), join captions of your own "
                "(--captions FILE), name the table's caption column (--caption-column), or write empty "
                "captions (--allow-empty-captions)")
-
-
-def _check_types(table: pa.Table, source: str, caption_column: str) -> None:
-    """A caption or status column of numbers (a table written by other tools) is named, not written as text."""
-    for name in ("status", "clip_tar", "clip_key", caption_column):
-        if name in table.column_names and table.num_rows:
-            kind = table.schema.field(name).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
-                raise DataError(f"{source}: column {name!r} must be text, got {kind}")
 
 
 def _order(rows: list[dict], global_shuffle: bool, seed: int) -> list[dict]:
@@ -118,7 +109,7 @@ def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str |
         raise DataError(f"{source}: clip table lacks column(s) {missing}: is it a split_scenes/fetch_clips table?")
     if captions is not None:
         table, _ = join_caption_file(table, captions)
-    _check_types(table, source, caption_column)
+    require_text_columns(table.schema, ("status", "clip_tar", "clip_key", caption_column), source)
     if caption_column not in table.column_names and not allow_empty_captions:
         raise DataError(f"{source}: no caption column {caption_column!r}: {NO_CAPTIONS}")
     table = table.filter(pc.equal(table["status"], "kept"))
