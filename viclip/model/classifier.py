@@ -7,6 +7,11 @@ parameter names under ``vision_encoder.``, so a ViCLIP checkpoint loads into it 
 tower is left out) and an exported classifier holds ``vision_encoder.*`` plus ``head.*`` in the official
 ``{'model': ...}`` layout with the config beside it.
 
+``pool="mean"`` is UMT's head instead (its ``--use_mean_pooling``, the default of its fine-tuning): the
+mean of the last block's patch tokens, a new LayerNorm (``fc_norm``) and the linear head on the full
+width, weight and bias scaled by ``init_scale``; ``ln_post`` and ``proj`` are then unused and frozen. A
+checkpoint with ``fc_norm.*`` is such a classifier.
+
 :meth:`ViCLIPClassifier.layer_id` is the layer-id function timm's ``param_groups_layer_decay`` groups
 by (through ``group_matcher``): 0 for the embeddings, ``i + 1`` for block ``i``, ``layers + 1`` for
 ``ln_post``, ``proj`` and the head, so block ``i`` learns at ``lr * layer_decay ** (layers - i)`` as in
@@ -36,6 +41,7 @@ from viclip.model.weights import (
 )
 
 _BLOCK = re.compile(r"^vision_encoder\.transformer\.resblocks\.(\d+)\.")
+POOLS = ("cls", "mean")  # the video embedding (class token, ln_post, proj) | UMT's mean of patch tokens
 _EMBEDDINGS = ("vision_encoder.conv1.", "vision_encoder.class_embedding", "vision_encoder.positional_embedding",
                "vision_encoder.temporal_positional_embedding", "vision_encoder.ln_pre.")
 
@@ -43,25 +49,35 @@ _EMBEDDINGS = ("vision_encoder.conv1.", "vision_encoder.class_embedding", "visio
 class ViCLIPClassifier(nn.Module):
     """``[B, T, 3, H, W]`` normalised pixels -> class logits ``[B, num_classes]``."""
 
-    def __init__(self, cfg: ViCLIPConfig, num_classes: int, init_scale: float = 0.001):
+    def __init__(self, cfg: ViCLIPConfig, num_classes: int, init_scale: float = 0.001, pool: str = "cls"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.cfg, self.num_classes = cfg, num_classes
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.cfg, self.num_classes, self.pool = cfg, num_classes, pool
         self.vision_encoder = VisionTransformer(
             image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.width, layers=cfg.layers,
             heads=cfg.heads, output_dim=cfg.embed_dim, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
             drop_path_rate=cfg.drop_path_rate, drop_path_mode=cfg.drop_path_mode,
         )
         self.vision_encoder.transformer.grad_checkpointing = cfg.grad_checkpointing
-        self.head = nn.Linear(cfg.embed_dim, num_classes)
+        if pool == "mean":
+            self.fc_norm = nn.LayerNorm(cfg.width)
+            self.vision_encoder.ln_post.requires_grad_(False)
+            self.vision_encoder.proj.requires_grad_(False)
+        self.head = nn.Linear(cfg.width if pool == "mean" else cfg.embed_dim, num_classes)
         trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
         with torch.no_grad():
             self.head.weight.mul_(init_scale)
-        nn.init.zeros_(self.head.bias)
+            self.head.bias.mul_(init_scale)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """The video embedding the head reads, ``[B, embed_dim]`` (never masked)."""
+        """The feature the head reads (never masked): the video embedding ``[B, embed_dim]``, or with
+        ``pool="mean"`` the normalised mean of the patch tokens ``[B, width]``."""
+        if self.pool == "mean":
+            return self.fc_norm(self.vision_encoder.forward_tokens(video, mask_ratio=0.0)[:, 1:].mean(1))
         return self.vision_encoder(video, mask_ratio=0.0)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -86,14 +102,15 @@ class ViCLIPClassifier(nn.Module):
 
 def classifier_from_checkpoint(
     path: str | os.PathLike, num_classes: int | None = None, head_rows: Sequence[int] | None = None,
-    **overrides,
+    pool: str = "cls", **overrides,
 ) -> ViCLIPClassifier:
-    """A classifier initialised from a ViCLIP checkpoint (a new head of ``num_classes``) or from a
-    fine-tuned classifier (its head; ``head_rows`` keeps those rows in that order, e.g. the K400
-    classes of a K710 head). ``overrides`` replace config fields (``num_frames``, ``drop_path_rate``);
+    """A classifier initialised from a ViCLIP checkpoint (a new head of ``num_classes`` on ``pool``) or
+    from a fine-tuned classifier (its head and pooling; ``head_rows`` keeps those rows in that order, e.g.
+    the K400 classes of a K710 head). ``overrides`` replace config fields (``num_frames``, ``drop_path_rate``);
     the temporal embedding is resampled to the frame count, as :func:`viclip.model.load_weights` does."""
     cfg = dataclasses.replace(read_config(path), **overrides)
-    sd = {k: v for k, v in load_checkpoint_file(path).items() if k.startswith(("vision_encoder.", "head."))}
+    sd = {k: v for k, v in load_checkpoint_file(path).items()
+          if k.startswith(("vision_encoder.", "head.", "fc_norm."))}
     if "head.weight" in sd:
         if head_rows is not None:
             rows = torch.as_tensor(list(head_rows), dtype=torch.long)
@@ -110,10 +127,12 @@ def classifier_from_checkpoint(
         raise CheckpointError(f"{path}: a ViCLIP checkpoint without a classification head; give num_classes")
     elif head_rows is not None:
         raise CheckpointError(f"{path}: head_rows needs a fine-tuned classifier checkpoint (this one has no head)")
-    model = ViCLIPClassifier(cfg, num_classes)
+    if "head.weight" in sd:
+        pool = "mean" if "fc_norm.weight" in sd else "cls"  # a fine-tuned classifier keeps its head
+    model = ViCLIPClassifier(cfg, num_classes, pool=pool)
     own = model.state_dict()
     if "head.weight" not in sd:
-        sd.update({k: v for k, v in own.items() if k.startswith("head.")})
+        sd.update({k: v for k, v in own.items() if k.startswith(("head.", "fc_norm."))})
     if _TEMPORAL_KEY in sd and sd[_TEMPORAL_KEY].shape != own[_TEMPORAL_KEY].shape:
         sd[_TEMPORAL_KEY] = interpolate_temporal_embedding(sd[_TEMPORAL_KEY], own[_TEMPORAL_KEY].shape[1])
     check_state_dict(model, sd, str(path))
