@@ -149,10 +149,16 @@ class FinetuneTrainer(Trainer):
         # uint8 batches, normalised on the device (the Trainer calls loader.normalize)
         transform = VideoTransform(True, self.model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale),
                                    hflip=aug.hflip, normalize=False)
+        augment, repeats = self.loader_augment()
         config = LoaderConfig(self.batch_size, self.model_cfg.num_frames, seed=int(cfg.seed),
-                              num_workers=int(cfg.data.num_workers), backend=cfg.data.backend)
+                              num_workers=int(cfg.data.num_workers), backend=cfg.data.backend, repeats=repeats)
         return FinetuneLoader(self.train_samples(), config, transform, self.tokenizer(model), info.rank,
-                              info.world_size, pin_memory=torch.cuda.is_available())
+                              info.world_size, pin_memory=torch.cuda.is_available(), augment=augment)
+
+    def loader_augment(self) -> tuple[Callable[[torch.Tensor, int], torch.Tensor] | None, int]:
+        """A change of the decoded frames before the crop, and the clips per video (repeated augmentation):
+        none and 1 here; recognition's are UMT's (viclip.finetune.augment)."""
+        return None, 1
 
     # -- evaluation --------------------------------------------------------------------------------
     def setup(self) -> None:

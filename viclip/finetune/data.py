@@ -7,8 +7,11 @@ Unlike the pre-training stream over tar shards, a fine-tuning set is a short ann
 loader is map-style: epoch ``e`` is a permutation of every sample drawn from ``(seed, e)``, cut to a
 multiple of ``world_size x batch_size`` (the remainder waits for a later epoch's permutation), and
 rank ``r`` takes every ``world_size``-th batch-sized slice. A resumed loader skips the batches it had
-handed out by index, decoding none of them. Every random draw of a sample (frames, crop, flip) is
-seeded by ``(seed, epoch, sample)``, so a resumed epoch yields the same batches.
+handed out by index, decoding none of them. Every random draw of a sample (frames, crop, flip, the
+``augment`` before the crop) is seeded by ``(seed, epoch, sample)``, so a resumed epoch yields the same
+batches. ``repeats`` > 1 is repeated augmentation as UMT's ``--num_sample``: each video of a batch is
+decoded once and transformed ``repeats`` times, its clips side by side (``[v0, v0', v1, v1', ...]``), so
+a batch of ``batch_size`` videos holds ``batch_size x repeats`` clips.
 
 A video that cannot be decoded is replaced by the next sample of the list (counted as
 ``undecodable`` in :meth:`FinetuneLoader.skip_counts`); ``max_retries`` failures in a row raise an
@@ -56,6 +59,7 @@ class LoaderConfig:
     num_workers: int = 0
     backend: str = "auto"
     max_retries: int = 10
+    repeats: int = 1
 
 
 class _EpochBatches(Dataset):
@@ -68,31 +72,33 @@ class _EpochBatches(Dataset):
     def __len__(self) -> int:
         return len(self.loader)
 
-    def _decode(self, position: int) -> tuple[Sample, torch.Tensor, int]:
-        """The sample at ``position`` of the list (or the next decodable one) and its clip; skips."""
+    def _decode(self, position: int) -> tuple[Sample, list[torch.Tensor], int]:
+        """The sample at ``position`` of the list (or the next decodable one), its ``repeats`` clips; skips."""
         samples, cfg = self.loader.samples, self.loader.config
         errors = []
         for attempt in range(cfg.max_retries):
             i = (position + attempt) % len(samples)
             sample = samples[i]
             rng = np.random.default_rng([cfg.seed, self.epoch, i])
-            crop_seed = int(rng.integers(2**62))
+            seeds = [int(s) for s in rng.integers(2**62, size=cfg.repeats)]
             try:
                 frames = read_video(sample.video, cfg.num_frames, "random", backend=cfg.backend, rng=rng)
             except VideoDecodeError as e:
                 errors.append(str(e))
                 log.warning("fine-tuning: %s; using the next sample", e)
                 continue
-            clip = self.loader.transform(frames, generator=torch.Generator().manual_seed(crop_seed))
-            return sample, clip, attempt
+            augment, transform = self.loader.augment, self.loader.transform
+            clips = [transform(augment(frames, seed) if augment else frames,
+                               generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+            return sample, clips, attempt
         raise VideoDecodeError(f"{cfg.max_retries} videos in a row cannot be decoded: " + "; ".join(errors))
 
     def __getitem__(self, b: int) -> dict:
         cfg, world = self.loader.config, self.loader.world_size
         start = (b * world + self.loader.rank) * cfg.batch_size
         decoded = [self._decode(int(p)) for p in self.order[start:start + cfg.batch_size]]
-        samples = [s for s, _, _ in decoded]
-        batch = {"video": torch.stack([c for _, c, _ in decoded]),
+        samples = [s for s, _, _ in decoded for _ in range(cfg.repeats)]
+        batch = {"video": torch.stack([c for _, clips, _ in decoded for c in clips]),
                  "index": torch.tensor([s.group for s in samples], dtype=torch.long),
                  "skipped": sum(k for _, _, k in decoded)}
         if self.loader.tokenizer is not None:
@@ -107,15 +113,20 @@ class FinetuneLoader:
     """This rank's batches, ``len(loader)`` per epoch; iterating runs the rest of the current epoch and
     moves to the next, so the Trainer's endless loop needs no ``set_epoch``.
 
-    Batches: ``video`` uint8 ``[B, T, 3, S, S]`` (:meth:`normalize` it on the device), ``index`` int64
-    (the sample's group), plus ``caption``/``text`` when a ``tokenizer`` is given and ``label`` when
-    the samples have labels.
+    Batches: ``video`` uint8 ``[B x repeats, T, 3, S, S]`` (:meth:`normalize` it on the device),
+    ``index`` int64 (the sample's group), plus ``caption``/``text`` when a ``tokenizer`` is given and
+    ``label`` when the samples have labels. ``augment(frames, seed)`` changes the decoded uint8 frames
+    before the crop (recognition's RandAugment).
     """
 
     def __init__(self, samples: Sequence[Sample], config: LoaderConfig, transform: VideoTransform,
                  tokenizer: Callable[[list[str]], torch.Tensor] | None = None, rank: int = 0,
-                 world_size: int = 1, pin_memory: bool = False) -> None:
+                 world_size: int = 1, pin_memory: bool = False,
+                 augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
+        if config.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {config.repeats}")
         self.samples, self.config, self.transform, self.tokenizer = list(samples), config, transform, tokenizer
+        self.augment = augment
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
         if self.tokenizer is not None and any(s.text is None for s in self.samples):
             raise ValueError("a tokenizer was given but some samples have no text")
@@ -154,7 +165,7 @@ class FinetuneLoader:
     def _settings(self) -> dict[str, int]:
         c = self.config
         return {"seed": c.seed, "rank": self.rank, "world_size": self.world_size, "batch_size": c.batch_size,
-                "samples": len(self.samples)}
+                "samples": len(self.samples), "repeats": c.repeats}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "skipped": self.skipped, **self._settings()}
