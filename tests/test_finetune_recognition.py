@@ -76,10 +76,12 @@ def run(tmp_path_factory):
         # after every epoch: one view of the held-out clips at the fine-tuned 4 frames; the best epoch is kept
         "finetune.eval.task=finetuned_k400", "finetune.eval.overrides=[" + ",".join(
             f"'{o}'" for o in [*_val_task(val), "protocol.views=1x1", "protocol.num_frames=4", "num_workers=0"]) + "]",
-        # 128 steps learn the motions from a random tower only without mixup/cutmix (test_mix_clips covers it)
-        "finetune.mixup.mixup_alpha=0", "finetune.mixup.cutmix_alpha=0",
+        # 128 steps learn the motions from a random tower only without mixup/cutmix (test_mix_clips covers it),
+        # RandAugment and erasing (their own tests below); UMT's head and 2 repeated samples stay on
+        "finetune.mixup.mixup_alpha=0", "finetune.mixup.cutmix_alpha=0", "finetune.augment.rand_augment=null",
+        "finetune.augment.random_erasing=0",
         f"finetune.layer_decay={LAYER_DECAY}", "model.overrides.drop_path_rate=0.1", "model.overrides.num_frames=4",
-        "optim.lr=3e-3", "phases.finetune.epochs=16", "phases.finetune.warmup_epochs=1", "train.batch_size=32",
+        "optim.lr=3e-3", "phases.finetune.epochs=16", "phases.finetune.warmup_epochs=1", "train.batch_size=16",
         "train.log_every=16",
     ])
     seen = []
@@ -110,7 +112,8 @@ def run(tmp_path_factory):
 
 def test_layer_decay_gives_each_block_the_lr_of_the_formula(run):
     names = run["groups"]["names"]
-    assert {n.split(".")[0] for g in names for n in g} == {"vision_encoder", "head"}  # no text tower
+    assert {n.split(".")[0] for g in names for n in g} == {"vision_encoder", "fc_norm", "head"}  # no text tower
+    assert not any(n.startswith(("vision_encoder.ln_post", "vision_encoder.proj")) for g in names for n in g)
     for lr, groups in run["seen"]:
         assert len(groups) == len(names)
         for (group_lr, _), group_names in zip(groups, names):
@@ -184,7 +187,10 @@ def test_head_map_keeps_the_k710_rows_of_the_target_classes_in_their_order(tmp_p
         cfg = _compose("train", [
             "experiment=ft_k710_k400", f"checkpoint={ckpt}", f"finetune.train.annotation={data.zeroshot_annotations}",
             f"finetune.train.video_root={data.zeroshot_root}", f"finetune.train.class_names={data.zeroshot_classes}",
-            f"finetune.head_map.file={label_map}", "finetune.head_map.source=motion"])
+            f"finetune.head_map.file={label_map}", "finetune.head_map.source=motion",
+            # the tiny model has no recipe of its own
+            "optim.lr=1e-5", "phases.finetune.epochs=1", "phases.finetune.warmup_epochs=0",
+            "model.overrides.drop_path_rate=0", "finetune.layer_decay=0.85"])
         trainer = RecognitionTrainer(cfg)
         trainer.info = SimpleNamespace(is_main=False)
         return trainer.build_model()
@@ -194,3 +200,117 @@ def test_head_map_keeps_the_k710_rows_of_the_target_classes_in_their_order(tmp_p
     assert model.num_classes == 4 and torch.equal(model.head.weight, head[rows])
     with pytest.raises(ConfigError, match="first difference at label 0"):
         build(rows[::-1])
+
+
+def test_umt_schedule_starts_its_warmup_at_warmup_lr_and_floors_at_min_lr():
+    from viclip.train.optim import WarmupCosine
+
+    umt = WarmupCosine(1e-4, total_steps=100, warmup_steps=10, min_lr_ratio=0.01, min_lr=2e-6, warmup_lr=2e-6)
+    plain = WarmupCosine(1e-4, total_steps=100, warmup_steps=10, min_lr_ratio=0.01)
+    assert umt(0) == pytest.approx(2e-6) and plain(0) == pytest.approx(1e-5)  # linspace(2e-6, lr) vs lr/10
+    assert umt(9) == pytest.approx(1e-4) and plain(9) == pytest.approx(1e-4)
+    assert umt(10**6) == pytest.approx(2e-6) and plain(10**6) == pytest.approx(1e-6)  # absolute vs 1 % of lr
+
+
+def test_rand_augment_applies_the_same_ops_to_every_frame():
+    from viclip.finetune.augment import ClipRandAugment
+
+    frame = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8))
+    clip = frame.expand(6, -1, -1, -1).contiguous()  # six identical frames
+    augment = ClipRandAugment("rand-m7-n4-mstd0.5-inc1", input_size=32)
+    outs = [augment(clip, seed) for seed in range(8)]
+    for out in outs:
+        assert out.shape == clip.shape and out.dtype == torch.uint8
+        assert all(torch.equal(out[0], out[t]) for t in range(1, 6))  # one draw for the clip
+    assert sum(not torch.equal(out[0], frame) for out in outs) >= 6  # and it does change the frames
+    assert torch.equal(augment(clip, 3), outs[3])  # seeded: a resumed epoch augments alike
+    # timm's transform alone draws anew for every frame: the replay is what keeps the frames alike
+    plain = [np.asarray(augment.transform(__import__("PIL.Image").Image.fromarray(frame.numpy()))) for _ in range(6)]
+    assert any(not np.array_equal(plain[0], p) for p in plain[1:])
+
+
+def test_repeated_augmentation_yields_each_video_twice_a_step_in_two_crops(tmp_path):
+    from viclip.data.transforms import VideoTransform
+    from viclip.finetune.data import FinetuneLoader, LoaderConfig, Sample
+
+    data = make_synthetic(tmp_path / "data", n_train=1, n_eval=8, size=32, seed=0)
+    records = json.loads(Path(data.zeroshot_annotations).read_text())
+    samples = [Sample(str(Path(data.zeroshot_root) / r["video"]), i, label=i % 4) for i, r in enumerate(records)]
+    transform = VideoTransform(True, 32, scale=(0.08, 1.0), normalize=False)
+    loader = FinetuneLoader(samples, LoaderConfig(batch_size=4, num_frames=4, repeats=2), transform)
+    batches = list(loader)
+    assert len(batches) == 2
+    seen = []
+    for batch in batches:
+        assert batch["video"].shape[0] == 8
+        index = batch["index"].tolist()
+        assert index[0::2] == index[1::2] and len(set(index)) == 4  # each video twice, side by side
+        assert batch["label"].tolist()[0::2] == batch["label"].tolist()[1::2]
+        assert all(not torch.equal(batch["video"][i], batch["video"][i + 1]) for i in range(0, 8, 2))
+        seen += index[0::2]
+    assert sorted(seen) == list(range(8))  # one epoch: every video once, as two samples
+
+
+def test_umt_head_mean_pools_patch_tokens_and_starts_at_init_scale():
+    from viclip.model import get_config
+    from viclip.model.classifier import ViCLIPClassifier
+
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    umt = ViCLIPClassifier(cfg, 700, pool="mean")
+    assert umt.head.in_features == cfg.width and umt.fc_norm.normalized_shape == (cfg.width,)
+    assert umt.head.weight.std().item() == pytest.approx(0.02 * 0.001, rel=0.1)  # trunc-normal 0.02 x 0.001
+    assert torch.count_nonzero(umt.head.bias) == 0
+    assert not umt.vision_encoder.proj.requires_grad and not umt.vision_encoder.ln_post.weight.requires_grad
+    video = torch.randn(2, cfg.num_frames, 3, cfg.image_size, cfg.image_size)
+    tokens = umt.vision_encoder.forward_tokens(video)
+    assert torch.allclose(umt.encode_video(video), umt.fc_norm(tokens[:, 1:].mean(1)))  # class token left out
+    assert ViCLIPClassifier(cfg, 700, pool="cls").head.in_features == cfg.embed_dim
+
+
+def test_umt_head_survives_export_and_reload(tmp_path):
+    from viclip.model import get_config
+    from viclip.model.classifier import ViCLIPClassifier
+
+    torch.manual_seed(0)
+    model = ViCLIPClassifier(get_config("tiny"), 5, init_scale=1.0, pool="mean")
+    path = export_official(model, tmp_path / "umt.pth")
+    loaded = classifier_from_checkpoint(path)  # the pooling is read from the file (fc_norm.*)
+    assert loaded.pool == "mean" and torch.equal(loaded.head.weight, model.head.weight)
+
+
+def test_random_erasing_boxes_each_frame_of_a_clip_on_its_own():
+    from viclip.finetune.augment import ClipErasing
+
+    torch.manual_seed(0)
+    video = torch.zeros(3, 8, 3, 32, 32)
+    ClipErasing(probability=1.0)(video)
+    erased = video.abs().sum(2) > 0  # [B, T, H, W]
+    assert erased.flatten(2).any(-1).all()  # every frame of every clip got a box at probability 1
+    assert any(not torch.equal(erased[0, 0], erased[0, t]) for t in range(1, 8))  # frames draw their own boxes
+    torch.manual_seed(0)
+    untouched = torch.zeros(3, 8, 3, 32, 32)
+    ClipErasing(probability=0.0)(untouched)
+    assert not untouched.any()
+
+
+def test_the_recipe_follows_the_checkpoints_size_and_a_given_value_wins(tmp_path, monkeypatch):
+    from viclip.finetune.recognition import apply_size_recipe
+    from viclip.model import get_config
+    from viclip.train.config import ConfigError
+
+    b16, tiny = tmp_path / "b16.pth", tmp_path / "tiny.pth"  # configs read as from the files, without 600 MB
+    b16.touch()
+    tiny.touch()
+    monkeypatch.setattr("viclip.finetune.recognition.read_config",
+                        lambda path: get_config("vit_b16" if str(path) == str(b16) else "tiny"))
+    cfg = apply_size_recipe(_compose("train", ["experiment=ft_k710", f"checkpoint={b16}"]))
+    assert (cfg.optim.lr, cfg.phases.finetune.lr, cfg.phases.finetune.epochs, cfg.model.overrides.drop_path_rate,
+            cfg.finetune.layer_decay) == (4e-4, 4e-4, 35, 0.1, 0.75)  # UMT's b16 script, x 2 repeats
+    cfg = apply_size_recipe(_compose("train", ["experiment=ft_k710", f"checkpoint={b16}", "optim.lr=1e-3"]))
+    assert cfg.optim.lr == 1e-3 and cfg.phases.finetune.epochs == 35
+    l14 = _compose("train", ["experiment=ft_k710", "checkpoint=x.pth"]).finetune.recipes.vit_l14
+    assert (l14.optim.lr, l14.phases.finetune.epochs, l14.model.overrides.drop_path_rate,
+            l14.finetune.layer_decay) == (2e-4, 20, 0.2, 0.85)  # UMT's l16 script, x 2 repeats
+    with pytest.raises(ConfigError, match=r"is a tiny, and finetune.recipes has no tiny values of .*optim.lr"):
+        apply_size_recipe(_compose("train", ["experiment=ft_k710", f"checkpoint={tiny}"]))
