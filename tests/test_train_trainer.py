@@ -54,8 +54,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_missing_paths_are_named_before_any_work(tmp_path, monkeypatch):
+    from viclip.errors import ConfigError
     from viclip.train import train
-    from viclip.train.config import ConfigError
 
     for var in ("VICLIP_CLIP_L14", "VICLIP_SHARDS_INTERNVID_10M_FLT"):
         monkeypatch.delenv(var, raising=False)
@@ -206,9 +206,9 @@ def _start(args: list[str], env: dict) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _kill_during_save(proc: subprocess.Popen, ckpt_dir: Path, after_tags: int, timeout: float = 300) -> bool:
+def _kill_during_save(proc: subprocess.Popen, ckpt_dir: Path, after_tags: int, timeout: float = 300) -> None:
     """SIGKILL the run's process group as soon as a checkpoint is being written (a ``.tmp-`` directory
-    exists) after ``after_tags`` complete ones. Returns whether the kill landed inside a save."""
+    exists) after ``after_tags`` complete ones; fails the test if no such save is seen."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -218,7 +218,7 @@ def _kill_during_save(proc: subprocess.Popen, ckpt_dir: Path, after_tags: int, t
         if len(done) >= after_tags and any(n.startswith(".tmp-") for n in names):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return True
+            return
         time.sleep(0.002)
     raise AssertionError("no checkpoint save seen in time")
 
@@ -232,10 +232,8 @@ def test_kill_minus_nine_and_resume_ends_with_the_same_weights(tmp_path, data_ro
 
     run_args = [*args, "run_name=killed", "resume=auto"]
     ckpt_dir = tmp_path / "killed" / "checkpoints"
-    in_save = []
     for after in (0, 2):  # the first save of the run, then a later one
-        proc = _start(run_args, env)
-        in_save.append(_kill_during_save(proc, ckpt_dir, after))
+        _kill_during_save(_start(run_args, env), ckpt_dir, after)
     assert any(n.startswith(".tmp-") for n in os.listdir(ckpt_dir))  # killed mid-save: a partial checkpoint
     final = subprocess.run([PY, "train.py", *run_args], cwd=REPO, env=env, capture_output=True, text=True,
                            check=False, timeout=300)

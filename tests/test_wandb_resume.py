@@ -9,7 +9,10 @@ rewind (a preview feature of the service).
 """
 
 import json
+import shlex
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,7 +128,10 @@ def test_a_server_that_refuses_the_rewind_gets_a_plain_resume_and_a_warning(tmp_
     assert [json.loads(s)["global_step"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_launch_info_names_the_commit_and_the_command():
+def test_launch_info_names_the_commit_and_the_command(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py", "experiment=demo", "run_name=a b"])
     info = launch_info()
-    assert "pytest" in info["command"] or "python" in info["command"]
-    assert info["git_commit"] is None or len(info["git_commit"]) == 40
+    assert info["command"] == f"{shlex.quote(sys.executable)} train.py experiment=demo 'run_name=a b'"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert info["git_commit"] == head and isinstance(info["git_dirty"], bool)  # the tests run in the checkout

@@ -76,6 +76,9 @@ def hydra_command(task: Callable[[Any], None], config_name: str) -> Callable[[],
     app = hydra.main(config_path=CONFIGS, config_name=config_name, version_base="1.3")(task)
 
     def main() -> None:
-        debug_requested()
+        if not debug_requested():
+            from viclip.commands.config_keys import check_override_keys
+
+            check_override_keys(CONFIGS.removeprefix("pkg://"), config_name, sys.argv[1:])
         app()
     return main

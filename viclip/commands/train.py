@@ -4,7 +4,8 @@ From a clone ``python train.py ...`` is the same command. ``trainer`` picks the 
 the fine-tuning ones of viclip.finetune: retrieval, recognition). Launch with torchrun
 (``torchrun --standalone --nproc_per_node=N --no-python viclip-train ...``), srun (slurm/train_l14.sh)
 or as one process; ``-m sweep=<name>`` runs the ablation sweeps. A config with ``final_eval`` (the
-demo) then evaluates the last exported weights with the eval config and runner.
+demo) then evaluates the last exported weights with the eval config and runner, on every rank of the
+run while its process group still stands (the runner splits the videos over them).
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ def train_task(cfg: DictConfig) -> None:
     """Both phases of the composed config, then its ``final_eval`` if any."""
     from hydra import compose
 
-    from viclip.train import train, trainer_class
+    from viclip.train import TrainResult, train, trainer_class
 
-    result = train(cfg, trainer_class(cfg.trainer))
-    if cfg.final_eval is not None and result.is_main:
+    def final_eval(result: TrainResult) -> None:
         from viclip.eval.runner import evaluate
 
         weights = list(result.exports.values())[-1]
         evaluate(compose(config_name="eval", overrides=[
             f"checkpoint={weights}", f"output_dir={result.run_dir / 'eval'}", *cfg.final_eval.overrides]))
+
+    train(cfg, trainer_class(cfg.trainer), then=final_eval if cfg.final_eval is not None else None)
 
 
 main = hydra_command(train_task, "train")

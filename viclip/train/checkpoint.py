@@ -65,9 +65,8 @@ def load_file(path: str | os.PathLike, map_location=None) -> Any:
 
 def _refusal(e: pickle.UnpicklingError) -> str:
     """The line of torch's weights-only refusal that names the global, without its advice to load unsafely."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    named = [line.split("error:", 1)[-1].strip() for line in lines if "Unsupported global" in line]
-    return (named or lines or ["not a weights-only pickle"])[0].split(" was not an allowed global")[0]
+    lines = [line.strip() for line in str(e).splitlines()[1:] if "global" in line.lower()]
+    return lines[0].split(" was not an allowed global")[0].rstrip(".") if lines else "not a weights-only pickle"
 
 
 class RestrictedLoads:
@@ -206,7 +205,7 @@ class Checkpointer:
         """One ``rankNNNNN.pt`` per rank of this run: each rank's data position lives in its own file."""
         found = {int(p.stem[4:]) for p in ckpt_dir.glob("rank[0-9]*.pt") if p.stem[4:].isdigit()}
         # DeepSpeed writes one optimizer file per data-parallel rank: the world size even if rank files are lost
-        optim = {int(p.name.split("_")[2]) for p in ckpt_dir.glob("zero_pp_rank_*_mp_rank_*_optim_states.pt")}
+        optim = {int(p.name.split("_")[3]) for p in ckpt_dir.glob("zero_pp_rank_*_mp_rank_*_optim_states.pt")}
         saved_world = max(found | optim) + 1 if found | optim else 0
         missing = sorted(set(range(max(saved_world, 1))) - found)
         if missing:

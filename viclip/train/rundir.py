@@ -19,7 +19,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from viclip.atomic import atomic_write
-from viclip.distributed import DistInfo
+from viclip.distributed import DistInfo, broadcast_object
 from viclip.errors import OutputError
 
 MARKER = ".viclip-run"
@@ -48,8 +48,22 @@ class RunDirLock:
             self.fd = None
 
 
-def claim_run_dir(run_dir: Path) -> RunDirLock:
-    """Refuse a non-empty directory that is not a run of ours, then mark it ours and lock it (rank 0)."""
+def claim_run_dir(run_dir: Path, info: DistInfo) -> RunDirLock | None:
+    """Rank 0 claims ``run_dir`` (:func:`claim`) and holds its lock; every rank raises the refusal. Collective."""
+    why, lock = None, None
+    if info.is_main:
+        try:
+            lock = claim(run_dir)
+        except OutputError as e:
+            why = str(e)
+    why = broadcast_object(why)
+    if why is not None:
+        raise OutputError(why)
+    return lock
+
+
+def claim(run_dir: Path) -> RunDirLock:
+    """Refuse a non-empty directory that is not a run of ours, then mark it ours and lock it."""
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"output_dir={run_dir} is a file, not a directory")
     if run_dir.is_dir() and not (run_dir / MARKER).is_file():
