@@ -203,8 +203,12 @@ def test_restart_at_step_gives_the_rest_of_the_epoch_without_repeats(tmp_path):
 def test_resume_refuses_other_data_settings(tmp_path):
     root = make_corpus(tmp_path / "c", n_shards=1, per_shard=8)
     state = loader_for(root, batch_size=2).state_dict()
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         loader_for(root, batch_size=4).load_state_dict(state)
+    old = {k: v for k, v in state.items() if k != "min_caption_words"}  # a state saved before the caption rule
+    with pytest.raises(ConfigError, match="min_caption_words was 1 and is now 2"):
+        loader_for(root, batch_size=2).load_state_dict(old)
+    loader_for(root, batch_size=2, min_caption_words=1).load_state_dict(old)  # resumes exactly as it ran
 
 
 def test_unusable_corpus_raises_instead_of_hanging(tmp_path):

@@ -353,7 +353,7 @@ class VideoTextLoader:
         stream, config = self.stream, self.stream.config
         return {"seed": config.seed, "rank": stream.rank, "world_size": stream.world_size,
                 "num_workers": config.num_workers, "batch_size": config.batch_size,
-                "batches_per_rank": stream.batches_per_rank}
+                "batches_per_rank": stream.batches_per_rank, "min_caption_words": config.min_caption_words}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step,
@@ -361,6 +361,7 @@ class VideoTextLoader:
                 **self._settings(), "skips": dict(self.skips)}
 
     def load_state_dict(self, state: dict) -> None:
+        state = {"min_caption_words": 1, **state}  # saved before the switch: every non-empty caption was kept
         check_resume_settings(state, self._settings(), "the data stream")
         self.epoch, self.step = state["epoch"], state["step"]
         self._workers = {int(w): (int(v[0]), int(v[1])) for w, v in state["workers"].items()}
