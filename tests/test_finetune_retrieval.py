@@ -310,3 +310,51 @@ def test_two_rank_run_evaluates_on_both_ranks_and_keeps_the_best(synthetic, tmp_
     results = json.loads(next((run / "eval" / "epoch_001").glob("*.json")).read_text())
     assert results["world_size"] == 2 and results["data"]["evaluated"] == 64
     assert (run / "weights" / "best.pth").is_file()
+
+
+# UMT's multi_modality/exp/finetuning/ret_*/l16_*.py: lr, epochs, warm-up, max text length, drop path
+UMT = {
+    "didemo": (4e-5, 5, 1, 64, 0.2),
+    "anet": (4e-5, 20, 1, 150, 0.2),
+    "lsmdc": (2e-5, 8, 1, 96, 0.2),
+    "msvd": (1e-5, 3, 0, 64, 0.3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UMT))
+def test_umt_variant_of_each_disagreeing_set_composes_with_umts_values(name):
+    lr, epochs, warmup, length, drop_path = UMT[name]
+    cfg = _compose([f"experiment=ft_retrieval_{name}_umt", "checkpoint=/weights/ViClip-InternVid-10M-FLT.pth"])
+    phase, o = cfg.phases.finetune, cfg.model.overrides
+    assert (cfg.optim.lr, phase.lr, phase.epochs, phase.warmup_epochs, o.context_length, o.drop_path_rate) == (
+        lr, lr, epochs, warmup, length, drop_path)
+    table_9 = TABLE_9[name]
+    assert (lr, epochs, length, drop_path) != (table_9[0], table_9[1], table_9[2], table_9[3])  # a real variant
+    assert cfg.finetune.train.paragraph is table_9[4] and cfg.finetune.eval.task == table_9[5]
+    assert cfg.run_name == f"ft_retrieval_{name}_umt" and o.num_frames == 12
+
+
+def test_table_9s_msvd_column_is_umts_activitynet_config():
+    assert TABLE_9["msvd"][:4] == (UMT["anet"][0], UMT["anet"][1], UMT["anet"][3], UMT["anet"][4])
+
+
+def test_text_positions_interpolate_all_trained_rows_by_default(tmp_path):
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    ckpt = export_official(viclip.create_model("tiny"), tmp_path / "tiny.pth")
+    trained = torch.load(ckpt, weights_only=True)["model"][POSITIONS]
+    (tmp_path / "ann.json").write_text("[]")
+    present = [f"checkpoint={ckpt}", f"finetune.train.annotation={tmp_path / 'ann.json'}",
+               f"finetune.train.video_root={tmp_path}", "model.overrides.context_length=48"]
+
+    def grown(*overrides):
+        trainer = RetrievalTrainer(_compose(["experiment=ft_retrieval_msrvtt", *present, *overrides]))
+        trainer.info = SimpleNamespace(is_main=False)
+        return trainer.pretrained().state_dict()[POSITIONS]
+
+    official = torch.nn.functional.interpolate(trained.T[None], size=48, mode="linear", align_corners=False)[0].T
+    torch.testing.assert_close(grown(), official)  # the official loader's rule: every row moves
+    assert not torch.equal(grown()[:32], trained)
+    last = grown("finetune.text_positions.init=last")  # the option: trained rows kept, the last one repeated
+    assert torch.equal(last[:32], trained) and torch.equal(last[32:], trained[31:].expand(16, -1))
