@@ -76,15 +76,14 @@ class RayEngine:
         started = not ray.is_initialized()
         if started:
             ray.init(address=self.address, **self.init)
-        runner = ray.put(job.make_runner)
         pending: dict[Any, tuple[int, Any]] = {}  # future -> (shard, actor or None)
         try:
             if job.model:
                 cls = ray.remote(num_cpus=1, num_gpus=self.gpus, max_restarts=RETRIES,
                                  max_task_retries=RETRIES)(_ModelWorker)
-                idle = [cls.remote(runner) for _ in range(self._actor_count(ray, len(job.inputs)))]
-            else:
-                task = ray.remote(num_cpus=job.cpus, max_retries=RETRIES)(_run_shard)
+                idle = [cls.remote(job.make_runner) for _ in range(self._actor_count(ray, len(job.inputs)))]
+            else:  # one copy of the runner in the object store for all tasks
+                task, runner = ray.remote(num_cpus=job.cpus, max_retries=RETRIES)(_run_shard), ray.put(job.make_runner)
             todo = list(job.inputs.items())
             while todo or pending:
                 while todo and (not job.model or idle):
