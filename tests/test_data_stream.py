@@ -215,11 +215,13 @@ def test_unusable_corpus_raises_instead_of_hanging(tmp_path):
     write_tar(tmp_path / "00000.tar", [(f"{i:011d}.mp4", b"junk" * 50) for i in range(6)]
               + [(f"{i:011d}.txt", b"c") for i in range(6)])
     (tmp_path / "sizes.json").write_text('{"00000.tar": 6}')
-    with pytest.raises(RuntimeError, match="in a row were unusable"):
+    with pytest.raises(DataError, match="in a row were unusable"):
         list(loader_for(tmp_path, batch_size=2, max_consecutive_skips=10))
     (tmp_path / "00000.tar").write_bytes(b"\x01" * 4096)  # not a tar, but large enough for its 6 samples
-    with pytest.raises(DataError, match="holds a readable sample"):
-        list(loader_for(tmp_path, batch_size=2))
+    for workers in (0, 1):  # raised in a worker process too: one line naming the corpus and the shard
+        with pytest.raises(DataError, match=r"^corpus corpus0: none of its 1 shards holds a readable sample \(last "
+                                            rf"read: {tmp_path}/00000.tar\)$"):
+            list(loader_for(tmp_path, num_workers=workers, batch_size=2))
 
 
 @pytest.mark.parametrize("pattern", ["{a}::{b}", "{a}/{{00000..00000}}.tar::{b}/{{00000..00000}}.tar"])

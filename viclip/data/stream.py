@@ -25,7 +25,7 @@ from viclip.data.samples import SKIP_REASONS, SkipSample, sample_fields
 from viclip.data.tars import MAX_MEMBER_BYTES, expand_shards, iter_tar_samples, open_shard, stable_hash64
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import GPU_BACKEND, VideoDecodeError, decode_device, read_video
-from viclip.errors import ConfigError, DataError
+from viclip.errors import ConfigError, DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,8 @@ class VideoTextStream(IterableDataset):
                     run += 1
                     if run >= self.config.max_consecutive_skips:
                         last = f"{sample['__shard__']}:{sample['__key__']}"
-                        raise RuntimeError(f"{run} samples in a row were unusable (last: {last}); "
-                                           "see the warnings above")
+                        raise DataError(f"{run} samples in a row were unusable (last: {last}); see the warnings "
+                                        "above")
                     continue
                 run = 0
                 items.append(item)
@@ -284,6 +284,18 @@ class VideoTextStream(IterableDataset):
             batch["_state"] = {"worker": worker, "batches": batch_number + 1, "taken": taken,
                                "skips": skip_delta, "shard_skips": shard_delta}
             yield batch
+
+
+def _next_batch(batches: Iterator[dict]) -> dict | None:
+    """The DataLoader's next batch; a user error raised in a worker keeps its own one line (torch puts
+    the worker's traceback into the message; the cause keeps it for ``--debug``)."""
+    try:
+        return next(batches, None)
+    except UserError as e:
+        lines = str(e).rstrip().splitlines()
+        if len(lines) < 2 or not lines[0].startswith("Caught "):
+            raise
+        raise type(e)(lines[-1].split(": ", 1)[-1]) from e
 
 
 def check_resume_settings(state: dict, settings: dict[str, int], what: str) -> None:
@@ -332,7 +344,8 @@ class VideoTextLoader:
         workers = self.stream.config.num_workers
         loader = DataLoader(self.stream, batch_size=None, num_workers=workers, pin_memory=self.pin_memory,
                             prefetch_factor=self.prefetch_factor if workers else None)
-        for batch in loader:
+        batches = iter(loader)
+        while (batch := _next_batch(batches)) is not None:
             state = batch.pop("_state")
             self._workers[state["worker"]] = (state["batches"], state["taken"])
             self.skips.update(state["skips"])
