@@ -34,3 +34,19 @@ def test_the_release_data_mix_is_its_own_experiment_beside_the_papers():
     assert sources["internvid_10m_flt"]["shards"] == paper["data"]["sources"]["internvid_10m_flt"]["shards"]
     for corpus in sources.values():  # one concatenated list, as the official ConcatDataset: weight = size
         assert corpus["weight"] == corpus["num_samples"]
+
+
+def test_fidelity_table_rows_have_the_five_columns_and_a_switch():
+    rows = [line for line in (REPO / "docs" / "fidelity.md").read_text().splitlines() if line.startswith("| ")]
+    header = "| field | ours | official | paper | switch |"
+    assert rows.count(header) >= 6  # one table per part of the recipe
+    body = [r for r in rows if r != header]
+    for row in body:
+        cells = [c.strip() for c in row.replace("\\|", "/").strip("|").split(" | ")]
+        assert len(cells) == 5 and all(cells), row
+    switches = " ".join(r.replace("\\|", "/").strip("|").split(" | ")[4] for r in body)
+    for switch in ("finetune.pool", "finetune.augment.repeats", "finetune.augment.rand_augment",
+                   "finetune.augment.random_erasing", "phases.finetune.min_lr", "phases.finetune.warmup_lr",
+                   "finetune.text_positions.init", "ft_retrieval_didemo_umt", "ft_retrieval_msvd_umt",
+                   "viclip_l14_internvid_10m_flt_webvid_release", "--k710-classes"):
+        assert switch in switches, switch
