@@ -3,7 +3,8 @@
 From a clone ``python train.py ...`` is the same command. ``trainer`` picks the Trainer (pretrain, or
 the fine-tuning ones of viclip.finetune: retrieval, recognition). Launch with torchrun
 (``torchrun --standalone --nproc_per_node=N --no-python viclip-train ...``), srun (slurm/train_l14.sh)
-or as one process; ``-m sweep=<name>`` runs the ablation sweeps. A config with ``final_eval`` (the
+or as one process; ``-m sweep=<name>`` runs the ablation sweeps; ``dry_run=N`` prints each phase's
+steps at N ranks and exits. A config with ``final_eval`` (the
 demo) then evaluates the last exported weights with the eval config and runner, on every rank of the
 run while its process group still stands (the runner splits the videos over them).
 """
@@ -21,6 +22,11 @@ def train_task(cfg: DictConfig) -> None:
     from hydra import compose
 
     from viclip.train import TrainResult, train, trainer_class
+    from viclip.train.config import plan
+
+    if cfg.dry_run is not None:
+        print("\n".join(plan(cfg, int(cfg.dry_run))))
+        return
 
     def final_eval(result: TrainResult) -> None:
         from viclip.eval.runner import evaluate

@@ -86,6 +86,34 @@ def phases_of(cfg: DictConfig) -> list[Phase]:
     return phases
 
 
+def steps_per_epoch(cfg: DictConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of an epoch of ``batches_per_epoch`` batches per rank (``train.steps_per_epoch`` wins)."""
+    return int(cfg.train.steps_per_epoch or 0) or max(1, batches_per_epoch // int(cfg.train.grad_accum))
+
+
+def phase_steps(phase: Phase, per_epoch: int) -> int:
+    """Optimizer steps of a whole phase: its epochs of ``per_epoch`` steps, at least one."""
+    return max(1, round(phase.epochs * per_epoch))
+
+
+def plan(cfg: DictConfig, world_size: int) -> list[str]:
+    """Each phase's batch, steps per epoch and steps at ``world_size`` ranks, from the data config's
+    ``num_samples`` (``dry_run=N``: the step counts of a run before any shard is at hand)."""
+    sizes = {name: src.get("num_samples") for name, src in cfg.data.sources.items()}
+    unknown = [name for name, n in sizes.items() if n is None]
+    if unknown:
+        raise ConfigError(f"dry_run needs data.sources.<name>.num_samples; unset for {', '.join(unknown)}")
+    samples = sum(int(n) for n in sizes.values())
+    lines = [f"{samples} clips per epoch (num_samples), {world_size} ranks, {cfg.train.grad_accum} accumulation"]
+    for phase in phases_of(cfg):
+        global_batch = phase.batch_size * world_size * int(cfg.train.grad_accum)
+        per_epoch = steps_per_epoch(cfg, samples // (phase.batch_size * world_size))
+        lines.append(f"[{phase.name}] {phase_steps(phase, per_epoch)} steps ({phase.epochs:g} epochs of {per_epoch}) "
+                     f"at {phase.batch_size} clips per rank ({global_batch} per step), mask_ratio {phase.mask_ratio}, "
+                     f"lr {phase.lr:g}")
+    return lines
+
+
 def check_missing(cfg: DictConfig) -> None:
     """Raise ConfigError naming every unset path (:func:`missing_fields`)."""
     missing = missing_fields(cfg)

@@ -37,7 +37,7 @@ from viclip.errors import OutputError
 from viclip.model import CheckpointError, ViCLIP, create_model, init_from_clip
 from viclip.train import loader as train_loader
 from viclip.train.checkpoint import Checkpointer, rng_state, set_rng_state
-from viclip.train.config import Phase, phases_of, validate_train_config
+from viclip.train.config import Phase, phase_steps, phases_of, steps_per_epoch, validate_train_config
 from viclip.train.engine import deepspeed_config, export_phase_weights, reset_optimizer_state, vectorise_scalars
 from viclip.train.kernels import prepare_kernels
 from viclip.train.logger import MetricsLogger
@@ -164,7 +164,7 @@ class Trainer:
         """Train from ``loader`` (at ``self.batch_size``); the epoch length follows from it."""
         self.loader = loader
         self.batches = train_loader.endless(loader)
-        self.steps_per_epoch = int(self.cfg.train.steps_per_epoch or 0) or max(1, len(loader) // self.grad_accum)
+        self.steps_per_epoch = steps_per_epoch(self.cfg, len(loader))
 
     def enter_phase(self, index: int) -> None:
         """Give the loader the batch size of phase ``index`` (a new loader, from the next epoch of the data,
@@ -270,12 +270,12 @@ class Trainer:
         self.save_checkpoint()  # at every phase end, with the state pointing at the next phase
 
     def phase_steps(self, phase: Phase) -> int:
-        """Optimizer steps of a whole phase: its epochs of ``steps_per_epoch``, at least one. A later phase
-        at another batch size is priced from this loader's epoch (for the ETA; exact once it runs)."""
+        """Optimizer steps of a whole phase (:func:`viclip.train.config.phase_steps`). A later phase at another
+        batch size is priced from this loader's epoch (for the ETA; exact once it runs)."""
         per_epoch = self.steps_per_epoch
-        if phase.batch_size != self.batch_size and not self.cfg.train.steps_per_epoch:
-            per_epoch = max(1, len(self.loader) * self.batch_size // phase.batch_size // self.grad_accum)
-        return max(1, round(phase.epochs * per_epoch))
+        if phase.batch_size != self.batch_size:
+            per_epoch = steps_per_epoch(self.cfg, len(self.loader) * self.batch_size // phase.batch_size)
+        return phase_steps(phase, per_epoch)
 
     def flops_per_clip(self, phase: Phase) -> float:
         """Training FLOPs per clip at the phase's masking, for the MFU of the log."""
