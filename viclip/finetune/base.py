@@ -151,7 +151,8 @@ class FinetuneTrainer(Trainer):
                                    hflip=aug.hflip, normalize=False)
         augment, repeats = self.loader_augment()
         config = LoaderConfig(self.batch_size, self.model_cfg.num_frames, seed=int(cfg.seed),
-                              num_workers=int(cfg.data.num_workers), backend=cfg.data.backend, repeats=repeats)
+                              num_workers=int(cfg.data.num_workers), backend=cfg.data.backend, repeats=repeats,
+                              max_seconds=cfg.finetune.train.get("max_seconds"))
         return FinetuneLoader(self.train_samples(), config, transform, self.tokenizer(model), info.rank,
                               info.world_size, pin_memory=torch.cuda.is_available(), augment=augment)
 
@@ -223,8 +224,12 @@ class FinetuneTrainer(Trainer):
         result = super().fit()
         if self.history and self.info.is_main:
             name = self.cfg.finetune.best_metric
-            steps = ", ".join(f"epoch {h['epoch']} {h['metrics'][name]:.2f}" for h in self.history)
-            print(f"val {name}: {steps}; kept epoch {self.best['epoch']} ({self.best['value']:.2f})", flush=True)
+            values = [h["metrics"][name] for h in self.history]
+            steps = ", ".join(f"epoch {h['epoch']} {v:.2f}" for h, v in zip(self.history, values))
+            start = f"start {values[0]:.2f}, " if self.history[0]["epoch"] == 0 else ""
+            print(f"val {name}: {steps}\nval {name}: {start}last {values[-1]:.2f}, best {self.best['value']:.2f} at "
+                  f"epoch {self.best['epoch']} (kept; selected on this validation set, so the best is optimistic)",
+                  flush=True)
         return result
 
     def end_epoch(self, phase: Phase, total: int) -> None:
