@@ -128,12 +128,25 @@ def test_eval_transform_matches_torchvision_official_pipeline():
     clip = torch.from_numpy(_moving_square(t=4))
     ours = VideoTransform(False, image_size=32)(clip)
     official = T.Compose([
-        T.Resize((32, 32), interpolation=InterpolationMode.BICUBIC, antialias=True),
+        T.Resize((32, 32), interpolation=InterpolationMode.BICUBIC, antialias=False),  # torchvision 0.15's default
         T.Lambda(lambda x: x.float().div(255.0)),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])(clip.permute(0, 3, 1, 2).contiguous())
     assert ours.shape == (4, 3, 32, 32)
     assert torch.allclose(ours, official, atol=0.02)  # uint8 kernels may round 1 level differently
+
+
+def test_antialias_switch_changes_the_resize():
+    # Pixel noise shrunk 8x: a plain bicubic kernel samples it (aliasing), an antialiased resize averages it to grey.
+    stripes = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8))
+    plain = VideoTransform(False, image_size=32)(stripes)
+    smooth = VideoTransform(False, image_size=32, antialias=True)(stripes)
+    ref = T.Resize((32, 32), interpolation=InterpolationMode.BICUBIC, antialias=True)(stripes.permute(0, 3, 1, 2))
+    assert torch.allclose(smooth, VideoTransform(False, image_size=32).normalize(ref), atol=0.02)
+    assert (plain - smooth).abs().mean() > 0.5  # normalised units: the two resizes disagree
+    train = [VideoTransform(True, image_size=32, hflip=0, antialias=a)(stripes, torch.Generator().manual_seed(0))
+             for a in (False, True)]
+    assert (train[0] - train[1]).abs().mean() > 0.5
 
 
 def test_readme_entry_point_is_the_transform_class():
@@ -142,7 +155,8 @@ def test_readme_entry_point_is_the_transform_class():
     assert viclip.video_transform(train=False, image_size=32)(clip).shape == (4, 3, 32, 32)
     clip_norm = VideoTransform(False, image_size=32, mean="clip")(clip)
     ref = T.Normalize(CLIP_MEAN, CLIP_STD)(
-        T.Resize((32, 32), interpolation=InterpolationMode.BICUBIC)(clip.permute(0, 3, 1, 2)).float() / 255)
+        T.Resize((32, 32), interpolation=InterpolationMode.BICUBIC, antialias=False)(clip.permute(0, 3, 1, 2)).float()
+        / 255)
     assert torch.allclose(clip_norm, ref, atol=0.02)
 
 

@@ -107,3 +107,12 @@ def test_non_finite_scores_are_refused_by_the_metrics():
     with pytest.raises(ValueError, match="NaN or infinite"):
         retrieval_metrics(nan, nan, torch.arange(3))
     assert ranks_from_mask(torch.zeros(2, 2), torch.eye(2, dtype=torch.bool)).tolist() == [2, 2]
+
+
+def test_a_run_that_departs_from_the_official_resize_says_so(data, tmp_path):
+    res = _evaluate(data, "synthetic_zeroshot", data["ckpt"], tmp_path / "cache", tmp_path / "a",
+                    "protocol.antialias=true", "protocol.max_pixels=4096")
+    assert res["name"] == "synthetic_zeroshot+antialias+px4096"
+    assert res["protocol"]["antialias"] is True and res["protocol"]["max_pixels"] == 4096
+    official = _evaluate(data, "synthetic_zeroshot", data["ckpt"], tmp_path / "cache", tmp_path / "b")
+    assert official["name"] == "synthetic_zeroshot" and official["protocol"]["antialias"] is False

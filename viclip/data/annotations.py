@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from viclip.data.video import VideoDecodeError, read_video
+from viclip.data.video import MAX_PIXELS, VideoDecodeError, read_video
 from viclip.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -185,10 +185,11 @@ class VideoTextDataset(Dataset):
 
     def __init__(self, records: Sequence[VideoText], num_frames: int = 8,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, sampling: str = "middle",
-                 size: int | tuple[int, int] | None = None, backend: str = "auto") -> None:
+                 size: int | tuple[int, int] | None = None, backend: str = "auto",
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         self.records = list(records)
         self.num_frames, self.transform, self.sampling = num_frames, transform, sampling
-        self.size, self.backend = size, backend
+        self.size, self.backend, self.max_pixels = size, backend, max_pixels
         self._warnings = 0
 
     def __len__(self) -> int:
@@ -198,7 +199,7 @@ class VideoTextDataset(Dataset):
         record = self.records[i]
         try:
             frames = read_video(record.video, self.num_frames, self.sampling, size=self.size,
-                                backend=self.backend, rng=i)
+                                backend=self.backend, rng=i, max_pixels=self.max_pixels)
         except VideoDecodeError as e:
             if self._warnings < _MAX_DECODE_WARNINGS:
                 self._warnings += 1

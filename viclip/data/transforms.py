@@ -4,6 +4,11 @@ Training: RandomResizedCrop(scale (0.5, 1.0), bicubic) + horizontal flip, the sa
 every frame of a clip (a per-frame crop would turn into fake motion); evaluation: resize to a square,
 bicubic. Both end with ``/255`` and mean/std normalisation (ImageNet by default, as released).
 
+Resizes are not antialiased by default: the official pipeline resizes uint8 tensors with torchvision 0.15,
+whose tensor default is ``antialias=False`` (a plain bicubic kernel, which aliases when it shrinks a frame
+by more than 2x). ``antialias=True`` filters first, as PIL does; it moves the embeddings of real footage
+(the cosine measured in docs/fidelity.md), so the released models' numbers need the official setting.
+
 With ``normalize=False`` the transform stops at uint8 and :meth:`VideoTransform.normalize` finishes
 the job wherever the batch lands: the training stream works that way, because a float32 batch is 4x
 the bytes through shared memory, pinned memory and PCIe, and writing it cost the loader a third of
@@ -53,6 +58,23 @@ def random_resized_crop_params(height: int, width: int, scale: Sequence[float], 
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def bicubic_resize(frames: torch.Tensor, size: list[int], antialias: bool, chunk: int = 8) -> torch.Tensor:
+    """uint8 ``[N, 3, H, W]`` -> uint8 ``[N, 3, *size]``, bicubic.
+
+    ``antialias=False`` is the official path, torchvision 0.15's resize of a uint8 tensor: a float bicubic
+    interpolation, clamped and rounded. torchvision's newer uint8 kernel without antialiasing departs
+    from it by up to 23 levels, so it is computed here, ``chunk`` frames at a time to bound the float copy.
+    """
+    if antialias:
+        return F.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    out = frames.new_empty((frames.shape[0], frames.shape[1], *size))
+    for start in range(0, frames.shape[0], chunk):
+        part = torch.nn.functional.interpolate(frames[start:start + chunk].float(), size=size, mode="bicubic",
+                                               align_corners=False)
+        out[start:start + chunk] = part.clamp_(0, 255).round_()
+    return out
+
+
 class VideoTransform:
     """The official train (``train=True``) or evaluation transform, the package's one entry point for it
     (``viclip.video_transform`` is this class).
@@ -60,7 +82,8 @@ class VideoTransform:
     Callable: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]`` (or batched, ``[B, ...]`` -> ``[B, ...]``);
     uint8 ``[T, 3, S, S]`` with ``normalize=False``, leaving :meth:`normalize` to the consumer.
     ``mean='clip'`` selects CLIP's statistics; ``hflip=0`` turns the flip off, for data whose
-    captions say left or right (the synthetic demo).
+    captions say left or right (the synthetic demo); ``antialias=True`` filters before resizing (the
+    official pipeline does not, see the module docstring).
 
     Random draws come from ``generator`` when given (the training stream passes one seeded per
     sample, so a resumed run crops as the first one did), else from torch's global generator.
@@ -76,6 +99,7 @@ class VideoTransform:
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
         normalize: bool = True,
+        antialias: bool = False,
     ) -> None:
         if isinstance(mean, str):
             if mean not in _NORMS:
@@ -88,7 +112,7 @@ class VideoTransform:
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values each, got {mean} and {std}")
         self.train, self.image_size, self.normalize_output = train, image_size, normalize
-        self.scale, self.ratio, self.hflip = list(scale), list(ratio), hflip
+        self.scale, self.ratio, self.hflip, self.antialias = list(scale), list(ratio), hflip, antialias
         std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         # x/255 then (x - mean)/std, folded into one multiply-add
         self._mul = 1.0 / (255.0 * std_t)
@@ -98,11 +122,10 @@ class VideoTransform:
         """One clip ``[T, 3, H, W]`` uint8 -> resized uint8 ``[T, 3, S, S]``."""
         size = [self.image_size, self.image_size]
         if not self.train:
-            return F.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+            return bicubic_resize(frames, size, self.antialias)
         height, width = frames.shape[-2:]
         top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, generator)
-        out = F.resized_crop(frames, top, left, h, w, size, interpolation=InterpolationMode.BICUBIC,
-                             antialias=True)
+        out = bicubic_resize(frames[..., top:top + h, left:left + w], size, self.antialias)
         if torch.rand((), generator=generator) < self.hflip:
             out = out.flip(-1)
         return out

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from viclip.data.annotations import VideoText, VideoTextDataset
 from viclip.data.transforms import VideoTransform
-from viclip.data.video import decode_plan
+from viclip.data.video import MAX_PIXELS, decode_plan
 from viclip.distributed import gather_rows, shard_indices, world
 from viclip.errors import ConfigError
 from viclip.eval.views import MultiViewDataset, Views, encode_views
@@ -36,6 +36,8 @@ class VideoProtocol:
     mean: str = "imagenet"
     backend: str = "auto"
     views: str = "1x1"  # temporal clips x spatial crops, scores averaged (viclip.eval.views)
+    antialias: bool = False  # the official resize is not antialiased (viclip.data.transforms)
+    max_pixels: int | None = MAX_PIXELS  # larger frames are scaled down in the decoder (viclip.data.video)
 
 
 def autocast(device: torch.device, precision: str):
@@ -50,7 +52,8 @@ def autocast(device: torch.device, precision: str):
 def protocol_transform(protocol: VideoProtocol) -> VideoTransform:
     """The eval resize to uint8 (for the loader workers); its ``normalize`` runs on the device."""
     # uint8 through the workers and onto the device (a quarter of float32's bytes), normalised there
-    return VideoTransform(False, image_size=protocol.image_size, mean=protocol.mean, normalize=False)
+    return VideoTransform(False, image_size=protocol.image_size, mean=protocol.mean, normalize=False,
+                          antialias=protocol.antialias)
 
 
 @torch.no_grad()
@@ -85,10 +88,11 @@ def embed_videos(
     backend, num_workers, pin_memory = decode_plan(protocol.backend, num_workers, device.type == "cuda")
     if views.count == 1:
         dataset = VideoTextDataset([records[i] for i in mine], num_frames=protocol.num_frames,
-                                   sampling=protocol.sampling, transform=transform, backend=backend)
+                                   sampling=protocol.sampling, transform=transform, backend=backend,
+                                   max_pixels=protocol.max_pixels)
     else:
         dataset = MultiViewDataset([records[i] for i in mine], protocol.num_frames, views, protocol.image_size,
-                                   sampling=protocol.sampling, backend=backend)
+                                   sampling=protocol.sampling, backend=backend, max_pixels=protocol.max_pixels)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                         collate_fn=VideoTextDataset.collate, pin_memory=pin_memory, persistent_workers=False)
     local = torch.zeros(len(mine), *([views.count] if views.count > 1 else []), model.cfg.embed_dim)

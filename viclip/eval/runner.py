@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 def video_protocol(cfg: DictConfig) -> VideoProtocol:
     """``cfg.protocol``'s video fields over the official protocol (:class:`VideoProtocol`'s defaults,
     which a null field keeps); ``image_size`` is left to the caller, as it is the model's."""
-    chosen = {f: cfg.protocol[f] for f in ("num_frames", "sampling", "backend") if cfg.protocol.get(f) is not None}
+    fields = ("num_frames", "sampling", "backend", "antialias", "max_pixels")
+    chosen = {f: cfg.protocol[f] for f in fields if cfg.protocol.get(f) is not None}
     if "num_frames" in chosen and (not isinstance(chosen["num_frames"], int) or chosen["num_frames"] < 1):
         raise ConfigError(f"protocol.num_frames must be a whole number >= 1, got {chosen['num_frames']!r}")
     if chosen.get("sampling", "middle") not in SAMPLINGS:
@@ -64,6 +65,10 @@ def variant_suffix(cfg: DictConfig, kind: str) -> str:
         parts.append(protocol.sampling)
     if protocol.views != task_views(cfg):
         parts.append(f"v{protocol.views}")
+    if protocol.antialias != official.antialias:
+        parts.append("antialias")
+    if protocol.max_pixels != official.max_pixels:
+        parts.append(f"px{protocol.max_pixels}")
     if not cfg.protocol.official_cleaning:
         parts.append("rawtext")
     if kind == "zeroshot":

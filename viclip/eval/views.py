@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 from viclip.data.annotations import VideoText, VideoTextDataset
-from viclip.data.video import VideoDecodeError, read_video
+from viclip.data.video import MAX_PIXELS, VideoDecodeError, read_video
 from viclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,9 @@ class MultiViewDataset(Dataset):
     collate = staticmethod(VideoTextDataset.collate)
 
     def __init__(self, records: Sequence[VideoText], num_frames: int, views: Views, image_size: int,
-                 sampling: str = "middle", backend: str = "auto") -> None:
+                 sampling: str = "middle", backend: str = "auto", max_pixels: int | None = MAX_PIXELS) -> None:
         self.records, self.num_frames, self.views = list(records), num_frames, views
-        self.image_size, self.sampling, self.backend = image_size, sampling, backend
+        self.image_size, self.sampling, self.backend, self.max_pixels = image_size, sampling, backend, max_pixels
 
     def __len__(self) -> int:
         return len(self.records)
@@ -106,7 +106,7 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         try:
             frames = read_video(self.records[i].video, self.num_frames * self.views.clips, self.sampling,
-                                backend=self.backend, rng=i)
+                                backend=self.backend, rng=i, max_pixels=self.max_pixels)
         except VideoDecodeError as e:
             log.warning("skipping item %d: %s", i, e)
             return {"index": i, "video": None}
