@@ -260,7 +260,7 @@ def loader_rate(shards: Path, backend: str, workers: int, batch: int, model: str
                  f"data.backend={backend}", f"data.num_workers={workers}", f"train.batch_size={batch}"]
     with initialize_config_dir(config_dir=str(REPO / "viclip" / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    loader = train_loader.build_loader(cfg, get_config(model), 0, 1)
+    loader = train_loader.build_loader(cfg, get_config(model), batch, 0, 1)
     batches = iter(loader)
     next(batches)  # workers start, the shuffle buffer fills
     clips, start = 0, time.perf_counter()
