@@ -144,7 +144,7 @@ def _hits(event: Event, found: Sequence[tuple[int, int]]) -> list[int]:
 def score(events: Sequence[Event], scan: VideoScan, kept: Sequence[ClipSpan] = ()) -> dict[str, dict[str, float]]:
     """Per transition kind: recall, precision, F1 (each kind's precision is charged every false
     detection) and the count; ``all`` over every kind; per distractor the detections it drew; and
-    ``clips``: the fraction of ``kept`` clips holding a transition frame (a cut: frames on both sides)."""
+    ``clips``: the fraction of ``kept`` clips holding a transition (:func:`_with_transition`)."""
     found = detections(scan)
     matched: dict[int, str] = {}  # detection -> the kind of event it falls on
     counts: dict[str, tuple[int, int]] = {}  # kind -> (events, events found)
@@ -170,6 +170,10 @@ def score(events: Sequence[Event], scan: VideoScan, kept: Sequence[ClipSpan] = (
 
 
 def _with_transition(events: Sequence[Event], kept: Sequence[ClipSpan]) -> int:
+    """Clips holding frames on both sides of a cut, or a transition frame more than ``SLACK`` frames inside
+    its span (the outermost frames of a dissolve are 1/(n+1) mixes, as the boundaries count them)."""
     def holds(c: ClipSpan, e: Event) -> bool:
-        return c.first < e.first < c.stop if e.first == e.stop else c.first < e.stop and c.stop > e.first
+        if e.first == e.stop:
+            return c.first < e.first < c.stop
+        return c.first < e.stop - SLACK and c.stop > e.first + SLACK
     return sum(any(holds(c, e) for e in events if e.is_transition) for c in kept)
