@@ -276,7 +276,7 @@ def test_training_loader_runs_through_the_fallback(no_gpu, tmp_path, caplog):
         "data": {"sources": {"clips": {"shards": str(tmp_path)}}, "num_workers": 1, "shuffle_buffer": 2,
                  "backend": "torchcodec_cuda", "augment": {"mean": "imagenet", "scale": [0.5, 1.0], "hflip": 0.5}}})
     with caplog.at_level("WARNING", logger="viclip.data.video"):
-        loader = build_loader(cfg, get_config("tiny"), 0, 1)
+        loader = build_loader(cfg, get_config("tiny"), int(cfg.train.batch_size), 0, 1)
     assert (loader.stream.config.backend, loader.stream.config.num_workers) == ("auto", 1)
     assert any("decoding on the CPU with backend=auto and 1 workers" in r.getMessage() for r in caplog.records)
     assert [tuple(b["video"].shape) for b in loader] == [(2, 8, 3, 32, 32)] * 2
