@@ -15,6 +15,8 @@
 # times its duration) or crashes its worker becomes a failed row ('timeout' / 'crashed'); the budget is
 # not recorded, so a rerun may change it. Resubmitting with --retry-failed redoes the failed videos of
 # finished shards (after fixing the cause) and rewrites those shards without duplicating a clip.
+# Each array task runs its slice of the shards with the local engine; slurm/ray_cluster.sh runs the same
+# shards on a Ray cluster instead (--engine ray), and either may finish what the other started.
 #
 # Environment variables:
 #   OUT          stage output directory (tars, parquet tables, stats files)          [required]
