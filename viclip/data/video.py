@@ -184,8 +184,13 @@ def _decode_runs(packets: list, wanted: set[int]) -> list[tuple[int, int]]:
 _FAST_PROBE = {"skip_frame": "all", "probesize": "32", "analyzeduration": "0"}
 
 
+def _first_seconds(n: int, fps: float, max_seconds: float | None) -> int:
+    """The frames of ``n`` within the first ``max_seconds`` (UMT's DiDeMo ``trimmed30``: int(30 x fps))."""
+    return max(1, min(n, int(max_seconds * float(fps)))) if max_seconds and fps else n
+
+
 def _pyav_decode(src, num_frames: int, sampling: str, size, rng,
-                 max_pixels: int | None = MAX_PIXELS) -> tuple[np.ndarray, int]:
+                 max_pixels: int | None = MAX_PIXELS, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """The sampled frames and how many pictures were decoded to get them (tests/test_data_decode_skip.py).
 
     Demux once; frame numbers come from the packet timestamps (sorted: display order), so nothing
@@ -208,6 +213,8 @@ def _pyav_decode(src, num_frames: int, sampling: str, size, rng,
         if not packets:
             raise ValueError("no video frames")
         pts = sorted(p.pts for p in packets)
+        if max_seconds:  # the frames shown before max_seconds, by their timestamps
+            pts = [p for p in pts if (p - pts[0]) * stream.time_base < max_seconds] or pts[:1]
         indices = sample_indices(len(pts), num_frames, sampling, rng)
         hw = _target_size(stream.height, stream.width, size, max_pixels)
         fmt = {"format": "rgb24"} if hw is None else {
@@ -226,11 +233,11 @@ def _pyav_decode(src, num_frames: int, sampling: str, size, rng,
         return np.stack([frames[pts[i]] for i in indices]), decoded
 
 
-def _read_pyav(src, num_frames: int, sampling: str, size, rng, max_pixels: int | None) -> np.ndarray:
-    return _pyav_decode(src, num_frames, sampling, size, rng, max_pixels)[0]
+def _read_pyav(src, num_frames: int, sampling: str, size, rng, max_pixels: int | None, max_seconds=None) -> np.ndarray:
+    return _pyav_decode(src, num_frames, sampling, size, rng, max_pixels, max_seconds)[0]
 
 
-def _read_decord(src, num_frames: int, sampling: str, size, rng, max_pixels: int | None) -> np.ndarray:
+def _read_decord(src, num_frames: int, sampling: str, size, rng, max_pixels, max_seconds=None) -> np.ndarray:
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg's log lines, one per bad input otherwise
@@ -243,11 +250,12 @@ def _read_decord(src, num_frames: int, sampling: str, size, rng, max_pixels: int
     n = len(reader)
     if n < 1:
         raise ValueError("no video frames")
+    n = _first_seconds(n, reader.get_avg_fps(), max_seconds)
     return reader.get_batch(sample_indices(n, num_frames, sampling, rng)).asnumpy()
 
 
 def _read_torchcodec(src, num_frames: int, sampling: str, size, rng, max_pixels: int | None,
-                     device: str = "cpu") -> torch.Tensor:
+                     max_seconds: float | None = None, device: str = "cpu") -> torch.Tensor:
     """torchcodec's decoder on the CPU, or with ``device='cuda'`` on this process's GPU (NVDEC): the
     frames, and the resize, stay on that device. It decodes at the stored size, so frames above
     ``max_pixels`` are refused (PyAV scales them down in the decoder)."""
@@ -265,6 +273,7 @@ def _read_torchcodec(src, num_frames: int, sampling: str, size, rng, max_pixels:
         raise ValueError("no video frames")
     if max_pixels and height * width > max_pixels:
         raise ValueError(f"frames of {width}x{height} exceed max_pixels={max_pixels}; backend=pyav scales them down")
+    n = _first_seconds(n, decoder.metadata.average_fps, max_seconds)
     frames = decoder.get_frames_at(indices=sample_indices(n, num_frames, sampling, rng)).data
     hw = _target_size(frames.shape[1], frames.shape[2], size)
     if hw is not None and hw != tuple(frames.shape[1:3]):
@@ -348,6 +357,7 @@ def read_video(
     rng: np.random.Generator | int | None = None,
     name: str | None = None,
     max_pixels: int | None = MAX_PIXELS,
+    max_seconds: float | None = None,
 ) -> torch.Tensor:
     """Decode ``num_frames`` frames sampled by :func:`sample_indices` into uint8 ``[T, H, W, 3]``.
 
@@ -358,8 +368,8 @@ def read_video(
     resizes in the decoder: an int sets the short side (aspect kept), a pair ``(H, W)`` is exact.
     ``backend='auto'`` tries :func:`auto_backends` in turn, so one decoder's quirk does not drop a
     clip. ``name`` labels bytes in error messages (e.g. ``shard.tar:key``). Frames larger than
-    ``max_pixels`` (after ``size``) come out scaled down to it, aspect kept (None: no limit). Raises
-    :class:`VideoDecodeError`.
+    ``max_pixels`` (after ``size``) come out scaled down to it, aspect kept (None: no limit); ``max_seconds``
+    samples the first seconds only (UMT's DiDeMo ``trimmed30``). Raises :class:`VideoDecodeError`.
     """
     if backend not in ("auto", *BACKENDS):
         raise ConfigError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
@@ -376,7 +386,7 @@ def read_video(
         if isinstance(src, io.BytesIO):
             src.seek(0)
         try:
-            frames = _READERS[b](src, num_frames, sampling, size, rng, max_pixels)
+            frames = _READERS[b](src, num_frames, sampling, size, rng, max_pixels, max_seconds=max_seconds)
         except ImportError:
             raise
         except _NotAVideo as e:

@@ -60,6 +60,7 @@ class LoaderConfig:
     backend: str = "auto"
     max_retries: int = 10
     repeats: int = 1
+    max_seconds: float | None = None  # sample frames from the first seconds only (UMT's DiDeMo trimmed30)
 
 
 class _EpochBatches(Dataset):
@@ -82,7 +83,8 @@ class _EpochBatches(Dataset):
             rng = np.random.default_rng([cfg.seed, self.epoch, i])
             seeds = [int(s) for s in rng.integers(2**62, size=cfg.repeats)]
             try:
-                frames = read_video(sample.video, cfg.num_frames, "random", backend=cfg.backend, rng=rng)
+                frames = read_video(sample.video, cfg.num_frames, "random", backend=cfg.backend, rng=rng,
+                                    max_seconds=cfg.max_seconds)
             except VideoDecodeError as e:
                 errors.append(str(e))
                 log.warning("fine-tuning: %s; using the next sample", e)
