@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from viclip.errors import ConfigError
 from viclip.eval.model_loading import resolve_checkpoint, wise_ft
 from viclip.eval.runner import variant_suffix
 from viclip.model import CheckpointError, ViCLIP, create_model, export_official, export_safetensors, init_from_clip
@@ -80,11 +81,24 @@ def test_wise_ft_blends_with_the_clip_initialisation(tmp_path):
     before = {k: v.clone() for k, v in finetuned.state_dict().items()}
     zero_shot_end = ViCLIP(finetuned.cfg)
     init_from_clip(zero_shot_end, clip_path)
+    with torch.no_grad():
+        finetuned.vision_encoder.temporal_positional_embedding.normal_()  # trained: not CLIP's init
+    before = {k: v.clone() for k, v in finetuned.state_dict().items()}
     assert wise_ft(finetuned, clip_path, alpha=0.5) == clip_path
     after = finetuned.state_dict()
+    temporal = "vision_encoder.temporal_positional_embedding"  # kept, as the official wiseft.keys_to_exclude
+    torch.testing.assert_close(after[temporal], before[temporal])
     for name, value in zero_shot_end.state_dict().items():
-        torch.testing.assert_close(after[name], 0.5 * value + 0.5 * before[name], msg=name)
+        if name != temporal:
+            torch.testing.assert_close(after[name], 0.5 * value + 0.5 * before[name], msg=name)
     assert not torch.equal(after["vision_encoder.conv1.weight"], before["vision_encoder.conv1.weight"])
+    blended_all = create_model("tiny")
+    blended_all.load_state_dict(before)
+    wise_ft(blended_all, clip_path, alpha=0.5, keep=())
+    torch.testing.assert_close(blended_all.state_dict()[temporal],
+                               0.5 * zero_shot_end.state_dict()[temporal] + 0.5 * before[temporal])
+    with pytest.raises(ConfigError, match="wise_ft.keep names tensors the model does not have"):
+        wise_ft(blended_all, clip_path, alpha=0.5, keep=("vision_encoder.nope",))
     with pytest.raises(ValueError, match="alpha"):
         wise_ft(finetuned, clip_path, alpha=1.5)
     with pytest.raises(CheckpointError, match="wise_ft.clip=openia: CLIP weights 'openia': no such file"):
@@ -99,6 +113,18 @@ def test_non_default_options_are_named():
     assert variant_suffix(default, "zeroshot") == ""
     assert variant_suffix(custom, "zeroshot") == "+f16+embed+dsl+wiseft0.5"
     assert variant_suffix(custom, "retrieval") == "+f16+dsl+wiseft0.5"  # template options do not apply
+
+
+def test_official_flt_wiseft_preset_is_named_and_sets_the_scripts_protocol():
+    with initialize_config_dir(config_dir=str(ROOT / "viclip" / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=["output_dir=.", "task=zeroshot_k400", "preset=official_flt_wiseft05"])
+        blend_all = compose("eval", overrides=["output_dir=.", "wise_ft.clip=/w/clip.pt", "wise_ft.keep=[]"])
+    assert variant_suffix(cfg, "zeroshot") == "+official_flt_wiseft05+wiseft0.5+bf16"
+    assert (cfg.wise_ft.clip, cfg.wise_ft.alpha, list(cfg.wise_ft.keep)) == (
+        "openai", 0.5, ["vision_encoder.temporal_positional_embedding"])
+    assert (cfg.protocol.num_frames, cfg.protocol.sampling, cfg.protocol.antialias) == (8, "middle", False)
+    assert (cfg.templates.set, cfg.templates.reduce, cfg.precision) == ("kinetics", "sim", "bf16")
+    assert variant_suffix(blend_all, "zeroshot") == "+wiseft0.5-keep"
 
 
 def test_eval_runs_from_a_hub_name(tmp_path, monkeypatch):

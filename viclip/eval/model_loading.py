@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from viclip.model.hub import is_hub_name, is_pretrained_folder, resolve_pretrain
 from viclip.model.weights import model_name_of, resolve_clip_weights
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
+# Kept from the checkpoint by wise_ft: the official scripts' wiseft.keys_to_exclude (zs_*/config.py).
+WISE_FT_KEEP = ("vision_encoder.temporal_positional_embedding",)
 _EXPECTED = "an official .pth, a .safetensors file, a pretrained folder, hf-hub:ORG/NAME or a training run directory"
 
 
@@ -65,12 +68,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 @torch.no_grad()
-def wise_ft(model: ViCLIP, clip_weights: str | os.PathLike, alpha: float) -> Path:
+def wise_ft(model: ViCLIP, clip_weights: str | os.PathLike, alpha: float,
+            keep: Sequence[str] = WISE_FT_KEEP) -> Path:
     """Blend in place: ``(1 - alpha) * CLIP-initialised ViCLIP + alpha * model`` (Wortsman et al. 2022);
     returns the CLIP weights file (``clip_weights`` may be an open_clip tag such as ``openai``).
 
     The zero-shot end is ViCLIP initialised from ``clip_weights`` exactly as training starts
-    (``init_from_clip``), so tensors CLIP lacks (the temporal embedding) take their init values.
+    (``init_from_clip``). Tensors named in ``keep`` stay the model's: by default the temporal embedding,
+    which CLIP lacks, as the official scripts' ``wiseft.keys_to_exclude`` does (blending it would halve it).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"wise_ft.alpha must be in [0, 1], got {alpha}")
@@ -81,7 +86,11 @@ def wise_ft(model: ViCLIP, clip_weights: str | os.PathLike, alpha: float) -> Pat
     init = ViCLIP(model.cfg)
     init_from_clip(init, path)
     init_sd = init.state_dict()
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
+    state = model.state_dict()
+    unknown = sorted(set(keep) - set(state))
+    if unknown:
+        raise ConfigError(f"wise_ft.keep names tensors the model does not have: {unknown[:3]}")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and name not in keep:
             tensor.mul_(alpha).add_(init_sd[name].to(tensor), alpha=1.0 - alpha)
     return path

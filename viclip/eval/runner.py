@@ -25,7 +25,7 @@ from viclip.eval.cache import EmbeddingCache, cache_key, file_identity
 from viclip.eval.dual_softmax import dual_softmax
 from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.eval.metrics import retrieval_metrics, topk_accuracy
-from viclip.eval.model_loading import file_sha256, resolve_checkpoint, wise_ft
+from viclip.eval.model_loading import WISE_FT_KEEP, file_sha256, resolve_checkpoint, wise_ft
 from viclip.eval.report import SCHEMA, format_table, write_results
 from viclip.eval.score import cosine_per_video, score_summary
 from viclip.eval.tasks import EvalSplit, load_task
@@ -57,7 +57,7 @@ def task_views(cfg: DictConfig) -> str:
 
 def variant_suffix(cfg: DictConfig, kind: str) -> str:
     """Non-default protocol options, in the results' name: ``zeroshot_k400+embed+dsl``."""
-    parts = []
+    parts = [cfg.preset] if cfg.get("preset") else []  # a named protocol (configs/preset) leads the name
     protocol, official = video_protocol(cfg), VideoProtocol()
     if protocol.num_frames != official.num_frames:
         parts.append(f"f{protocol.num_frames}")
@@ -79,10 +79,16 @@ def variant_suffix(cfg: DictConfig, kind: str) -> str:
     if kind in ("zeroshot", "retrieval") and cfg.dual_softmax:
         parts.append("dsl")
     if cfg.wise_ft.clip:
-        parts.append(f"wiseft{cfg.wise_ft.alpha:g}")
+        parts.append(f"wiseft{cfg.wise_ft.alpha:g}" + ("" if wise_ft_keep(cfg) == WISE_FT_KEEP else "-keep"))
     if cfg.precision != "fp32":
         parts.append(cfg.precision)
     return "".join(f"+{p}" for p in parts)
+
+
+def wise_ft_keep(cfg: DictConfig) -> tuple[str, ...]:
+    """The tensors wise-ft keeps from the checkpoint: ``wise_ft.keep``, null for the official set."""
+    keep = cfg.wise_ft.get("keep")
+    return WISE_FT_KEEP if keep is None else tuple(keep)
 
 
 def _model_choice(cfg: DictConfig) -> str | None:
@@ -106,9 +112,10 @@ class Evaluator:
                                     num_frames=protocol.num_frames)
         self.wise = None
         if cfg.wise_ft.clip:
-            clip_file = wise_ft(self.model, cfg.wise_ft.clip, cfg.wise_ft.alpha)  # a file or an open_clip tag
+            keep = wise_ft_keep(cfg)
+            clip_file = wise_ft(self.model, cfg.wise_ft.clip, cfg.wise_ft.alpha, keep)  # a file or an open_clip tag
             self.wise = {"clip": str(cfg.wise_ft.clip), "sha256": file_sha256(clip_file),
-                         "alpha": cfg.wise_ft.alpha}
+                         "alpha": cfg.wise_ft.alpha, "keep": list(keep)}
         self.protocol = dataclasses.replace(protocol, image_size=self.model.cfg.image_size)
         self.cache = EmbeddingCache(cfg.cache_dir if cfg.embedding_cache else None)
         self.model_key = {"checkpoint": sha, "wise_ft": self.wise, "precision": cfg.precision,
@@ -276,7 +283,7 @@ def evaluate(cfg: DictConfig) -> dict:
     protocol = {
         **dataclasses.asdict(evaluator.protocol), "transform": view_transform(Views.parse(evaluator.protocol.views)),
         "official_cleaning": cfg.protocol.official_cleaning, "dual_softmax": bool(cfg.dual_softmax),
-        "wise_ft": evaluator.wise, "precision": cfg.precision,
+        "wise_ft": evaluator.wise, "precision": cfg.precision, "preset": cfg.get("preset"),
     }
     if kind == "zeroshot":
         protocol.update(templates=cfg.templates.set, templates_reduce=cfg.templates.reduce)
