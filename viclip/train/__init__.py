@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from viclip.errors import ConfigError
 from viclip.train.trainer import Trainer, TrainResult, train
 
 # config key `trainer` -> the class that runs it; fine-tuning classes are imported only when asked for
@@ -17,7 +18,7 @@ TRAINERS = {
 def trainer_class(name: str) -> type[Trainer]:
     """The Trainer subclass that the config's ``trainer`` field names."""
     if name not in TRAINERS:
-        raise ValueError(f"trainer must be one of {', '.join(TRAINERS)}, got {name!r}")
+        raise ConfigError(f"trainer must be one of {', '.join(TRAINERS)}, got {name!r}")
     module, cls = TRAINERS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

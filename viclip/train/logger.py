@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from viclip.atomic import atomic_write
+from viclip.errors import ConfigError
 from viclip.progress import format_duration
 
 LOGGERS = ("wandb", "none")
@@ -90,7 +91,7 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, logger: str, run_name: str, config: dict, wandb_cfg: dict,
                  enabled: bool, start_step: int = 0, console: bool = True) -> None:
         if logger not in LOGGERS:
-            raise ValueError(f"logger must be one of {LOGGERS}, got {logger!r}")
+            raise ConfigError(f"logger must be one of {LOGGERS}, got {logger!r}")
         self.enabled, self.console = enabled, console
         self.path = run_dir / "metrics.jsonl"
         self._wandb = None

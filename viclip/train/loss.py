@@ -27,6 +27,7 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
+from viclip.errors import ConfigError
 from viclip.model import ViCLIPConfig
 
 SameVideo = Literal["negative", "ignore", "positive"]
@@ -78,7 +79,7 @@ class ClipLoss(nn.Module):
                  world_size: int = 1, temp_min: float = ViCLIPConfig.temp_min) -> None:
         super().__init__()
         if same_video not in SAME_VIDEO_CHOICES:
-            raise ValueError(f"loss.same_video must be one of {SAME_VIDEO_CHOICES}, got {same_video!r}")
+            raise ConfigError(f"loss.same_video must be one of {SAME_VIDEO_CHOICES}, got {same_video!r}")
         self.local_loss = local_loss
         self.same_video = same_video
         self.rank = rank

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from viclip.errors import ConfigError
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups over the trainable parameters: decayed weights, and the rest.
@@ -23,7 +25,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if p.ndim < 2 or name in skip else decay).append(p)
     if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("model: no trainable parameters (every tower frozen?); nothing to train")
     return [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from viclip.atomic import atomic_write
 from viclip.distributed import DistInfo, broadcast_object
-from viclip.errors import OutputError
+from viclip.errors import ConfigError, OutputError
 
 MARKER = ".viclip-run"
 LOCK = ".viclip-run.lock"
@@ -86,7 +86,7 @@ def save_resolved_config(cfg: DictConfig, run_dir: Path, info: DistInfo) -> None
     digests = [None] * info.world_size
     dist.all_gather_object(digests, digest)
     if len(set(digests)) != 1:
-        raise RuntimeError("the resolved config differs between ranks (environment variables differ between "
+        raise ConfigError("the resolved config differs between ranks (environment variables differ between "
                            "nodes?); every rank must train the same config")
     if info.is_main:
         atomic_write(run_dir / "config.yaml", text)
