@@ -118,3 +118,15 @@ def test_rerun_removes_a_work_dir_left_behind_a_done_shard(sources, tmp_path):
     summary = run_stage(list_folder(sources), out, videos_per_shard=N_VIDEOS, workers=0, progress=False)
     assert summary.done == 0 and summary.skipped == summary.shards
     assert not (out / ".work").exists()
+
+
+def test_a_stage_ends_with_a_human_summary(sources, reference):
+    summary = run_stage(list_folder(sources), reference, videos_per_shard=1, workers=0, progress=False)
+    assert str(summary).startswith(f"0 shards done, {N_VIDEOS + 1} done before (of {N_VIDEOS + 1}); 0 videos")
+    out = reference.parent / "summary"
+    printed = subprocess.run([sys.executable, str(ROOT / "tools/split_scenes.py"), "--videos", str(sources), "--out",
+                              str(out), "--videos-per-shard", "4", "--workers", "1", "--no-progress"],
+                             check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith(f"3 shards done, 0 done before (of 3); {N_VIDEOS + 1} videos: {2 * N_VIDEOS - 2} clips "
+                           "kept, 1 failed (undecodable 1);") and last.endswith(f"output in {out}")
