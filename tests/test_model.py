@@ -185,3 +185,23 @@ def test_zero_shot_tokenizes_at_the_model_context_length():
     model = viclip.create_model("tiny", context_length=16).eval()
     probs = viclip.zero_shot(model, torch.randn(2, 8, 3, 32, 32), ["left", "right", "up"])
     assert probs.shape == (2, 3)
+
+
+def _official_text_positions(old: torch.Tensor, length: int) -> torch.Tensor:
+    """The official interpolate_pos_embed_vit on text_encoder.positional_embedding, step by step from its source:
+    [n, d] -> [1, n, 1, d] -> [1, d, n] -> F.interpolate(size=length, mode="linear") -> [length, d]."""
+    seq = old.unsqueeze(0).unsqueeze(2).squeeze(2).permute(0, 2, 1)
+    return torch.nn.functional.interpolate(seq, length, mode="linear").permute(0, 2, 1).squeeze(0)
+
+
+def test_text_positions_interpolate_as_the_official_fine_tuning_loader():
+    from viclip.model.text import extend_positional_embedding
+
+    ramp = torch.arange(4.0).unsqueeze(1).expand(4, 3)
+    grown = extend_positional_embedding(ramp, 8, "interpolate")
+    torch.testing.assert_close(grown[:, 0], torch.tensor([0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0]))
+    torch.manual_seed(0)
+    table = torch.randn(32, 16)
+    for length in (40, 64, 150):
+        torch.testing.assert_close(extend_positional_embedding(table, length, "interpolate"),
+                                   _official_text_positions(table, length), rtol=0, atol=1e-6)

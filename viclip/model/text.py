@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from viclip.model.vision import QuickGELU
+from viclip.model.vision import QuickGELU, interpolate_temporal_embedding
 
 if TYPE_CHECKING:
     from open_clip.transformer import TextTransformer
@@ -40,15 +40,18 @@ def build_text_tower(
     )
 
 
-POSITION_INITS = ("last", "clip")
+POSITION_INITS = ("last", "clip", "interpolate")
 
 
 def extend_positional_embedding(table: torch.Tensor, length: int, init: str = "last",
                                 clip_table: torch.Tensor | None = None) -> torch.Tensor:
     """The text position table ``[n, W]`` grown to ``[length, W]`` for longer fine-tuning texts.
 
-    The first ``n`` rows are kept as they are: the tower is causal and pools the EOT token, so a text
-    of at most ``n`` tokens embeds exactly as before. The new rows are, by ``init``:
+    ``interpolate`` is the official fine-tuning loader's rule (``interpolate_pos_embed_vit`` calls
+    ``load_temp_embed_with_mismatch`` with ``add_zero=False`` on the text table too): all ``n`` trained
+    rows resampled linearly to ``length``, so every position moves. ``last`` and ``clip`` instead keep
+    the first ``n`` rows as they are (the tower is causal and pools the EOT token, so a text of at most
+    ``n`` tokens embeds exactly as before) and add new rows:
 
     - ``last``: copies of row ``n - 1``, the last position the checkpoint was trained at;
     - ``clip``: CLIP's own rows ``n ... 76`` from ``clip_table`` ``[77, W]`` (ViCLIP's rows are CLIP's
@@ -62,6 +65,8 @@ def extend_positional_embedding(table: torch.Tensor, length: int, init: str = "l
         raise ValueError(f"text context length {length} must exceed the checkpoint's {n} to extend it")
     if init not in POSITION_INITS:
         raise ValueError(f"text position init must be one of {POSITION_INITS}, got {init!r}")
+    if init == "interpolate":
+        return interpolate_temporal_embedding(table.unsqueeze(0), length)[0]
     if init == "last":
         source = table[-1:]
     else:

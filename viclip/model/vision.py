@@ -115,6 +115,16 @@ def random_keep(batch: int, length: int, mask_ratio: float, device: torch.device
     return torch.rand(batch, length, device=device).argsort(dim=1)[:, :keep].sort(dim=1).values
 
 
+def interpolate_temporal_embedding(embed: torch.Tensor, length: int) -> torch.Tensor:
+    """Linearly resample a position table ``[1, T, C]`` to ``[1, length, C]`` (``align_corners=False``): the
+    official loader's rule (``load_temp_embed_with_mismatch``, ``add_zero=False``) for the temporal table
+    and, in fine-tuning, the text position table."""
+    if embed.shape[1] == length:
+        return embed
+    resized = F.interpolate(embed.float().transpose(1, 2), size=length, mode="linear", align_corners=False)
+    return resized.transpose(1, 2).to(embed.dtype)
+
+
 class VisionTransformer(nn.Module):
     """Spatiotemporal ViT: per-frame (or per-tubelet) patches, 2-D CLIP positions shared by all frames,
     a learned temporal embedding on patch tokens, one class token, joint attention over all tokens."""

@@ -28,6 +28,7 @@ from viclip.atomic import atomic_path
 from viclip.errors import ConfigError, DataError, UnsafeFileError
 from viclip.model.torchscript import read_torchscript
 from viclip.model.viclip import MODEL_CONFIGS, ViCLIP, ViCLIPConfig
+from viclip.model.vision import interpolate_temporal_embedding
 
 StateDict = dict[str, torch.Tensor]
 _TEMPORAL_KEY = "vision_encoder.temporal_positional_embedding"
@@ -193,14 +194,6 @@ def read_config(path: str | os.PathLike) -> ViCLIPConfig:
     if "viclip_config" in meta:
         return config_from_dict(json.loads(meta["viclip_config"]), f"{path} (its viclip_config)")
     return config_from_state_dict(_unwrap(obj, path))
-
-
-def interpolate_temporal_embedding(embed: torch.Tensor, length: int) -> torch.Tensor:
-    """Linearly resample ``[1, T, C]`` to ``[1, length, C]`` (the official fine-tuning rule)."""
-    if embed.shape[1] == length:
-        return embed
-    resized = F.interpolate(embed.float().transpose(1, 2), size=length, mode="linear", align_corners=False)
-    return resized.transpose(1, 2).to(embed.dtype)
 
 
 def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
