@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from viclip.errors import ConfigError, DataError
 from viclip.model.vision import QuickGELU, interpolate_temporal_embedding
 
 if TYPE_CHECKING:
@@ -62,18 +63,18 @@ def extend_positional_embedding(table: torch.Tensor, length: int, init: str = "l
     """
     n, width = table.shape
     if length <= n:
-        raise ValueError(f"text context length {length} must exceed the checkpoint's {n} to extend it")
+        raise ConfigError(f"text context length {length} must exceed the checkpoint's {n} to extend it")
     if init not in POSITION_INITS:
-        raise ValueError(f"text position init must be one of {POSITION_INITS}, got {init!r}")
+        raise ConfigError(f"text position init must be one of {POSITION_INITS}, got {init!r}")
     if init == "interpolate":
         return interpolate_temporal_embedding(table.unsqueeze(0), length)[0]
     if init == "last":
         source = table[-1:]
     else:
         if clip_table is None:
-            raise ValueError("text position init 'clip' needs CLIP's position table (clip_weights)")
+            raise ConfigError("text position init 'clip' needs CLIP's position table (clip_weights)")
         if clip_table.ndim != 2 or clip_table.shape[1] != width or clip_table.shape[0] <= n:
-            raise ValueError(f"CLIP's position table {tuple(clip_table.shape)} does not continue the "
+            raise DataError(f"CLIP's position table {tuple(clip_table.shape)} does not continue the "
                              f"checkpoint's [{n}, {width}]")
         source = clip_table[n:length].to(table)
     rows = length - n
