@@ -35,6 +35,17 @@ COLUMNS = {
     "score": ("ViCLIP score: mean cosine similarity of each video with its prompt", (("mean", "mean"),)),
 }
 RETRIEVAL_DETAIL = ("r1", "r5", "r10", "medr", "meanr")
+# What each table's columns measure, printed under it (percentages; ties count against the model).
+COLUMN_NOTES = {
+    "zeroshot": "top-1: % of videos whose own class scores highest; AVG: the mean of top-1 and top-5 accuracy "
+                "(the paper's AVG, after CLIP and EVA-CLIP)",
+    "retrieval": "T2V: % of texts whose video ranks first among all videos; V2T: % of videos with one of "
+                 "their texts ranked first among all texts (Recall@1)",
+    "linear": "top-1: % of validation videos classified right by a linear classifier on frozen embeddings; "
+              "AVG: the mean of top-1 and top-5",
+    "finetuned": "top-1 / top-5: % of videos whose class is the classifier's first / among its first five",
+    "score": "mean: the mean cosine similarity of each video's embedding with its prompt's (-1 to 1)",
+}
 
 
 def write_results(results: dict, out_dir: str | os.PathLike) -> Path:
@@ -99,7 +110,8 @@ def format_table(results: Iterable[dict]) -> str:
                 m = by_cell.get((label, ds))
                 cells += [f"{m[key]:.2f}" if m else "-" for _, key in cols]
             rows.append([label, *cells])
-        blocks.append(_grid(title, datasets, [h for _ in datasets for h, _ in cols], rows))
+        blocks.append(_grid(title, datasets, [h for _ in datasets for h, _ in cols], rows) + "\n"
+                      + COLUMN_NOTES[kind])
         if kind == "retrieval":
             blocks.append(_retrieval_detail(of_kind))
         skipped = [f"{r['dataset']}: {r['data']['skipped']}" for r in of_kind if r["data"].get("skipped")]

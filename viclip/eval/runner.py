@@ -28,7 +28,7 @@ from viclip.eval.metrics import retrieval_metrics, topk_accuracy
 from viclip.eval.model_loading import WISE_FT_KEEP, file_sha256, resolve_checkpoint, wise_ft
 from viclip.eval.report import SCHEMA, format_table, write_results
 from viclip.eval.score import cosine_per_video, score_summary
-from viclip.eval.tasks import EvalSplit, load_task
+from viclip.eval.tasks import EvalSplit, label_task, load_task
 from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
 from viclip.eval.views import Views, mean_view_scores, view_transform
 from viclip.model import load_model, model_name_of
@@ -257,6 +257,7 @@ def evaluate(cfg: DictConfig) -> dict:
     rank, world_size = world()
     weights = resolve_checkpoint(cfg.checkpoint)
     task = OmegaConf.to_container(cfg.task, resolve=True)
+    task.update(label_task(task))  # a custom task's name, for the results and every message
     splits = load_task(task, cache_dir=cfg.cache_dir)  # fails on a bad path before any model is built
     views = video_protocol(cfg).views
     if Views.parse(views).count > 1 and task["kind"] not in ("zeroshot", "finetuned"):

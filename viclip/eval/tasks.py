@@ -81,11 +81,24 @@ def _classification(task: dict, prefix: str = "") -> EvalSplit:
     return EvalSplit(annotation, video_root, records, names)
 
 
+def label_task(task: dict) -> dict:
+    """``name`` and ``dataset`` for a task of your own videos left unlabelled (``label=null``): the
+    annotation file's name, so its results never pass for another set's."""
+    if task.get("name") and task.get("dataset"):
+        return {}
+    if not task.get("annotation"):
+        raise ConfigError(f"annotation is not set for a {task.get('kind')} task of your own videos: give annotation="
+                          f"FILE ({FORMATS['video_text' if task.get('kind') == 'retrieval' else 'classification']})")
+    stem = Path(os.path.expanduser(str(task["annotation"]))).stem
+    return {"name": task.get("name") or stem, "dataset": task.get("dataset") or stem}
+
+
 def load_task(task: dict, cache_dir: str | None = None) -> dict[str, EvalSplit]:
     """The splits of ``task`` (the resolved task config as a dict): ``{"eval": ...}``, plus
     ``"train"`` for linear probing."""
     if task.get("kind") not in KINDS:
         raise ConfigError(f"task.kind must be one of {KINDS}, got {task.get('kind')!r} (task {task.get('name')})")
+    task = {**task, **label_task(task)}
     task = {**task, **_with_synthetic(task, cache_dir)}
     if task["kind"] == "score":  # viclip_score: a folder of (generated) videos and a prompt for each
         videos = _require(task, "videos", "a directory of videos (videos=DIR)", is_dir=True)
