@@ -7,9 +7,14 @@
 
 Adds caption_coarse (middle frame), frame_captions (at --fine-fps), caption_fine (their summary)
 and caption (the summary of both) to each shard's table. Models are local directories or hub ids
-already in the Hugging Face cache; --coarse-kind/--summariser-kind take "package.module:factory" to
-plug in other models (factory(spec, device, dtype, batch_size) -> callable). Any --fine-* option
-gives the frames their own captioner (paper: Tag2Text), its other settings taken from --coarse-*.
+already in the Hugging Face cache (checked before any work; nothing is downloaded);
+--coarse-kind/--summariser-kind take "package.module:factory" to plug in other models
+(docs/captioners.md: factory(spec, device, dtype, batch_size) -> a callable from uint8 frames to one
+string each; a module in the working directory is found). Any --fine-* option gives the frames their
+own captioner (paper: Tag2Text), its other settings taken from --coarse-*.
+
+    # captions from elsewhere, no models: a file keyed by clip_id (or video_id + start + end)
+    viclip-curate caption-clips --input clips/ --out captioned/ --captions my_captions.csv
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="finished stage directory (clip tables + tars)")
     parser.add_argument("--out", required=True, help="output directory (one table per shard)")
+    parser.add_argument("--captions", help="a file of your own captions (CSV, JSON, JSONL or parquet with 'caption' "
+                        "and 'clip_id', or 'video_id', 'start', 'end'): joined instead of running models")
     add_options(parser, CaptionConfig, "captioning", choices={"dtype": DTYPES})
     add_task_args(parser)
     add_engine_args(parser, models=True)
     a = parser.parse_args()
     cfg = from_args(CaptionConfig, a, fallbacks={"fine": "coarse"})
     print(run_captioning(a.input, a.out, cfg, task=a.task, num_tasks=a.num_tasks, progress=not a.no_progress,
-                         engine=engine_from_args(a)))
+                         engine=engine_from_args(a), captions=a.captions))
 
 
 if __name__ == "__main__":

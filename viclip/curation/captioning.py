@@ -16,12 +16,15 @@ a hub id (never downloaded here: pre-fetch them), and ``"package.module:factory"
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +32,11 @@ import torch
 
 from viclip.curation.engine import Engine
 from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
+from viclip.curation.own_captions import join_caption_file, read_caption_file
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.video import read_video
 from viclip.distributed import pick_device
+from viclip.errors import ConfigError
 
 # uint8 [H, W, 3] images -> one caption each, same order
 ImageCaptioner = Callable[[Sequence[np.ndarray]], list[str]]
@@ -82,7 +87,7 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     return dev, getattr(torch, dtype)
 
 
@@ -139,17 +144,54 @@ CAPTIONERS: dict[str, Callable[..., ImageCaptioner]] = {"hf": HFImageCaptioner}
 SUMMARISERS: dict[str, Callable[..., Summariser]] = {"hf": HFSummariser}
 
 
+def plugin_factory(kind: str, option: str) -> Callable:
+    """The ``factory`` of a ``package.module:factory`` kind; a module in the working directory is found
+    without PYTHONPATH (console scripts do not put the working directory on ``sys.path``)."""
+    module, _, name = kind.partition(":")
+    top = module.split(".")[0]
+    if os.getcwd() not in sys.path and (Path(f"{top}.py").is_file() or Path(top).is_dir()):
+        sys.path.append(os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"{option} {kind}: no module {e.name!r} (in the working directory or installed)") from None
+    except AttributeError:
+        raise ConfigError(f"{option} {kind}: module {module!r} has no {name!r}") from None
+    return factory
+
+
 def build_captioner(registry: dict[str, Callable], spec: ModelSpec, device: torch.device, dtype: torch.dtype,
-                    batch_size: int) -> Callable:
+                    batch_size: int, option: str = "--coarse-kind") -> Callable:
     """``factory(spec, device, dtype, batch_size)`` from the registry or from ``module:factory``."""
     if ":" in spec.kind:
-        module, _, name = spec.kind.partition(":")
-        factory = getattr(importlib.import_module(module), name)
+        factory = plugin_factory(spec.kind, option)
     elif spec.kind in registry:
         factory = registry[spec.kind]
     else:
-        raise KeyError(f"unknown model kind {spec.kind!r}: use one of {sorted(registry)} or 'package.module:factory'")
+        raise ConfigError(f"{option}: unknown model kind {spec.kind!r}: use one of {sorted(registry)} or "
+                          "'package.module:factory'")
     return factory(spec, device, dtype, batch_size)
+
+
+def check_models(cfg: CaptionConfig) -> None:
+    """Before any work and without the network: each ``hf`` model is a local directory or in the Hugging Face
+    cache, each plugin's factory imports. Otherwise one line naming the model, the cache and the options."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    for field, spec in (("coarse", cfg.coarse), ("fine", cfg.fine), ("summariser", cfg.summariser)):
+        if spec is None:
+            continue
+        if ":" in spec.kind:
+            plugin_factory(spec.kind, f"--{field}-kind")
+        elif Path(spec.path).is_dir():
+            if not (Path(spec.path) / "config.json").is_file():
+                raise ConfigError(f"--{field}-path {spec.path}: a model directory needs a config.json")
+        elif not isinstance(try_to_load_from_cache(spec.path, "config.json"), str):
+            raise ConfigError(
+                f"--{field}-path {spec.path}: not a local directory and not in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}); nothing is downloaded here: fetch it first "
+                f"(huggingface-cli download {spec.path}), give a local directory with --{field}-path, or "
+                f"another model with --{field}-kind package.module:factory (docs/captioners.md)")
 
 
 def fine_frame_count(duration: float, fps: float, max_frames: int) -> int:
@@ -181,8 +223,10 @@ class Captioner:
     def from_config(cls, cfg: CaptionConfig) -> Captioner:
         device, dtype = resolve_device(cfg.device, cfg.dtype)
         coarse = build_captioner(CAPTIONERS, cfg.coarse, device, dtype, cfg.images_per_batch)
-        fine = build_captioner(CAPTIONERS, cfg.fine, device, dtype, cfg.images_per_batch) if cfg.fine else None
-        return cls(cfg, coarse, fine, build_captioner(SUMMARISERS, cfg.summariser, device, dtype, cfg.texts_per_batch))
+        fine = (build_captioner(CAPTIONERS, cfg.fine, device, dtype, cfg.images_per_batch, "--fine-kind")
+                if cfg.fine else None)
+        return cls(cfg, coarse, fine, build_captioner(SUMMARISERS, cfg.summariser, device, dtype,
+                                                      cfg.texts_per_batch, "--summariser-kind"))
 
     def caption_batch(self, middles: list[np.ndarray], frames: list[list[np.ndarray]]) -> list[tuple]:
         """(coarse, fine, frame captions, caption) per clip."""
@@ -260,11 +304,34 @@ def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict
     return set_columns(table, columns)
 
 
+class FileCaptions:
+    """The caption stage from a file of one's own captions (:mod:`viclip.curation.own_captions`), no models."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, shard: TableShard) -> tuple[pa.Table, dict]:
+        table, matched = join_caption_file(shard.table, self.path)
+        kept = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "kept"]
+        captions = table.column("caption").to_pylist()
+        shard.advance(len(kept))
+        return table, {"clips": len(kept), "captioned": sum(bool(captions[i]) for i in kept), "from_file": matched}
+
+
 def run_captioning(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: CaptionConfig,
                    captioner: Captioner | None = None, task: int = 0, num_tasks: int = 1,
-                   progress: bool = True, engine: Engine | None = None) -> StageSummary:
+                   progress: bool = True, engine: Engine | None = None, captions: str | None = None) -> StageSummary:
     """Caption every finished shard of ``in_dir`` into ``out_dir`` (resumable; see ``run_table_stage``,
-    which loads the models only when a shard needs them)."""
+    which loads the models only when a shard needs them, after :func:`check_models` found them all).
+    ``captions``: a file of captions of one's own joined instead (no models run)."""
+    if captions is not None:
+        read_caption_file(captions)  # a bad file fails here, before config.json is written
+        record = {"stage": "caption", "captions_file": str(Path(captions).resolve()),
+                  "captions_sha256": hashlib.sha256(Path(captions).read_bytes()).hexdigest()}
+        return run_table_stage(in_dir, out_dir, lambda: FileCaptions(str(captions)), record, task=task,
+                               num_tasks=num_tasks, progress=progress, engine=engine)
+    if captioner is None:
+        check_models(cfg)
     return run_table_stage(
         in_dir, out_dir, lambda: captioner if captioner is not None else Captioner.from_config(cfg),
         {"stage": "caption", "config": cfg.record()}, task=task, num_tasks=num_tasks, progress=progress,
