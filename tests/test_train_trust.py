@@ -166,3 +166,13 @@ def test_a_misspelled_key_gets_one_line_with_the_closest_keys(monkeypatch, confi
         check_override_keys("viclip.configs", config, [f"{key}=4"])
     assert str(end.value).startswith(f"{config}.py: error: {key} is not a config key; did you mean {expected}")
     check_override_keys("viclip.configs", config, [f"{expected}=4"])  # the right key passes
+
+
+def test_a_run_begun_before_the_marker_is_still_ours(tmp_path):
+    from viclip.train.rundir import MARKER, claim
+
+    ckpt = tmp_path / "old_run" / "checkpoints" / "step_00000010"
+    ckpt.mkdir(parents=True)
+    (ckpt / "rank00000.pt").write_bytes(b"")
+    claim(tmp_path / "old_run").release()  # a requeued job after an upgrade resumes its run
+    assert (tmp_path / "old_run" / MARKER).is_file()

@@ -1,13 +1,13 @@
 """The run directory: ours or refused, held by one run at a time, and its resolved ``config.yaml``.
 
 A directory is ours when it holds :data:`MARKER` (written at a run's first start, before anything
-else); an existing non-empty directory without it holds someone else's files (a shard folder, another
-tool's output), and training there would overwrite its ``config.yaml`` and append to its
-``metrics.jsonl``, so it is refused. While a run trains, rank 0 holds an exclusive ``flock`` on
-:data:`LOCK` (released by the kernel when the process dies, so a killed run leaves no stale lock);
-a second run on the same directory is refused with the holder's pid. Nothing here deletes a file.
+else) or a checkpoint with our per-rank files (a run begun before the marker existed). Any other
+non-empty directory holds someone else's files (a shard folder, another tool's output), and training
+there would overwrite its ``config.yaml`` and append to its ``metrics.jsonl``, so it is refused.
+While a run trains, rank 0 holds an exclusive ``flock`` on :data:`LOCK` (released by the kernel when
+the process dies, so a killed run leaves no stale lock); a second run on the same directory is
+refused with the holder's pid. Nothing here deletes a file.
 """
-
 from __future__ import annotations
 
 import fcntl
@@ -66,7 +66,8 @@ def claim(run_dir: Path) -> RunDirLock:
     """Refuse a non-empty directory that is not a run of ours, then mark it ours and lock it."""
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"output_dir={run_dir} is a file, not a directory")
-    if run_dir.is_dir() and not (run_dir / MARKER).is_file():
+    ours = (run_dir / MARKER).is_file() or any(run_dir.glob("checkpoints/step_*/rank*.pt"))
+    if run_dir.is_dir() and not ours:
         entries = sorted(p.name for p in run_dir.iterdir())
         if entries:
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
