@@ -65,6 +65,18 @@ def test_score_is_the_cosine_of_encode_video_and_encode_text(setup):
     assert float(viclip.score(model, [path], [PROMPTS[1]])[0]) == pytest.approx(float(expected), abs=1e-5)
 
 
+def test_per_video_scores_are_written_beside_the_json_and_named(setup, tmp_path, capsys):
+    import csv
+
+    results = _evaluate({**setup, "tmp": tmp_path}, f"prompts={setup['prompts']}")
+    table = tmp_path / "out" / "viclip_score.per_video.csv"
+    assert f"per-video scores: {table}" in capsys.readouterr().out
+    rows = list(csv.DictReader(table.open()))
+    assert [r["prompt"] for r in rows] == PROMPTS
+    expected = [r["similarity"] for r in results["data"]["per_video"]]
+    assert [float(r["similarity"]) for r in rows] == pytest.approx(expected)
+
+
 def test_unreadable_video_is_nan_and_left_out_of_the_mean(setup, tmp_path):
     (tmp_path / "a.mp4").write_bytes((setup["videos"] / "0000.mp4").read_bytes())
     (tmp_path / "b.mp4").write_bytes(b"not a video")

@@ -13,6 +13,8 @@ Schema ``viclip.eval/1``::
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Iterable
@@ -54,6 +56,16 @@ def write_results(results: dict, out_dir: str | os.PathLike) -> Path:
     if missing:
         raise ValueError(f"results for {results.get('name')!r} miss keys {missing}")
     return atomic_write(Path(out_dir) / f"{results['name']}.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def write_per_video(results: dict, out_dir: str | os.PathLike) -> Path:
+    """The per-video rows of a ViCLIP score run as ``{out_dir}/{name}.per_video.csv`` (video, prompt,
+    similarity; empty for an unreadable video), beside its JSON, for a spreadsheet or pandas."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=("video", "prompt", "similarity"), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results["data"]["per_video"])
+    return atomic_write(Path(out_dir) / f"{results['name']}.per_video.csv", buf.getvalue())
 
 
 def load_results(root: str | os.PathLike) -> list[dict]:

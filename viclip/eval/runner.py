@@ -26,7 +26,7 @@ from viclip.eval.dual_softmax import dual_softmax
 from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.eval.metrics import retrieval_metrics, topk_accuracy
 from viclip.eval.model_loading import WISE_FT_KEEP, file_sha256, resolve_checkpoint, wise_ft
-from viclip.eval.report import SCHEMA, format_table, write_results
+from viclip.eval.report import SCHEMA, format_table, write_per_video, write_results
 from viclip.eval.score import cosine_per_video, score_summary
 from viclip.eval.tasks import EvalSplit, label_task, load_task
 from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
@@ -304,4 +304,6 @@ def evaluate(cfg: DictConfig) -> dict:
         path = write_results(results, cfg.output_dir)
         log.info("results: %s", path)
         print(format_table([results]), flush=True)
+        if kind == "score":
+            print(f"per-video scores: {write_per_video(results, cfg.output_dir)}", flush=True)
     return results
