@@ -112,3 +112,21 @@ def test_still_noise_and_strobe_segments_dropped_with_reasons(tmp_path):
     assert got == [(0.0, "kept", ""), (2.0, "dropped", "still"), (4.0, "dropped", "dynamic"), (6.0, "kept", ""),
                    (8.0, "dropped", "dynamic"), (10.0, "dropped", "still")]
     assert len(result.clips) == 2
+
+
+def test_content_detector_scores_bit_identical_to_pyscenedetect(multi_scene):
+    """Our ContentDetector sums its distances with OpenCV: every frame's score must equal PySceneDetect's."""
+    import av
+    from scenedetect.common import FrameTimecode
+
+    from viclip.curation.scenes import _ContentDetector
+
+    theirs, ours = ContentDetector(), _ContentDetector()
+    scores = []
+    with av.open(str(multi_scene[0])) as c:
+        for i, frame in enumerate(c.decode(video=0)):
+            bgr, tc = frame.to_ndarray(format="bgr24"), FrameTimecode(i, fps=float(FPS))
+            theirs.process_frame(tc, bgr)
+            ours.process_frame(tc, bgr)
+            scores.append((theirs._frame_score, ours._frame_score))
+    assert all(a == b for a, b in scores) and max(a for a, _ in scores) > 27

@@ -111,6 +111,24 @@ class VideoScan:
         return float(self.times[first]), end
 
 
+class _ContentDetector(ContentDetector):
+    """PySceneDetect's ContentDetector (default weights: hue, saturation, value; no edges) with its frame
+    distances summed by OpenCV instead of numpy int32 copies (a third of its own time at 256 px). The
+    sums are exact integers and the score is formed in PySceneDetect's order, so scores and cuts are
+    bit-identical (``tests/test_curation_scenes.py`` and ``bench/curation.py`` compare with ``detect``)."""
+
+    _last_hsv: tuple[np.ndarray, ...] | None = None
+
+    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
+        hsv = cv2.split(cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV))
+        last, self._last_hsv = self._last_hsv, hsv
+        if last is None:
+            return 0.0
+        pixels = float(hsv[0].shape[0] * hsv[0].shape[1])
+        hue, sat, lum = (cv2.norm(a, b, cv2.NORM_L1) / pixels for a, b in zip(hsv, last))
+        return (0 + hue * 1.0 + sat * 1.0 + lum * 1.0 + 0.0 * 0.0) / 3.0  # ContentDetector's weighted mean
+
+
 def detect_dims(width: int, height: int, long_side: int) -> tuple[int, int]:
     """Even frame size with the given long side (never upscaled), keeping the aspect ratio."""
     scale = min(1.0, long_side / max(width, height))
@@ -184,7 +202,7 @@ class SceneScanner:
         elif cfg.detector == "adaptive":
             self.detector = AdaptiveDetector(min_scene_len=float(cfg.min_scene_len))
         else:
-            self.detector = ContentDetector(threshold=cfg.threshold, min_scene_len=float(cfg.min_scene_len))
+            self.detector = _ContentDetector(threshold=cfg.threshold, min_scene_len=float(cfg.min_scene_len))
         self.scaler = VideoReformatter()  # one scaler for the whole video: a per-frame one rebuilds its context
         self.size = (0, 0)
         self.width = self.height = 0
@@ -230,7 +248,7 @@ class SceneScanner:
         small = self.scaler.reformat(frame, width=w, height=h, format="yuv420p", interpolation="FAST_BILINEAR",
                                      threads=self._threads).to_ndarray()
         luma = small[:h]
-        self.diffs.append(0.0 if self._prev_luma is None else float(cv2.absdiff(luma, self._prev_luma).mean()))
+        self.diffs.append(0.0 if self._prev_luma is None else cv2.norm(luma, self._prev_luma, cv2.NORM_L1) / luma.size)
         self._prev_luma = luma
         self.pts.append(pts - self.start)
         self.last_duration = frame.duration or self.step
