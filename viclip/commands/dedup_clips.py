@@ -9,17 +9,24 @@
 Flags per clip: duplicate_group, duplicate_of (the kept clip), eval_source (the annotation file listing its
 YouTube id), eval_video and eval_similarity (the nearest evaluation video within --eval-threshold), exclude.
 Cosines are exact (blocked matrix products; --device cuda for a GPU). A report is written as OUT.json.
+--method semdedup searches inside k-means clusters instead (viclip/curation/semdedup.py: for millions of clips;
+resumable from --work-dir, clusters over --workers processes and torchrun ranks); the flags table is the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict
+
+import torch
 
 from viclip.commands import one_line_errors
 from viclip.curation.cli import add_options, from_args
 from viclip.curation.dedup import KEEP_BY, DedupConfig, find_duplicates_and_leaks
+from viclip.curation.semdedup import SemDedupConfig, semantic_pairs
+from viclip.distributed import init_from_env, pick_device, world
 
 
 @one_line_errors
@@ -27,9 +34,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="embed-clips output directories or parquet shards")
     parser.add_argument("--out", required=True, help="output flags table (parquet)")
+    parser.add_argument("--method", choices=("exact", "semdedup"), default="exact",
+                        help="exact: every pair; semdedup: pairs inside k-means clusters (default %(default)s)")
     add_options(parser, DedupConfig, "deduplication and leakage", choices={"keep_by": KEEP_BY})
+    add_options(parser, SemDedupConfig, "--method semdedup")
     args = parser.parse_args()
-    report = find_duplicates_and_leaks(args.input, args.out, from_args(DedupConfig, args))
+    cfg, pairs = from_args(DedupConfig, args), None
+    if args.method == "semdedup":
+        device = pick_device(cfg.device)
+        init_from_env(device)
+        if device.type == "cuda" and device.index is None:  # each torchrun rank on its own GPU
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        sem = from_args(SemDedupConfig, args)
+        pairs, sem_report = semantic_pairs(args.input, cfg.threshold, sem, sem.work_dir or f"{args.out}.semdedup",
+                                           cfg.block_size, str(device))
+        if world()[0] != 0:
+            return
+        print(json.dumps(sem_report, indent=1))
+    report = find_duplicates_and_leaks(args.input, args.out, cfg, pairs)
     print(json.dumps({k: v for k, v in asdict(report).items() if k != "config"}, indent=1))
 
 

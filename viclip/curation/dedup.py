@@ -226,15 +226,21 @@ class DedupReport:
     seconds: dict | None = None
 
 
-def find_duplicates_and_leaks(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                              cfg: DedupConfig) -> DedupReport:
-    """Write the flags table ``out`` (parquet) and its report ``{out}.json``; returns the report."""
+def find_duplicates_and_leaks(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, cfg: DedupConfig,
+                              pairs: np.ndarray | None = None) -> DedupReport:
+    """Write the flags table ``out`` (parquet) and its report ``{out}.json``; returns the report.
+
+    ``pairs`` are near-duplicate pairs found by another search (:mod:`viclip.curation.semdedup`); by
+    default the exact search finds them."""
     started = time.perf_counter()
     emb = load_embeddings(inputs)
     n = len(emb.clip_id)
     if cfg.keep_by != "first" and cfg.keep_by not in emb.columns:
         raise DataError(f"--keep-by {cfg.keep_by}: the embedding shards have no {cfg.keep_by!r} column")
-    pairs = similar_pairs(emb.vectors, cfg.threshold, cfg.block_size, cfg.device)
+    if pairs is None:
+        pairs = similar_pairs(emb.vectors, cfg.threshold, cfg.block_size, cfg.device)
+    elif len(pairs) and pairs.max() >= n:
+        raise ValueError(f"pairs name row {pairs.max()}, but the embedding shards hold {n} rows")
     searched = time.perf_counter()
     groups = duplicate_groups(n, pairs)
     keeper = kept_per_group(groups, emb.columns.get(cfg.keep_by) if cfg.keep_by != "first" else None)

@@ -1,0 +1,259 @@
+"""Near-duplicate search at scale (SemDeDup, Abbas et al. 2023): k-means on the embeddings, then the exact
+search inside each cluster.
+
+The exact search (:func:`viclip.curation.dedup.similar_pairs`) costs ``N^2 D / 2`` multiply-adds: 1.9 h for 1M
+clips on this machine's CPU, years for 234M. Near duplicates (cosine >= 0.9 or so) are close enough to fall in
+the same k-means cluster almost always, so the search is done per cluster:
+
+1. **Centroids**: faiss's spherical k-means, trained on a sample (``sample_per_cluster`` rows per centroid,
+   drawn uniformly from every shard).
+2. **Assignment**, streamed shard by shard: each row's ``spill`` nearest centroids. The nearest is its
+   cluster (it is a *member* there); the next ``spill - 1`` make it a *query* of those clusters too, so a
+   pair split by a cluster boundary is still compared. Each shard's rows are written sorted by cluster.
+3. **Search per cluster**: members against members (the upper triangle) and the cluster's queries against
+   its members, exactly, with the same blocked products as the exact method (on ``device``). A cluster's
+   pairs are one file, written atomically; clusters are spread over local processes (``workers``) and over
+   torchrun ranks; a rerun skips done shards and clusters.
+
+The pairs (row numbers in the order :func:`viclip.curation.dedup.load_embeddings` reads them) feed the same
+groups, ``keep_by`` rules and flags table as the exact method. Cost: assignment ``N k D``, search about
+``(N^2 / k) (spill - 1/2) D`` for balanced clusters, so ``clusters=0`` picks ``k = sqrt(N (spill - 1/2))``,
+which balances the two. Recall and speed against the exact search: ``bench/similarity_search.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from viclip.atomic import atomic_path, atomic_write
+from viclip.curation.dedup import _blocks, embedding_files, similar_pairs
+from viclip.distributed import barrier, world
+from viclip.errors import ConfigError, DataError, OutputError
+
+
+@dataclass(frozen=True)
+class SemDedupConfig:
+    """k-means clusters searched exactly one by one (``--method semdedup``); defaults chosen by measurement."""
+
+    clusters: int = 0             # k; 0: sqrt(N * (spill - 1/2)), the k that balances assignment and search
+    spill: int = 2                # a row is searched in its nearest `spill` clusters (1: its own only)
+    sample_per_cluster: int = 64  # k-means training rows per centroid
+    kmeans_iterations: int = 20
+    seed: int = 0
+    workers: int = 1              # local processes searching clusters (each rank of a torchrun run has its own)
+    work_dir: str | None = None   # centroids, assignments, per-cluster pairs; default OUT.semdedup
+
+    def __post_init__(self) -> None:
+        for name, low in (("clusters", 0), ("spill", 1), ("sample_per_cluster", 39), ("kmeans_iterations", 1),
+                          ("workers", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+
+
+def shard_vectors(path: str | os.PathLike) -> np.ndarray:
+    """A shard's normalised video embeddings ``[n, D]`` float32: the rows, in the order and with the filter
+    (an embedding present and finite) of :func:`viclip.curation.dedup.load_embeddings`."""
+    column = pq.read_table(path, columns=["video_embedding"]).column("video_embedding")
+    column = column.filter(pc.is_valid(column)).combine_chunks()
+    dim = pc.max(pc.list_value_length(column)).as_py() or 0
+    vectors = torch.from_numpy(column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dim).copy())
+    vectors = vectors[torch.isfinite(vectors).all(dim=1)]
+    return torch.nn.functional.normalize(vectors.float(), dim=-1).numpy()
+
+
+def auto_clusters(num: int, spill: int) -> int:
+    return max(1, round(math.sqrt(num * (spill - 0.5))))
+
+
+def train_centroids(files: Sequence[Path], rows: Sequence[int], k: int, cfg: SemDedupConfig) -> np.ndarray:
+    """Spherical k-means (faiss) on ``k * sample_per_cluster`` rows drawn uniformly over the shards."""
+    import faiss
+
+    total = sum(rows)
+    rng = np.random.default_rng(cfg.seed)
+    share = min(1.0, k * cfg.sample_per_cluster / max(total, 1))
+    sample = []
+    for f, n in zip(files, rows):
+        if n:
+            vectors = shard_vectors(f)
+            sample.append(vectors[rng.random(len(vectors)) < share])
+    sample = np.ascontiguousarray(np.concatenate(sample))
+    if len(sample) < k:
+        raise DataError(f"--clusters {k}: only {len(sample)} embeddings to train k-means on; give fewer clusters")
+    kmeans = faiss.Kmeans(sample.shape[1], k, niter=cfg.kmeans_iterations, seed=cfg.seed, spherical=True,
+                          max_points_per_centroid=cfg.sample_per_cluster, min_points_per_centroid=1)
+    kmeans.train(sample)
+    return kmeans.centroids
+
+
+def _save(path: Path, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
+
+
+def assign_shard(vectors: np.ndarray, centroids: np.ndarray, spill: int, stem: Path) -> None:
+    """Write a shard's rows sorted by cluster: members (nearest centroid) and queries (the next ``spill - 1``):
+    ``{stem}.members.npy``/``.queries.npy`` (vectors, memory-mapped by the search) and ``{stem}.index.npz``
+    (local row numbers and per-cluster offsets of each)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    near = index.search(vectors, min(spill, len(centroids)))[1]
+    k, arrays = len(centroids), {}
+    for kind, cluster in (("members", near[:, 0]), ("queries", near[:, 1:].reshape(-1))):
+        rows = np.arange(len(vectors)).repeat(1 if kind == "members" else near.shape[1] - 1)
+        order = np.argsort(cluster, kind="stable")
+        with atomic_path(f"{stem}.{kind}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, vectors[rows[order]])
+        arrays[f"{kind}_rows"] = rows[order]
+        arrays[f"{kind}_offsets"] = np.searchsorted(cluster[order], np.arange(k + 1))
+    _save(Path(f"{stem}.index.npz"), **arrays)
+
+
+@torch.no_grad()
+def cross_pairs(queries: torch.Tensor, index: torch.Tensor, threshold: float, block_size: int,
+                device: str | torch.device) -> np.ndarray:
+    """Pairs ``[P, 2]`` (query row, index row) with cosine >= ``threshold``: every query against every index row."""
+    pairs = [np.zeros((0, 2), dtype=np.int64)]
+    for qs, qe in _blocks(len(queries), block_size):
+        q = queries[qs:qe].to(device)
+        for ks, ke in _blocks(len(index), block_size):
+            hit = (q @ index[ks:ke].to(device).T >= threshold).nonzero().cpu().numpy()
+            pairs.append(hit + [qs, ks])
+    return np.concatenate(pairs)
+
+
+class ClusterSearch:
+    """Searches clusters from the assignment files of a work directory (picklable: sent to worker processes)."""
+
+    def __init__(self, work: Path, offsets: Sequence[int], threshold: float, block_size: int, device: str) -> None:
+        self.work, self.offsets = work, list(offsets)
+        self.threshold, self.block_size, self.device = threshold, block_size, device
+        self._index: dict[int, dict[str, np.ndarray]] = {}  # shard -> its row numbers and offsets, read once
+
+    def gather(self, kind: str, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """A cluster's ``kind`` rows (global row numbers) and vectors, from every shard."""
+        rows, vectors = [], []
+        for s, offset in enumerate(self.offsets):
+            stem = self.work / "assign" / f"{s:05d}"
+            if s not in self._index:
+                self._index[s] = dict(np.load(f"{stem}.index.npz"))
+            index = self._index[s]
+            lo, hi = index[f"{kind}_offsets"][c:c + 2]
+            if hi > lo:
+                rows.append(index[f"{kind}_rows"][lo:hi] + offset)
+                vectors.append(np.load(f"{stem}.{kind}.npy", mmap_mode="r")[lo:hi])
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(rows), np.concatenate(vectors)
+
+    def __call__(self, clusters: Sequence[int]) -> int:
+        """Search ``clusters`` not yet done; each one's pairs (global rows, i < j) go to ``pairs/{c:06d}.npy``."""
+        for c in clusters:
+            path = self.work / "pairs" / f"{c:06d}.npy"
+            if path.exists():
+                continue
+            member_rows, members = self.gather("members", c)
+            query_rows, queries = self.gather("queries", c)
+            found = [np.zeros((0, 2), dtype=np.int64)]
+            if len(member_rows) > 1:
+                found.append(member_rows[similar_pairs(torch.from_numpy(members), self.threshold,
+                                                       self.block_size, self.device)])
+            if len(member_rows) and len(query_rows):
+                hit = cross_pairs(torch.from_numpy(queries), torch.from_numpy(members), self.threshold,
+                                  self.block_size, self.device)
+                found.append(np.stack([query_rows[hit[:, 0]], member_rows[hit[:, 1]]], axis=1))
+            pairs = np.sort(np.concatenate(found), axis=1)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, pairs)
+        return len(clusters)
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _check_settings(work: Path, record: dict) -> None:
+    """Record the settings of a work directory, or refuse to resume one made with others."""
+    path = work / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != record:
+            keys = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+            raise OutputError(f"{work} was made with a different {', '.join(keys)} ({path}); use a new "
+                              "--work-dir or the original settings")
+        return
+    atomic_write(path, json.dumps(record, indent=1, sort_keys=True))
+
+
+def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: SemDedupConfig,
+                   work_dir: str | os.PathLike, block_size: int = 8192, device: str = "cpu") -> tuple[np.ndarray, dict]:
+    """Near-duplicate pairs (rows in :func:`load_embeddings`' order, i < j, unique) and a report of the run.
+
+    Under torchrun every rank calls it: rank r does the shards and clusters ``i % world == r``; all return
+    the pairs. Each phase resumes from the files of ``work_dir``."""
+    rank, size = world()
+    work, seconds = Path(work_dir), {}
+    files = embedding_files(inputs)
+    started = time.perf_counter()
+    for sub in ("assign", "pairs"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256("\n".join(str(f.resolve()) for f in files).encode()).hexdigest()
+    stored = [pq.read_metadata(f).num_rows for f in files]  # rows before filtering: the sampling's weights
+    k = cfg.clusters or auto_clusters(sum(stored), cfg.spill)
+    if rank == 0:
+        _check_settings(work, {"inputs_sha256": digest, "threshold": threshold, "clusters": k, "spill": cfg.spill,
+                               "sample_per_cluster": cfg.sample_per_cluster, "seed": cfg.seed,
+                               "kmeans_iterations": cfg.kmeans_iterations})
+    centroids_path = work / "centroids.npy"
+    if rank == 0 and not centroids_path.exists():
+        with atomic_path(centroids_path) as tmp, open(tmp, "wb") as f:
+            np.save(f, train_centroids(files, stored, k, cfg))
+    barrier()
+    centroids = np.load(centroids_path)
+    seconds["kmeans"] = round(time.perf_counter() - started, 3)
+    for s in range(rank, len(files), size):
+        done = work / "assign" / f"{s:05d}.json"
+        if not done.exists():
+            vectors = shard_vectors(files[s])
+            assign_shard(vectors, centroids, cfg.spill, work / "assign" / f"{s:05d}")
+            atomic_write(done, json.dumps({"file": str(files[s]), "rows": len(vectors)}))
+    barrier()
+    counts = [json.loads((work / "assign" / f"{s:05d}.json").read_text())["rows"] for s in range(len(files))]
+    seconds["assign"] = round(time.perf_counter() - started - seconds["kmeans"], 3)
+    search = ClusterSearch(work, np.cumsum([0, *counts[:-1]]).tolist(), threshold, block_size, device)
+    sizes = sum(np.diff(np.load(work / "assign" / f"{s:05d}.index.npz")["members_offsets"])
+                for s in range(len(files)))
+    mine = [int(c) for c in np.argsort(-sizes, kind="stable")[rank::size]]  # largest first: balanced workers
+    if cfg.workers == 1:
+        search(mine)
+    else:
+        threads = max(1, torch.get_num_threads() // cfg.workers)
+        with ProcessPoolExecutor(cfg.workers, get_context("spawn"), _worker_init, (threads,)) as pool:
+            list(pool.map(search, [mine[w::cfg.workers] for w in range(cfg.workers)]))
+    barrier()
+    pairs = np.concatenate([np.zeros((0, 2), dtype=np.int64)] +
+                           [np.load(work / "pairs" / f"{c:06d}.npy") for c in range(k)])
+    pairs = np.unique(pairs, axis=0)
+    seconds["search"] = round(time.perf_counter() - started - seconds["kmeans"] - seconds["assign"], 3)
+    report = {"method": "semdedup", **asdict(cfg), "clusters": k, "rows": int(sum(counts)),
+              "largest_cluster": int(sizes.max()), "mean_cluster": round(float(sizes.mean()), 1),
+              "pairs": len(pairs), "seconds": seconds}
+    return pairs, report
