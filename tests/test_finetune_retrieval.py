@@ -361,7 +361,7 @@ def test_text_positions_interpolate_all_trained_rows_by_default(tmp_path):
     assert torch.equal(last[:32], trained) and torch.equal(last[32:], trained[31:].expand(16, -1))
 
 
-@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("backend", ["pyav", "decord", "torchcodec"])
 def test_max_seconds_samples_only_the_first_seconds(tmp_path, backend):
     """DiDeMo's trimmed30: a 6 s video, dark for 2 s then bright; at max_seconds=2 every sampled frame is dark."""
     from viclip.data.video import read_video, write_mp4
