@@ -235,9 +235,17 @@ def _code_running_archive(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_code_running_torchscript_is_refused_not_run(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from viclip.eval.model_loading import resolve_checkpoint, wise_ft
+    from viclip.train.trainer import build_train_model
+
     evil, marker = _code_running_archive(tmp_path)
-    for load in (lambda: viclip.load_model("tiny", checkpoint=evil),
-                 lambda: init_from_clip(viclip.create_model("tiny"), evil),
+    train_cfg = OmegaConf.create({"model": {"name": "tiny", "overrides": {}, "clip_weights": str(evil)}})
+    for load in (lambda: viclip.load_model(checkpoint=resolve_checkpoint(evil)),  # eval's checkpoint=, embed_clips
+                 lambda: init_from_clip(viclip.create_model("tiny"), evil),  # CLIP start weights
+                 lambda: build_train_model(train_cfg, is_main=False),  # model.clip_weights= of a training run
+                 lambda: wise_ft(viclip.create_model("tiny"), evil, 0.5),  # eval's wise_ft.clip=
                  lambda: load_checkpoint_file(evil)):
         with pytest.raises(UnsafeFileError, match=r"evil.pt: refused: its TorchScript defines __setstate__"):
             load()

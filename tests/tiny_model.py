@@ -3,9 +3,10 @@
 import torch
 
 import viclip
+from viclip.model import ViCLIP
 
 
-def tiny_model() -> viclip.model.ViCLIP:
+def tiny_model() -> ViCLIP:
     torch.manual_seed(0)
     model = viclip.create_model("tiny")
     with torch.no_grad():  # non-zero temporal embedding so that round trips test it too
