@@ -176,3 +176,20 @@ def test_a_run_begun_before_the_marker_is_still_ours(tmp_path):
     (ckpt / "rank00000.pt").write_bytes(b"")
     claim(tmp_path / "old_run").release()  # a requeued job after an upgrade resumes its run
     assert (tmp_path / "old_run" / MARKER).is_file()
+
+
+def test_rank_files_must_match_the_ranks_that_wrote_the_checkpoint(tmp_path):
+    from viclip.errors import ConfigError, DataError
+    from viclip.train.checkpoint import Checkpointer
+
+    ckpt = tmp_path / "step_00000008"
+    ckpt.mkdir()
+    for r in (0, 1):  # two data-parallel ranks wrote it (bf16 runs prefix the optimizer files)
+        (ckpt / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    (ckpt / "rank00000.pt").write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^{ckpt / 'rank00001.pt'}: missing from the checkpoint"):
+        Checkpointer(tmp_path, keep=1, rank=0, world_size=2).check_rank_files(ckpt)
+    (ckpt / "rank00001.pt").write_bytes(b"")
+    Checkpointer(tmp_path, keep=1, rank=0, world_size=2).check_rank_files(ckpt)
+    with pytest.raises(ConfigError, match=r"was written by 2 ranks; resuming with 1 .* launch 2 ranks"):
+        Checkpointer(tmp_path, keep=1, rank=0, world_size=1).check_rank_files(ckpt)

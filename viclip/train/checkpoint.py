@@ -35,6 +35,7 @@ from viclip.errors import ConfigError, DataError, UnsafeFileError
 
 LATEST = "latest"
 _TAG_RE = re.compile(r"^step_(\d{8,})$")
+_OPTIM_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")  # bf16_ prefixed in bf16 runs
 
 
 def deepspeed_globals() -> list:
@@ -205,7 +206,8 @@ class Checkpointer:
         """One ``rankNNNNN.pt`` per rank of this run: each rank's data position lives in its own file."""
         found = {int(p.stem[4:]) for p in ckpt_dir.glob("rank[0-9]*.pt") if p.stem[4:].isdigit()}
         # DeepSpeed writes one optimizer file per data-parallel rank: the world size even if rank files are lost
-        optim = {int(p.name.split("_")[3]) for p in ckpt_dir.glob("zero_pp_rank_*_mp_rank_*_optim_states.pt")}
+        optim = {int(m.group(1)) for p in ckpt_dir.glob("*zero_pp_rank_*_optim_states.pt")
+                 if (m := _OPTIM_RE.search(p.name))}
         saved_world = max(found | optim) + 1 if found | optim else 0
         missing = sorted(set(range(max(saved_world, 1))) - found)
         if missing:
