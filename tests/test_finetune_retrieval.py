@@ -382,3 +382,18 @@ def test_didemo_trains_on_the_first_30_seconds_as_umt():
     for name in ("ft_retrieval_didemo", "ft_retrieval_didemo_umt"):
         assert _compose([f"experiment={name}", "checkpoint=/w/v.pth"]).finetune.train.max_seconds == 30
     assert _compose(["experiment=ft_retrieval_msrvtt", "checkpoint=/w/v.pth"]).finetune.train.max_seconds is None
+
+
+def test_didemo_is_tested_on_the_first_30_seconds_too():
+    from viclip.eval.runner import variant_suffix, video_protocol
+
+    def protocol(*overrides):
+        with initialize_config_dir(config_dir=str(REPO / "viclip" / "configs"), version_base="1.3"):
+            cfg = compose(config_name="eval", overrides=list(overrides))
+        return video_protocol(cfg), variant_suffix(cfg, "retrieval")
+
+    didemo, suffix = protocol("task=retrieval_didemo")
+    assert didemo.max_seconds == 30 and suffix == ""  # the task's own: no suffix
+    assert protocol("task=retrieval_msrvtt")[0].max_seconds is None
+    whole, suffix = protocol("task=retrieval_didemo", "protocol.max_seconds=0")
+    assert whole.max_seconds == 0 and "s0" in suffix  # the whole video, named in the results

@@ -186,10 +186,10 @@ class VideoTextDataset(Dataset):
     def __init__(self, records: Sequence[VideoText], num_frames: int = 8,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, sampling: str = "middle",
                  size: int | tuple[int, int] | None = None, backend: str = "auto",
-                 max_pixels: int | None = MAX_PIXELS) -> None:
+                 max_pixels: int | None = MAX_PIXELS, max_seconds: float | None = None) -> None:
         self.records = list(records)
         self.num_frames, self.transform, self.sampling = num_frames, transform, sampling
-        self.size, self.backend, self.max_pixels = size, backend, max_pixels
+        self.size, self.backend, self.max_pixels, self.max_seconds = size, backend, max_pixels, max_seconds
         self._warnings = 0
 
     def __len__(self) -> int:
@@ -199,7 +199,7 @@ class VideoTextDataset(Dataset):
         record = self.records[i]
         try:
             frames = read_video(record.video, self.num_frames, self.sampling, size=self.size,
-                                backend=self.backend, rng=i, max_pixels=self.max_pixels)
+                                backend=self.backend, rng=i, max_pixels=self.max_pixels, max_seconds=self.max_seconds)
         except VideoDecodeError as e:
             if self._warnings < _MAX_DECODE_WARNINGS:
                 self._warnings += 1

@@ -38,6 +38,7 @@ class VideoProtocol:
     views: str = "1x1"  # temporal clips x spatial crops, scores averaged (viclip.eval.views)
     antialias: bool = False  # the official resize is not antialiased (viclip.data.transforms)
     max_pixels: int | None = MAX_PIXELS  # larger frames are scaled down in the decoder (viclip.data.video)
+    max_seconds: float | None = None  # frames from each video's first seconds only (DiDeMo: 30, UMT's trimmed30)
 
 
 def autocast(device: torch.device, precision: str):
@@ -89,10 +90,11 @@ def embed_videos(
     if views.count == 1:
         dataset = VideoTextDataset([records[i] for i in mine], num_frames=protocol.num_frames,
                                    sampling=protocol.sampling, transform=transform, backend=backend,
-                                   max_pixels=protocol.max_pixels)
+                                   max_pixels=protocol.max_pixels, max_seconds=protocol.max_seconds)
     else:
         dataset = MultiViewDataset([records[i] for i in mine], protocol.num_frames, views, protocol.image_size,
-                                   sampling=protocol.sampling, backend=backend, max_pixels=protocol.max_pixels)
+                                   sampling=protocol.sampling, backend=backend, max_pixels=protocol.max_pixels,
+                                   max_seconds=protocol.max_seconds)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                         collate_fn=VideoTextDataset.collate, pin_memory=pin_memory, persistent_workers=False)
     local = torch.zeros(len(mine), *([views.count] if views.count > 1 else []), model.cfg.embed_dim)

@@ -47,7 +47,9 @@ def video_protocol(cfg: DictConfig) -> VideoProtocol:
     if chosen.get("sampling", "middle") not in SAMPLINGS:
         raise ConfigError(f"protocol.sampling must be one of {', '.join(SAMPLINGS)}, got {chosen['sampling']!r}")
     views = cfg.protocol.get("views") or task_views(cfg)
-    return VideoProtocol(**chosen, views=str(Views.parse(views)))
+    seconds = cfg.protocol.get("max_seconds")  # null: the task's own (DiDeMo's first 30 s); 0: the whole video
+    return VideoProtocol(**chosen, views=str(Views.parse(views)),
+                         max_seconds=cfg.task.get("max_seconds") if seconds is None else seconds)
 
 
 def task_views(cfg: DictConfig) -> str:
@@ -69,6 +71,8 @@ def variant_suffix(cfg: DictConfig, kind: str) -> str:
         parts.append("antialias")
     if protocol.max_pixels != official.max_pixels:
         parts.append(f"px{protocol.max_pixels}")
+    if protocol.max_seconds != cfg.task.get("max_seconds"):
+        parts.append(f"s{protocol.max_seconds}")
     if not cfg.protocol.official_cleaning:
         parts.append("rawtext")
     if kind == "zeroshot":

@@ -96,9 +96,11 @@ class MultiViewDataset(Dataset):
     collate = staticmethod(VideoTextDataset.collate)
 
     def __init__(self, records: Sequence[VideoText], num_frames: int, views: Views, image_size: int,
-                 sampling: str = "middle", backend: str = "auto", max_pixels: int | None = MAX_PIXELS) -> None:
+                 sampling: str = "middle", backend: str = "auto", max_pixels: int | None = MAX_PIXELS,
+                 max_seconds: float | None = None) -> None:
         self.records, self.num_frames, self.views = list(records), num_frames, views
         self.image_size, self.sampling, self.backend, self.max_pixels = image_size, sampling, backend, max_pixels
+        self.max_seconds = max_seconds
 
     def __len__(self) -> int:
         return len(self.records)
@@ -106,7 +108,7 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         try:
             frames = read_video(self.records[i].video, self.num_frames * self.views.clips, self.sampling,
-                                backend=self.backend, rng=i, max_pixels=self.max_pixels)
+                                backend=self.backend, rng=i, max_pixels=self.max_pixels, max_seconds=self.max_seconds)
         except VideoDecodeError as e:
             log.warning("skipping item %d: %s", i, e)
             return {"index": i, "video": None}
