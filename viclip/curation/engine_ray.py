@@ -13,6 +13,7 @@ an object store URL).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -69,6 +70,12 @@ class RayEngine:
                               "(use --gpus-per-worker 0 to run the models on CPUs)")
         return max(1, min(int(gpus // self.gpus) if self.gpus > 0 else 1, shards))
 
+    @staticmethod
+    def _room(ray: Any, job: ShardJob) -> float:
+        """Shards in flight at most: twice what the cluster runs at once now (it may grow), so the driver
+        holds a bounded number of futures and inputs; actors take one shard each anyway."""
+        return math.inf if job.model else max(2 * ray.cluster_resources().get("CPU", 1) // job.cpus, 2)
+
     def run(self, job: ShardJob, advance: Callable[[int, int], None]) -> Iterator[tuple[int, dict]]:
         if not job.inputs:
             return
@@ -84,13 +91,18 @@ class RayEngine:
                 idle = [cls.remote(job.make_runner) for _ in range(self._actor_count(ray, len(job.inputs)))]
             else:  # one copy of the runner in the object store for all tasks
                 task, runner = ray.remote(num_cpus=job.cpus, max_retries=RETRIES)(_run_shard), ray.put(job.make_runner)
-            todo = list(job.inputs.items())
-            while todo or pending:
-                while todo and (not job.model or idle):
-                    shard, data = todo.pop(0)
+            todo = iter(job.inputs.items())
+            while True:
+                room = self._room(ray, job)
+                while len(pending) < room and (not job.model or idle):
+                    if (item := next(todo, None)) is None:
+                        break
+                    shard, data = item
                     actor = idle.pop() if job.model else None
                     future = actor.run.remote(shard, data) if job.model else task.remote(runner, shard, data)
                     pending[future] = (shard, actor)
+                if not pending:
+                    return
                 (ready,), _ = ray.wait(list(pending), num_returns=1)
                 shard, actor = pending.pop(ready)
                 report = ray.get(ready)
