@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from viclip.commands import build_subset, curate, one_line_errors
+from viclip.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,7 @@ def test_missing_column_stops_a_stage_with_one_line(tmp_path, argv, monkeypatch)
 
     args = ["--input", str(table), "--rule", "aes", "--out", str(tmp_path / "s.parquet")]
     argv("build_subset.py", "--debug", *args)
-    with pytest.raises(KeyError, match="needs columns"):  # the traceback: the exception itself
+    with pytest.raises(DataError, match="needs columns"):  # the traceback: the exception itself
         build_subset.main()
     assert sys.argv == ["build_subset.py", *args]  # taken off before argparse, which does not know it
     assert os.environ["HYDRA_FULL_ERROR"] == "1"  # Hydra's switch set too: one meaning of debug

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
+
+import pytest
 
 from viclip.curation.captioning import CaptionConfig, ModelSpec
 from viclip.curation.cli import add_curation_args, add_options, config_from_args, from_args, values_from_args
@@ -30,7 +33,8 @@ def test_no_options_give_the_package_defaults():
     assert from_args(SubsetSpec, _parser(SubsetSpec).parse_args(["--rule", "aes"])) == SubsetSpec("aes")
     kwargs = values_from_args(make_shards, _parser(make_shards, skip=("tables", "out_dir")).parse_args([]))
     assert kwargs == {"clips_dir": None, "max_samples": 1000, "max_bytes": 1 << 30, "caption_column": "caption",
-                      "allow_empty_captions": False, "progress": True}
+                      "captions": None, "allow_empty_captions": False, "global_shuffle": True, "seed": 0,
+                      "progress": True}
 
 
 def test_nested_optional_and_bool_options():
@@ -39,3 +43,31 @@ def test_nested_optional_and_bool_options():
     assert cfg.fine == ModelSpec("hf", "tag2text") and cfg.summariser.num_beams == 2
     assert from_args(ICLConfig, _parser(ICLConfig).parse_args(["--max-clips", "16"])).max_clips == 16
     assert not from_args(SubsetSpec, _parser(SubsetSpec).parse_args(["--rule", "aes", "--no-kept-only"])).kept_only
+
+
+def _stage_main(monkeypatch, capsys, stage: str, *argv: str) -> tuple[int | str | None, str]:
+    """Run ``viclip-curate STAGE ARGV`` in-process; its exit code (or message) and what it printed."""
+    import importlib
+
+    from viclip.commands.curate import STAGES
+
+    monkeypatch.setattr("sys.argv", [f"viclip-curate {stage}", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"viclip.commands.{STAGES[stage][0]}").main()
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out + out.err
+
+
+def test_a_misspelled_option_is_named(monkeypatch, capsys):
+    """Not "the following arguments are required: --input": the token that was not recognised."""
+    code, text = _stage_main(monkeypatch, capsys, "make-shards", "--inptu", "t.parquet", "--out", "o")
+    assert code == 2 and "unrecognized option --inptu" in text and "required" not in text
+
+
+def test_help_shows_defaults(monkeypatch, capsys):
+    """Options without a help text (booleans, generated options) show their default too."""
+    code, text = _stage_main(monkeypatch, capsys, "make-shards", "--help")
+    assert code == 0
+    assert re.search(r"--global-shuffle, --no-global-shuffle\s+default: True", text)
+    assert re.search(r"--allow-empty-captions, --no-allow-empty-captions\s+default: False", text)
+    assert re.search(r"--max-samples MAX_SAMPLES\s+default 1000", text)

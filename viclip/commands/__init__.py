@@ -10,10 +10,12 @@ names it, exit status 1 and no traceback; ``--debug`` or ``HYDRA_FULL_ERROR=1`` 
 
 from __future__ import annotations
 
+import argparse
+import copy
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +65,43 @@ def one_line_errors(main: F) -> F:
         except USER_ERRORS as e:
             sys.exit(f"{Path(sys.argv[0]).name}: error: {error_line(e)}")
     return wrapped  # type: ignore[return-value]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default in its help line."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+            action = copy.copy(action)  # argparse prints no line for an option without help, default or not
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+class StageParser(argparse.ArgumentParser):
+    """The parser of a curation command: defaults in ``--help``, and an option it does not know (``--inptu``)
+    named as such before any complaint about missing required options."""
+
+    def __init__(self, description: str | None) -> None:
+        super().__init__(description=description, formatter_class=HelpFormatter)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        args = list(sys.argv[1:] if args is None else args)
+        known = list(self._option_string_actions)
+        for token in args:
+            if token == "--":
+                break
+            name = token.split("=", 1)[0]
+            if name.startswith("--") and name not in known and sum(o.startswith(name) for o in known) != 1:
+                self.error(f"unrecognized option {name} (see --help for the options)")
+        return super().parse_known_args(args, namespace)
 
 
 def hydra_command(task: Callable[[Any], None], config_name: str) -> Callable[[], None]:

@@ -15,18 +15,17 @@ spec) is written beside the output as OUT.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict
 
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, add_progress_arg, from_args
 from viclip.curation.subsets import RULES, SubsetSpec, build_subset
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="clip tables: parquet files or stage directories")
     parser.add_argument("--out", required=True, help="output parquet file")
     add_options(parser, SubsetSpec, "subset rule", choices={"rule": RULES})

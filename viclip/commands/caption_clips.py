@@ -19,16 +19,14 @@ own captioner (paper: Tag2Text), its other settings taken from --coarse-*.
 
 from __future__ import annotations
 
-import argparse
-
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.captioning import DTYPES, CaptionConfig, run_captioning
 from viclip.curation.cli import add_engine_args, add_options, add_task_args, engine_from_args, from_args
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", required=True, help="finished stage directory (clip tables + tars)")
     parser.add_argument("--out", required=True, help="output directory (one table per shard)")
     parser.add_argument("--captions", help="a file of your own captions (CSV, JSON, JSONL or parquet with 'caption' "

@@ -12,17 +12,16 @@ a rerun skips done shards; --task/--num-tasks split the shards over a SLURM arra
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, add_task_args, from_args
 from viclip.embeddings import INPUT_KINDS, EmbedConfig, run_embedding
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", nargs="+", required=True,
                         help="tar shards (directory or brace pattern), clip tables (stage directory or parquet "
                              "files) or a folder of videos (captions from a .txt beside each, when present)")

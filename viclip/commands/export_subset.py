@@ -10,18 +10,17 @@ fetch-clips with --fps 0 --tune '' --keyframe-interval 1 --short-side 720 --crf 
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict
 
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, add_progress_arg, from_args
 from viclip.curation.export import FORMATS, ExportConfig, export_subset
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", required=True, help="a subset table (build-subset output)")
     parser.add_argument("--out", required=True, help="output directory (clips/ and the metadata table)")
     add_options(parser, ExportConfig, "export", choices={"format": FORMATS})

@@ -9,9 +9,7 @@ YouTube URLs need the optional extra: pip install 'viclip[fetch]'.
 Failed sources (see the 'reason' column) can be redone later by rerunning with --retry-failed.
 """
 
-import argparse
-
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_curation_args, add_run_args, config_from_args, run_kwargs
 from viclip.curation.sources import annotated_sources, read_annotations, read_id_map
 from viclip.curation.stages import run_stage
@@ -19,7 +17,7 @@ from viclip.curation.stages import run_stage
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--annotations", required=True,
                         help="InternVid JSONL (YoutubeID, Start/End_timestamp, Caption)")
     parser.add_argument("--id-map", help="JSON object or TSV/CSV (id, uri) mapping ids to local files or URLs")

@@ -13,12 +13,11 @@ A report is written beside the output as OUT.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
 
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, from_args
 from viclip.curation.interleave import FORMATS, ASRIndex, ICLConfig, build_icl
 from viclip.curation.stages import clips_dir_of
@@ -26,7 +25,7 @@ from viclip.curation.stages import clips_dir_of
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="captioned clip tables: stage directories or parquet")
     parser.add_argument("--out", required=True, help="output .jsonl")
     add_options(parser, ICLConfig, "sequences", choices={"format": FORMATS})

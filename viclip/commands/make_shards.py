@@ -4,19 +4,21 @@
     viclip-curate make-shards --input subset_flt.parquet --clips-dir /data/clips --out shards/ --max-samples 2000
 
 --clips-dir is the stage directory holding the clip tars (default: the table's directory). --clips-dir
-and --out may be fsspec URLs (s3://bucket/shards): each tar is uploaded whole, sizes.json last.
+and --out may be fsspec URLs (s3://bucket/shards): each tar is uploaded whole, sizes.json last; --out
+may not be or hold an input. Clips are written in a seeded random order across all sources
+(--no-global-shuffle: the table's order). Clips without captions: caption them (caption-clips), join
+your own (--captions FILE: CSV/JSON/parquet keyed by clip_id or video_id + start + end), name the
+table's column (--caption-column), or write empty captions (--allow-empty-captions).
 """
 
-import argparse
-
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, values_from_args
 from viclip.curation.writer import make_shards
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="parquet clip tables or stage directories")
     parser.add_argument("--out", required=True, help="output directory: a local path or any fsspec URL")
     add_options(parser, make_shards, "shards", skip=("tables", "out_dir"))

@@ -3,16 +3,14 @@
     viclip-curate make-synthetic --out data/synthetic --n-train 2000 --n-eval 200 --size 64
 """
 
-import argparse
-
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, values_from_args
 from viclip.data.synthetic import make_synthetic
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--out", default="data/synthetic", help="output directory (default %(default)s)")
     add_options(parser, make_synthetic, "synthetic data", skip=("out_dir",))
     args = parser.parse_args()

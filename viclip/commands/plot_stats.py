@@ -4,16 +4,14 @@
     viclip-curate plot-stats --input subset_flt.parquet --out stats_flt
 """
 
-import argparse
-
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.stats import format_summary, plot_stats, summarize
 from viclip.curation.table import read_tables
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="parquet clip tables or stage directories")
     parser.add_argument("--out", required=True, help="folder for the PNGs and summary.json/summary.txt")
     args = parser.parse_args()

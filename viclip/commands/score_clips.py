@@ -12,9 +12,7 @@ and clip_text_model to each shard's table; resumable per shard, SLURM arrays via
 
 from __future__ import annotations
 
-import argparse
-
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.captioning import DTYPES
 from viclip.curation.cli import add_engine_args, add_options, add_task_args, engine_from_args, from_args
 from viclip.curation.quality import SIMILARITY_MODELS, ScoreConfig, run_scoring
@@ -22,7 +20,7 @@ from viclip.curation.quality import SIMILARITY_MODELS, ScoreConfig, run_scoring
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", required=True, help="finished stage directory (clip tables; tars found from it)")
     parser.add_argument("--out", required=True, help="output directory (one table per shard)")
     add_options(parser, ScoreConfig, "scoring", choices={"similarity": SIMILARITY_MODELS, "dtype": DTYPES})

@@ -13,9 +13,7 @@ becomes a failed row (reason 'timeout' / 'crashed') and the run goes on; add --r
 rerun to redo the failed videos of finished shards.
 """
 
-import argparse
-
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_curation_args, add_run_args, config_from_args, run_kwargs
 from viclip.curation.sources import list_folder, read_file_list
 from viclip.curation.stages import run_stage
@@ -23,7 +21,7 @@ from viclip.curation.stages import run_stage
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="folder of videos (searched recursively)")
     src.add_argument("--list", help="text file: one 'URI' or 'ID<TAB>URI' per line (local or fsspec URLs)")
