@@ -84,8 +84,8 @@ def _classification(task: dict, prefix: str = "") -> EvalSplit:
 def label_task(task: dict) -> dict:
     """``name`` and ``dataset`` for a task of your own videos left unlabelled (``label=null``): the
     annotation file's name, so its results never pass for another set's."""
-    if task.get("name") and task.get("dataset"):
-        return {}
+    if task.get("name"):
+        return {} if task.get("dataset") else {"dataset": task["name"]}
     if not task.get("annotation"):
         raise ConfigError(f"annotation is not set for a {task.get('kind')} task of your own videos: give annotation="
                           f"FILE ({FORMATS['video_text' if task.get('kind') == 'retrieval' else 'classification']})")
