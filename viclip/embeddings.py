@@ -21,7 +21,6 @@ once, and ranks never wait for each other.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from viclip.atomic import atomic_path, atomic_write
+from viclip.curation.frames import TarMembers
 from viclip.curation.stages import StageDir, clips_dir_of, record_or_check_settings, shard_name, stats_name
 from viclip.curation.table import STATS_SUFFIX, table_files
 from viclip.data.tars import SIZES_FILE, expand_shards, member_key, read_member
@@ -211,36 +211,18 @@ def _tar_clips(path: str) -> list[Clip]:
     return clips
 
 
-def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
-    """The members before any damage: a truncated tar still gives the clips written before the cut."""
-    found: dict[str, tarfile.TarInfo] = {}
-    with contextlib.suppress(tarfile.TarError, OSError, EOFError):
-        for m in tar:
-            found[m.name] = m
-    return found
-
-
 class ClipVideos(Dataset):
     """Decode each clip by the protocol into uint8 frames resized by ``transform``; errors come back as text."""
 
     def __init__(self, clips: Sequence[Clip], protocol: VideoProtocol, transform: VideoTransform) -> None:
         self.clips, self.protocol, self.transform = list(clips), protocol, transform
-        # opened lazily, each worker process its own, with the headers read up to any damage
-        self._tars: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
+        self.tars = TarMembers()
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def _source(self, clip: Clip) -> str | bytes:
-        if clip.member is None:
-            return clip.path
-        if clip.path not in self._tars:
-            tar = tarfile.open(clip.path, mode="r:")  # noqa: SIM115 - kept open per worker
-            self._tars[clip.path] = tar, _members(tar)
-        tar, members = self._tars[clip.path]
-        if clip.member not in members:
-            raise DataError(f"{clip.path}: no member {clip.member}")
-        return read_member(tar, members[clip.member], clip.path)
+        return clip.path if clip.member is None else self.tars.read(clip.path, clip.member)
 
     def __getitem__(self, i: int) -> dict:
         clip, p = self.clips[i], self.protocol
@@ -254,9 +236,7 @@ class ClipVideos(Dataset):
         return {"index": i, "video": self.transform(frames), "error": None}
 
     def close(self) -> None:
-        for tar, _ in self._tars.values():
-            tar.close()
-        self._tars.clear()
+        self.tars.close()
 
     @staticmethod
     def collate(items: list[dict]) -> dict:

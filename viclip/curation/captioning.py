@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from viclip.curation.engine import Engine
-from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
+from viclip.curation.frames import ClipFrames, ClipRef, decoded_batches, kept_clips, with_result_columns
 from viclip.curation.own_captions import join_caption_file, read_caption_file
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.video import read_video
@@ -253,12 +253,8 @@ class Captioner:
         results: dict[int, tuple] = {}
         errors: dict[int, str] = {}
         frames_captioned = 0
-        for batch in iter_batches(ClipFrames(shard.clips_dir, clips, sampler), cfg.clips_per_batch, cfg.workers):
-            ok = [(row, f) for row, f, _ in batch if f is not None]
-            errors.update({row: err for row, f, err in batch if f is None})
-            shard.advance(len(batch))
-            if not ok:
-                continue
+        for ok in decoded_batches(ClipFrames(shard.clips_dir, clips, sampler), cfg.clips_per_batch, cfg.workers,
+                                  errors, shard.advance):
             middles = [f["middle"][0].numpy() for _, f in ok]
             frames = [list(f["fine"].numpy()) for _, f in ok]
             frames_captioned += sum(len(x) for x in frames)
@@ -266,27 +262,6 @@ class Captioner:
         stats = {"clips": len(clips), "captioned": len(results), "failed": len(errors),
                  "frames_captioned": frames_captioned, "seconds": time.time() - started}
         return add_caption_columns(table, results, errors), stats
-
-
-def set_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
-    """Replace the named columns in place, append the new ones."""
-    for name, values in columns.items():
-        i = table.column_names.index(name) if name in table.column_names else -1
-        table = table.set_column(i, name, values) if i >= 0 else table.append_column(name, values)
-    return table
-
-
-def undecodable_columns(table: pa.Table, errors: dict[int, str]) -> dict[str, pa.Array]:
-    """``status``/``reason``/``error`` with the clips this stage could not decode marked dropped.
-
-    Later stages, subsets, ``make_shards`` and ICL sequences then skip them like any dropped clip.
-    """
-    n = len(table)
-    old = {c: table.column(c).to_pylist() if c in table.column_names else [None] * n
-           for c in ("status", "reason", "error")}
-    return {"status": pa.array(["dropped" if i in errors else s for i, s in enumerate(old["status"])], pa.string()),
-            "reason": pa.array(["undecodable" if i in errors else r for i, r in enumerate(old["reason"])], pa.string()),
-            "error": pa.array([errors.get(i, e) for i, e in enumerate(old["error"])], pa.string())}
 
 
 def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict[int, str]) -> pa.Table:
@@ -299,9 +274,7 @@ def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict
         "frame_captions": pa.array([results[i][2] if i in results else None for i in range(n)], pa.list_(pa.string())),
         "caption": pa.array([results[i][3] if i in results else old[i] for i in range(n)], pa.string()),
     }
-    if errors:
-        columns.update(undecodable_columns(table, errors))
-    return set_columns(table, columns)
+    return with_result_columns(table, columns, errors)
 
 
 class FileCaptions:

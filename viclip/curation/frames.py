@@ -8,6 +8,7 @@ comes back with its error instead of frames: the stage counts it and leaves its 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tarfile
 from collections.abc import Callable, Iterator
@@ -19,7 +20,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from viclip.data.tars import member_key, read_member
 from viclip.data.video import VideoDecodeError
+from viclip.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ def kept_clips(table: pa.Table) -> list[ClipRef]:
     """The kept rows of a clip table that have a clip in a tar, in table order."""
     missing = [c for c in ("status", "clip_tar", "clip_key") if c not in table.column_names]
     if missing:
-        raise KeyError(f"clip table lacks columns {missing}: give a stage output (split_scenes or later)")
+        raise DataError(f"clip table lacks columns {missing}: give a stage output (split_scenes or later)")
     cols = {c: table.column(c).to_pylist() for c in ("status", "clip_tar", "clip_key")}
     durations = table.column("duration").to_pylist() if "duration" in table.column_names else [None] * len(table)
     return [ClipRef(i, tar, key, float(d) if d is not None and not math.isnan(d) else 0.0)
@@ -49,36 +52,60 @@ def kept_clips(table: pa.Table) -> list[ClipRef]:
             if status == "kept" and tar and key]
 
 
+class TarMembers:
+    """Tars opened on first use and kept open, each DataLoader worker process its own, their headers indexed
+    once by :func:`~viclip.data.tars.member_key` (``./k.mp4`` is ``k``'s mp4) up to any damage: a truncated
+    tar still gives the members before the cut. The one reader of clips by key for the model stages and
+    embed-clips."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[tarfile.TarFile, dict[tuple[str, str], tarfile.TarInfo]]] = {}
+
+    def read(self, path: str | Path, member: str) -> bytes:
+        """The bytes of ``member`` (a name such as ``key.mp4``, matched by key and extension) of tar ``path``."""
+        path = str(path)
+        if path not in self._open:
+            tar = tarfile.open(path, mode="r:")  # noqa: SIM115 - kept open, closed in close()
+            index: dict[tuple[str, str], tarfile.TarInfo] = {}
+            with contextlib.suppress(tarfile.TarError, OSError, EOFError):
+                for m in tar:
+                    split = member_key(m.name) if m.isfile() else None
+                    if split is not None:
+                        index[split] = m
+            self._open[path] = tar, index
+        tar, index = self._open[path]
+        split = member_key(member)
+        if split not in index:
+            raise DataError(f"{path}: no member {member}")
+        return read_member(tar, index[split], path)
+
+    def close(self) -> None:
+        for tar, _ in self._open.values():
+            tar.close()
+        self._open.clear()
+
+
 class ClipFrames(Dataset):
     """Map-style dataset: item ``i`` is ``(row, frames or None, error or None)`` for ``clips[i]``."""
 
     def __init__(self, clips_dir: str | Path, clips: list[ClipRef], sample: FrameSampler) -> None:
         self.clips_dir, self.clips, self.sample = Path(clips_dir), clips, sample
-        self._tars: dict[str, tarfile.TarFile] = {}  # opened lazily: each worker process gets its own
+        self.tars = TarMembers()
 
     def __len__(self) -> int:
         return len(self.clips)
-
-    def _read(self, tar: str, member: str) -> bytes:
-        if tar not in self._tars:
-            self._tars[tar] = tarfile.open(self.clips_dir / tar, mode="r:")  # noqa: SIM115 - kept open, closed in close()
-        f = self._tars[tar].extractfile(member)
-        if f is None:
-            raise KeyError(f"{member} is not a file")
-        return f.read()
 
     def __getitem__(self, i: int) -> tuple[int, dict[str, torch.Tensor] | None, str | None]:
         clip = self.clips[i]
         label = f"{self.clips_dir / clip.tar}:{clip.key}"
         try:
-            return clip.row, self.sample(self._read(clip.tar, f"{clip.key}.mp4"), clip, label), None
-        except (VideoDecodeError, KeyError, OSError, tarfile.TarError) as e:
+            data = self.tars.read(self.clips_dir / clip.tar, f"{clip.key}.mp4")
+            return clip.row, self.sample(data, clip, label), None
+        except (VideoDecodeError, DataError, OSError, EOFError, tarfile.TarError) as e:
             return clip.row, None, f"{label}: {type(e).__name__}: {e}"
 
     def close(self) -> None:
-        for tar in self._tars.values():
-            tar.close()
-        self._tars.clear()
+        self.tars.close()
 
 
 def _as_list(items: list) -> list:
@@ -93,3 +120,40 @@ def iter_batches(dataset: ClipFrames, clips_per_batch: int, workers: int) -> Ite
         yield from loader
     finally:
         dataset.close()
+
+
+def decoded_batches(dataset: ClipFrames, clips_per_batch: int, workers: int, errors: dict[int, str],
+                    advance: Callable[[int], None]) -> Iterator[list[tuple[int, dict[str, torch.Tensor]]]]:
+    """The ``(row, frames)`` of each batch's decoded clips, for a model stage (captioning, scoring): a clip
+    that could not be read goes into ``errors`` by row, and ``advance`` moves the stage's progress."""
+    for batch in iter_batches(dataset, clips_per_batch, workers):
+        errors.update({row: err for row, frames, err in batch if frames is None})
+        advance(len(batch))
+        ok = [(row, frames) for row, frames, _ in batch if frames is not None]
+        if ok:
+            yield ok
+
+
+def set_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """Replace the named columns in place, append the new ones."""
+    for name, values in columns.items():
+        i = table.column_names.index(name) if name in table.column_names else -1
+        table = table.set_column(i, name, values) if i >= 0 else table.append_column(name, values)
+    return table
+
+
+def with_result_columns(table: pa.Table, columns: dict[str, pa.Array], errors: dict[int, str]) -> pa.Table:
+    """A model stage's table: its result columns set, and the clips it could not decode marked dropped
+    (``status``/``reason`` ``undecodable``/``error``), so later stages, subsets, ``make_shards`` and ICL
+    sequences skip them like any dropped clip."""
+    if errors:
+        n = len(table)
+        old = {c: table.column(c).to_pylist() if c in table.column_names else [None] * n
+               for c in ("status", "reason", "error")}
+        columns = {**columns,
+                   "status": pa.array(["dropped" if i in errors else s for i, s in enumerate(old["status"])],
+                                      pa.string()),
+                   "reason": pa.array(["undecodable" if i in errors else r for i, r in enumerate(old["reason"])],
+                                      pa.string()),
+                   "error": pa.array([errors.get(i, e) for i, e in enumerate(old["error"])], pa.string())}
+    return set_columns(table, columns)

@@ -27,9 +27,9 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from viclip.curation.captioning import resolve_device, set_columns, undecodable_columns
+from viclip.curation.captioning import resolve_device
 from viclip.curation.engine import Engine
-from viclip.curation.frames import ClipFrames, ClipRef, iter_batches, kept_clips
+from viclip.curation.frames import ClipFrames, ClipRef, decoded_batches, kept_clips, with_result_columns
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import read_video
@@ -227,12 +227,8 @@ class Scorer:
         aesthetic: dict[int, np.ndarray] = {}
         sims: dict[int, float] = {}
         errors: dict[int, str] = {}
-        for batch in iter_batches(ClipFrames(shard.clips_dir, clips, sampler), cfg.clips_per_batch, cfg.workers):
-            ok = [(row, f) for row, f, _ in batch if f is not None]
-            errors.update({row: err for row, f, err in batch if f is None})
-            shard.advance(len(batch))
-            if not ok:
-                continue
+        for ok in decoded_batches(ClipFrames(shard.clips_dir, clips, sampler), cfg.clips_per_batch, cfg.workers,
+                                  errors, shard.advance):
             rows = [row for row, _ in ok]
             a, s = self.score_batch([f for _, f in ok], [captions[r] for r in rows])
             if a is not None:
@@ -257,9 +253,7 @@ def add_score_columns(table: pa.Table, aesthetic: dict[int, np.ndarray], sims: d
     if model_id is not None:
         columns["clip_text_sim"] = pa.array([sims.get(i) for i in range(n)], pa.float32())
         columns["clip_text_model"] = pa.array([model_id if i in sims else None for i in range(n)], pa.string())
-    if errors:
-        columns.update(undecodable_columns(table, errors))
-    return set_columns(table, columns)
+    return with_result_columns(table, columns, errors)
 
 
 def run_scoring(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: ScoreConfig,
