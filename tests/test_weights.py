@@ -251,6 +251,16 @@ def test_code_running_torchscript_is_refused_not_run(tmp_path, monkeypatch):
             load()
     assert not marker.exists()
 
+    import zipfile
+
+    with zipfile.ZipFile(evil) as src, zipfile.ZipFile(tmp_path / "no_code.pt", "w") as dst:  # the code hidden
+        for name in src.namelist():
+            if "/code/" not in name:
+                dst.writestr(name, src.read(name))
+    with pytest.raises(UnsafeFileError, match=r"no_code.pt: refused: __torch__\.\S*_WritesOnLoad keeps a custom state"):
+        load_checkpoint_file(tmp_path / "no_code.pt")
+    assert not marker.exists()
+
     import sys
 
     from viclip.commands.convert import main

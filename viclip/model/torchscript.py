@@ -32,8 +32,7 @@ _STORAGE_DTYPES = {
 class _ScriptObject:
     """Stands in for a ``__torch__`` class: keeps the pickled state, runs nothing."""
 
-    def __init__(self, *args: object) -> None:
-        self.state: object = None
+    state: object = None  # NEWOBJ creates it without __init__; BUILD hands it the state
 
     def __setstate__(self, state: object) -> None:
         self.state = state
@@ -55,8 +54,7 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("collections", "OrderedDict"): OrderedDict,
     **{("torch.jit._pickle", name): _same for name in (
-        "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "build_tensor_from_id",
-        "restore_type_tag")},
+        "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag")},
 }
 
 
@@ -93,7 +91,7 @@ def _tensors(obj: object, prefix: str, out: dict[str, torch.Tensor], path: Path)
     """Every tensor attribute below ``obj``, named by its attribute path (the module's state-dict names)."""
     if isinstance(obj, torch.Tensor):
         out[prefix] = obj
-    elif isinstance(obj, _ScriptObject):
+    elif isinstance(obj, _ScriptObject) and obj.state is not None:
         if not isinstance(obj.state, dict):
             raise UnsafeFileError(f"{path}: refused: {obj.qualified_name} keeps a custom state (its TorchScript "
                                   f"__setstate__ would run on load)")
