@@ -1,7 +1,7 @@
 """``viclip-curate <stage> [options]``: one command for the curation stages, ``<stage> --help`` for each.
 
 One command with a subcommand per stage (as ``huggingface-cli download``, ``accelerate launch``;
-video2dataset is one command too) keeps nine related stages under one name. Training and evaluation
+video2dataset is one command too) keeps the twelve related stages under one name. Training and evaluation
 stay separate commands (``viclip-train``, ``viclip-eval``, like ``fairseq-train``/``fairseq-hydra-train``)
 because each is a Hydra app that parses the whole command line itself. From a clone,
 ``python tools/<stage, with underscores>.py`` runs the same stage.
