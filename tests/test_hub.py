@@ -174,6 +174,14 @@ def test_convert_tool_error_is_one_line(hub, tmp_path, monkeypatch):
         main()
     assert str(exit_.value.code).startswith("viclip-convert: error: hf-hub:viclip-test/no: config.json is not in")
     assert "\n" not in str(exit_.value.code)
+    src = viclip.model.export_official(tiny_model(), tmp_path / "tiny.pth")
+    monkeypatch.setattr(sys, "argv", ["viclip-convert", "--input", str(src), "--out", str(tmp_path / "y.pth"),
+                                      "--num-frames", "0"])  # once dropped as falsy: a copy at 8 frames
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert str(exit_.value.code) == ("viclip-convert: error: ViCLIPConfig.num_frames must be an integer in "
+                                     "[1, 1024], got 0")
+    assert not (tmp_path / "y.pth").exists()
 
 
 def test_one_config_rule_for_folders_and_file_metadata(tmp_path, tiny):

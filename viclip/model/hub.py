@@ -150,7 +150,7 @@ def convert_weights(source: str, destination: str, model: str | None = None, num
     CLIP weights (a file or an open_clip tag such as ``openai``) for the registered size ``model``.
     Returns the written path (see :func:`export_weights`) and, with ``from_clip``, the init report.
     """
-    overrides = {"num_frames": num_frames} if num_frames else {}
+    overrides = {"num_frames": num_frames} if num_frames is not None else {}
     report = None
     if from_clip:
         if not model:
