@@ -181,6 +181,12 @@ def test_loader_shards_an_epoch_over_ranks_and_resumes_mid_epoch(synthetic):
     other = _loader(samples, batch_size=5)
     with pytest.raises(ValueError, match="batch_size was 4 and is now 5"):
         other.load_state_dict(state)
+    older = {k: v for k, v in state.items() if k != "repeats"}  # saved before repeated augmentation existed
+    again = _loader(samples)
+    again.load_state_dict(older)  # it ran with one clip per video: today's default resumes it
+    assert [b["caption"] for b in again] == [b["caption"] for b in rest]
+    with pytest.raises(ValueError, match="the saved state has no seed"):  # a field we cannot infer: one line
+        _loader(samples).load_state_dict({k: v for k, v in state.items() if k != "seed"})
 
 
 def test_an_undecodable_video_is_replaced_by_the_next_and_counted(synthetic, tmp_path):

@@ -301,6 +301,9 @@ def _next_batch(batches: Iterator[dict]) -> dict | None:
 def check_resume_settings(state: dict, settings: dict[str, int], what: str) -> None:
     """Refuse a loader state saved under other batch-deciding ``settings``: that resume would not be exact."""
     for field, value in settings.items():
+        if field not in state:
+            raise ConfigError(f"cannot resume {what}: the saved state has no {field} (now {value}); it was written "
+                              "by a version that did not record it, so an exact resume cannot be checked")
         if state[field] != value:
             raise ConfigError(f"cannot resume {what}: {field} was {state[field]} and is now {value}; an exact "
                               "resume needs the same data settings")

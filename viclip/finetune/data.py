@@ -173,5 +173,6 @@ class FinetuneLoader:
         return {"epoch": self.epoch, "step": self.step, "skipped": self.skipped, **self._settings()}
 
     def load_state_dict(self, state: dict) -> None:
+        state = {"repeats": 1, **state}  # saved before repeated augmentation: one clip per video
         check_resume_settings(state, self._settings(), "the fine-tuning loader")
         self.epoch, self.step, self.skipped = int(state["epoch"]), int(state["step"]), int(state["skipped"])
