@@ -108,6 +108,14 @@ def test_config_fields_are_checked_at_construction():
         with pytest.raises(ConfigError, match=match):
             viclip.create_model("tiny", **bad)
 
+    from omegaconf import OmegaConf
+
+    from viclip.train.trainer import build_train_model
+
+    cfg = OmegaConf.create({"model": {"name": "tiny", "overrides": {"num_frames": 0}, "clip_weights": None}})
+    with pytest.raises(ConfigError, match=r"^ViCLIPConfig.num_frames must be an integer in \[1, 1024\], got 0$"):
+        build_train_model(cfg, is_main=False)  # model.overrides.num_frames=0 on the command line
+
 
 def test_bf16_autocast_matches_fp32():
     torch.manual_seed(0)
