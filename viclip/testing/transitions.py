@@ -144,7 +144,8 @@ def _hits(event: Event, found: Sequence[tuple[int, int]]) -> list[int]:
 def score(events: Sequence[Event], scan: VideoScan, kept: Sequence[ClipSpan] = ()) -> dict[str, dict[str, float]]:
     """Per transition kind: recall, precision, F1 (each kind's precision is charged every false
     detection) and the count; ``all`` over every kind; per distractor the detections it drew; and
-    ``clips``: the fraction of ``kept`` clips holding a transition (:func:`_with_transition`)."""
+    ``clips``: the fraction of ``kept`` clips holding a transition (:func:`_with_transition`), of any kind and
+    per kind."""
     found = detections(scan)
     matched: dict[int, str] = {}  # detection -> the kind of event it falls on
     counts: dict[str, tuple[int, int]] = {}  # kind -> (events, events found)
@@ -166,6 +167,8 @@ def score(events: Sequence[Event], scan: VideoScan, kept: Sequence[ClipSpan] = (
     for kind in DISTRACTORS:
         report[kind] = {"n": counts[kind][0], "false_detections": counts[kind][1]}
     report["clips"] = {"kept": len(kept), "with_transition": _with_transition(events, kept) / max(1, len(kept))}
+    report["clips"].update({f"with_{k}": _with_transition([e for e in events if e.kind == k], kept) / max(1, len(kept))
+                            for k in TRANSITIONS})
     return report
 
 
