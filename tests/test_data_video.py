@@ -1,6 +1,7 @@
 """Frame sampling rules, decoding against the encoded frames, and the clip transforms."""
 
 import io
+import os
 
 import av
 import numpy as np
@@ -261,8 +262,9 @@ def test_gpu_backend_in_a_stream_with_workers_is_refused():
 
 def test_training_loader_runs_through_the_fallback(no_gpu, tmp_path, caplog):
     """train.loader.build_loader with data.backend=torchcodec_cuda on a machine without a GPU: CPU
-    decoding with the configured workers, and the batches come out."""
-    from omegaconf import OmegaConf
+    decoding with the configured workers, and the batches come out; data.augment.antialias reaches the
+    transform (off by default, as the official resize)."""
+    from hydra import compose, initialize_config_dir
 
     from viclip.data.tars import ShardWriter
     from viclip.model import get_config
@@ -271,12 +273,16 @@ def test_training_loader_runs_through_the_fallback(no_gpu, tmp_path, caplog):
     with ShardWriter(tmp_path, max_samples=4) as writer:
         for i in range(4):
             writer.write(write_mp4(np.roll(_moving_square(t=16), 3 * i, axis=2)), f"clip {i}", {"video_id": f"v{i}"})
-    cfg = OmegaConf.create({
-        "seed": 0, "train": {"batch_size": 2},
-        "data": {"sources": {"clips": {"shards": str(tmp_path)}}, "num_workers": 1, "shuffle_buffer": 2,
-                 "backend": "torchcodec_cuda", "augment": {"mean": "imagenet", "scale": [0.5, 1.0], "hflip": 0.5}}})
+    overrides = ["data=shards", f"data.shards={tmp_path}", "data.num_workers=1", "data.shuffle_buffer=2",
+                 "data.backend=torchcodec_cuda", "train.batch_size=2"]
+    configs = os.path.join(os.path.dirname(viclip.__file__), "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+        smooth = compose(config_name="train", overrides=[*overrides, "data.augment.antialias=true"])
+    assert build_loader(smooth, get_config("tiny"), 2, 0, 1).stream.transform.antialias is True
     with caplog.at_level("WARNING", logger="viclip.data.video"):
         loader = build_loader(cfg, get_config("tiny"), int(cfg.train.batch_size), 0, 1)
+    assert loader.stream.transform.antialias is False
     assert (loader.stream.config.backend, loader.stream.config.num_workers) == ("auto", 1)
     assert any("decoding on the CPU with backend=auto and 1 workers" in r.getMessage() for r in caplog.records)
     assert [tuple(b["video"].shape) for b in loader] == [(2, 8, 3, 32, 32)] * 2

@@ -56,7 +56,7 @@ def build_loader(cfg: DictConfig, model_cfg: ViCLIPConfig, batch_size: int, rank
     tokenizer(["warm-up"])  # builds the BPE tables (seconds) once here, not in every epoch's forked workers
     # uint8 batches, normalised on the device by loader.normalize: a quarter of the bytes to move
     transform = VideoTransform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip,
-                               normalize=False)
+                               normalize=False, antialias=bool(aug.antialias))
     cuda = torch.cuda.is_available()
     backend, num_workers, pin_memory = decode_plan(cfg.data.backend, loader_workers(cfg.data, cuda), cuda)
     config = StreamConfig(
