@@ -40,8 +40,11 @@ class _ScriptObject:
 
 def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
                     *_: object) -> torch.Tensor:
-    """The view ``(offset, size, stride)`` of a flat storage, copied out (requires_grad, hooks ignored)."""
-    return torch.as_strided(storage, size, stride, offset).clone()
+    """The view ``(offset, size, stride)`` of a flat storage (requires_grad, hooks ignored); copied out unless
+    it is the whole storage in order (the usual case: one storage per parameter)."""
+    view = torch.as_strided(storage, size, stride, offset)
+    whole = offset == 0 and view.numel() == storage.numel() and view.is_contiguous()
+    return view if whole else view.clone()
 
 
 def _same(value: object, *_: object) -> object:
