@@ -16,6 +16,7 @@ from pathlib import Path
 
 # stage -> (module of viclip.commands, what it does)
 STAGES = {
+    "collect-sources": ("collect_sources", "candidate YouTube videos from search queries (the list split-scenes reads)"),
     "split-scenes": ("split_scenes", "scene cuts, still/dynamic filters, re-encoded clips + clip tables"),
     "fetch-clips": ("fetch_clips", "rebuild released InternVid clips from an annotation JSONL"),
     "caption-clips": ("caption_clips", "coarse (BLIP-2) + fine (frame captions fused by T5) captions"),
