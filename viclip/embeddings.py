@@ -23,26 +23,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import tarfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from viclip.atomic import atomic_path, atomic_write
-from viclip.curation.frames import TarMembers
+from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, number
 from viclip.curation.stages import StageDir, clips_dir_of, record_or_check_settings, shard_name, stats_name
 from viclip.curation.table import STATS_SUFFIX, table_files
 from viclip.data.tars import SIZES_FILE, expand_shards, member_key, read_member
 from viclip.data.transforms import VideoTransform
-from viclip.data.video import VIDEO_EXTENSIONS, VideoDecodeError, read_video
+from viclip.data.video import VIDEO_EXTENSIONS, read_video
 from viclip.distributed import init_from_env, pick_device, world
 from viclip.errors import ConfigError, DataError
 from viclip.eval.embed import VideoProtocol, encode_text_batch, encode_video_batch, protocol_transform
@@ -83,30 +82,13 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
-class Clip:
-    """One clip to embed: a video file, or ``member`` of the tar ``path``; what its row carries."""
-
-    clip_id: str
-    path: str
-    member: str | None = None
-    caption: str | None = None
-    video_id: str | None = None
-    aesthetic: float | None = None
-    error: str | None = None  # why it cannot be read, found while listing (a bad member, a damaged tar)
-
-
-@dataclass(frozen=True)
 class Unit:
     """An input unit, planned cheaply and read only when its shard is due: a tar, a table or a folder slice."""
 
     kind: str
     path: str
-    clips: tuple[Clip, ...] = ()  # folder slices only
+    clips: tuple[StoredClip, ...] = ()  # folder slices only
     clips_dir: str | None = None  # tables: where their tars are
-
-
-def _number(value) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def _detect_kind(inputs: Sequence[str]) -> str:
@@ -146,34 +128,30 @@ def plan_units(inputs: Sequence[str], kind: str = "auto", clips_per_shard: int =
         for p in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()):
             sidecar = p.with_suffix(".txt")
             caption = sidecar.read_text().strip() if sidecar.is_file() else None
-            clips.append(Clip(str(p.relative_to(root).with_suffix("")), str(p), caption=caption or None))
+            clips.append(StoredClip(str(p), clip_id=str(p.relative_to(root).with_suffix("")), caption=caption or None))
     if not clips:
         raise FileNotFoundError(f"no videos ({', '.join(VIDEO_EXTENSIONS[:4])}, ...) under {list(inputs)}")
     return [Unit("folder", str(inputs[0]), tuple(clips[i:i + clips_per_shard]))
             for i in range(0, len(clips), clips_per_shard)]
 
 
-def unit_clips(unit: Unit) -> list[Clip]:
+def unit_clips(unit: Unit) -> list[StoredClip]:
     """The clips of a unit, in order (tars: member order; tables: the kept rows with a clip)."""
     if unit.kind == "folder":
         return list(unit.clips)
     if unit.kind == "tables":
         table = pq.read_table(unit.path)
-        missing = [c for c in ("clip_id", "status", "clip_tar", "clip_key") if c not in table.column_names]
-        if missing:
-            raise DataError(f"{unit.path}: clip table lacks columns {missing} (give split_scenes' output or later)")
-        cols = {c: table.column(c).to_pylist() if c in table.column_names else [None] * len(table)
-                for c in ("clip_id", "status", "clip_tar", "clip_key", "caption", "video_id", "aesthetic")}
-        return [Clip(cid, os.path.join(unit.clips_dir, tar), f"{key}.mp4", cap or None, vid, _number(aes))
-                for cid, status, tar, key, cap, vid, aes in zip(*cols.values()) if status == "kept" and tar and key]
+        if "clip_id" not in table.column_names:
+            raise DataError(f"{unit.path}: clip table lacks column clip_id (give split_scenes' output or later)")
+        return kept_clips(table, unit.clips_dir, unit.path)
     return _tar_clips(unit.path)
 
 
-def _tar_clips(path: str) -> list[Clip]:
+def _tar_clips(path: str) -> list[StoredClip]:
     """The mp4 members of a tar with their caption and metadata members. A bad metadata member (not UTF-8,
     not JSON, oversized) or a damaged tar (truncated, corrupt headers) costs the clips it touches: each is
     a clip with its error, counted as failed, never the run."""
-    clips: list[Clip] = []
+    clips: list[StoredClip] = []
     meta: dict[str, dict[str, str]] = {}
     bad: dict[str, str] = {}
     videos: list[tuple[str, str]] = []
@@ -204,46 +182,20 @@ def _tar_clips(path: str) -> list[Clip]:
             if not isinstance(info, dict):
                 info, error = {}, error or f"{path}:{key}.json: not a JSON object"
         caption = meta.get(key, {}).get("txt", info.get("caption"))
-        clips.append(Clip(str(info.get("clip_id") or key), path, name, caption if isinstance(caption, str) and caption
-                          else None, info.get("video_id"), _number(info.get("aesthetic")), error))
+        clips.append(StoredClip(path, name, clip_id=str(info.get("clip_id") or key),
+                                caption=caption if isinstance(caption, str) and caption else None,
+                                video_id=info.get("video_id"), aesthetic=number(info.get("aesthetic")), error=error))
     if damage is not None:
-        clips.append(Clip(f"{Path(path).name}:damaged", path, None, error=damage))
+        clips.append(StoredClip(path, clip_id=f"{Path(path).name}:damaged", error=damage))
     return clips
 
 
-class ClipVideos(Dataset):
-    """Decode each clip by the protocol into uint8 frames resized by ``transform``; errors come back as text."""
-
-    def __init__(self, clips: Sequence[Clip], protocol: VideoProtocol, transform: VideoTransform) -> None:
-        self.clips, self.protocol, self.transform = list(clips), protocol, transform
-        self.tars = TarMembers()
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def _source(self, clip: Clip) -> str | bytes:
-        return clip.path if clip.member is None else self.tars.read(clip.path, clip.member)
-
-    def __getitem__(self, i: int) -> dict:
-        clip, p = self.clips[i], self.protocol
-        if clip.error is not None:
-            return {"index": i, "video": None, "error": clip.error}
-        label = clip.path if clip.member is None else f"{clip.path}:{clip.member}"
-        try:
-            frames = read_video(self._source(clip), p.num_frames, p.sampling, backend=p.backend, rng=i, name=label)
-        except (VideoDecodeError, DataError, KeyError, OSError, EOFError, tarfile.TarError) as e:
-            return {"index": i, "video": None, "error": f"{label}: {type(e).__name__}: {e}"}
-        return {"index": i, "video": self.transform(frames), "error": None}
-
-    def close(self) -> None:
-        self.tars.close()
-
-    @staticmethod
-    def collate(items: list[dict]) -> dict:
-        kept = [it for it in items if it["video"] is not None]
-        return {"video": torch.stack([it["video"] for it in kept]) if kept else None,
-                "index": torch.tensor([it["index"] for it in kept], dtype=torch.long),
-                "errors": {it["index"]: it["error"] for it in items if it["video"] is None}}
+def protocol_frames(data: bytes | str, clip: StoredClip, label: str, protocol: VideoProtocol,
+                    transform: VideoTransform) -> dict[str, torch.Tensor]:
+    """A clip decoded by the evaluation protocol and resized by ``transform`` (a :data:`FrameSampler`)."""
+    p = protocol
+    frames = read_video(data, p.num_frames, p.sampling, backend=p.backend, rng=clip.row, name=label)
+    return {"video": transform(frames)}
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
@@ -262,20 +214,18 @@ class Embedder:
         self.precision = cfg.precision if cfg.precision != "auto" else "bf16" if device.type == "cuda" else "fp32"
         self.transform = protocol_transform(protocol)
 
-    def __call__(self, clips: Sequence[Clip]) -> tuple[pa.Table, dict]:
+    def __call__(self, clips: Sequence[StoredClip]) -> tuple[pa.Table, dict]:
         started = time.time()
+        clips = [dataclasses.replace(c, row=i) for i, c in enumerate(clips)]  # rows of this shard's table
         dim = self.model.cfg.embed_dim
         video = torch.zeros(len(clips), dim)
         errors: dict[int, str] = {}
-        dataset = ClipVideos(clips, self.protocol, self.transform)
-        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=self.cfg.workers,
-                            collate_fn=ClipVideos.collate, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            errors.update(batch["errors"])
-            if batch["video"] is not None:
-                video[batch["index"]] = encode_video_batch(self.model, batch["video"], self.transform, self.device,
-                                                           self.precision)
-        dataset.close()  # this process's tar handles (workers=0); workers close theirs as they exit
+        sample = partial(protocol_frames, protocol=self.protocol, transform=self.transform)
+        for ok in decoded_batches(ClipFrames(clips, sample), self.cfg.batch_size, self.cfg.workers, errors,
+                                  lambda n: None):
+            rows = torch.tensor([row for row, _ in ok], dtype=torch.long)
+            video[rows] = encode_video_batch(self.model, torch.stack([f["video"] for _, f in ok]), self.transform,
+                                             self.device, self.precision)
         captioned = [i for i, c in enumerate(clips) if c.caption and i not in errors]
         text = torch.zeros(len(clips), dim)
         for start in range(0, len(captioned), self.cfg.text_batch_size):

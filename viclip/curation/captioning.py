@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from viclip.curation.engine import Engine
-from viclip.curation.frames import ClipFrames, ClipRef, decoded_batches, kept_clips, with_result_columns
+from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, with_result_columns
 from viclip.curation.own_captions import join_caption_file, read_caption_file
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.video import read_video
@@ -199,7 +199,7 @@ def fine_frame_count(duration: float, fps: float, max_frames: int) -> int:
     return int(min(max(round(duration * fps), 1), max_frames))
 
 
-def sample_caption_frames(data: bytes, clip: ClipRef, label: str, fine_fps: float, max_fine_frames: int,
+def sample_caption_frames(data: bytes | str, clip: StoredClip, label: str, fine_fps: float, max_fine_frames: int,
                           frame_size: int) -> dict[str, torch.Tensor]:
     """The middle frame (coarse scale) and frames at ``fine_fps`` (fine scale) of one clip."""
     k = fine_frame_count(clip.duration, fine_fps, max_fine_frames)
@@ -247,13 +247,13 @@ class Captioner:
     def __call__(self, shard: TableShard) -> tuple[pa.Table, dict]:
         started = time.time()
         cfg, table = self.cfg, shard.table
-        clips = kept_clips(table)
+        clips = kept_clips(table, shard.clips_dir)
         sampler = partial(sample_caption_frames, fine_fps=cfg.fine_fps, max_fine_frames=cfg.max_fine_frames,
                           frame_size=cfg.frame_size)
         results: dict[int, tuple] = {}
         errors: dict[int, str] = {}
         frames_captioned = 0
-        for ok in decoded_batches(ClipFrames(shard.clips_dir, clips, sampler), cfg.clips_per_batch, cfg.workers,
+        for ok in decoded_batches(ClipFrames(clips, sampler), cfg.clips_per_batch, cfg.workers,
                                   errors, shard.advance):
             middles = [f["middle"][0].numpy() for _, f in ok]
             frames = [list(f["fine"].numpy()) for _, f in ok]

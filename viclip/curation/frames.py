@@ -1,9 +1,10 @@
-"""Decoded frames of one shard's kept clips, for the model stages (captioning, scoring).
+"""Decoded frames of stored clips, for the model stages (captioning, scoring) and embed-clips.
 
-Clips are read by key straight from the first stage's tars (``tarfile`` indexes member headers
-once per worker process, then seeks), decoded in DataLoader workers and yielded in table order, so
-a GPU stage keeps its model busy while the CPU decodes. A clip that is missing or cannot be decoded
-comes back with its error instead of frames: the stage counts it and leaves its columns empty.
+Clips are read by key straight from the first stage's tars, other tars or video files (``tarfile``
+indexes member headers once per worker process, then seeks), decoded in DataLoader workers and
+yielded in table order, so a GPU stage keeps its model busy while the CPU decodes. A clip that is
+missing or cannot be decoded comes back with its error instead of frames: the stage counts it and
+leaves its columns empty.
 """
 
 from __future__ import annotations
@@ -26,29 +27,44 @@ from viclip.errors import DataError
 
 
 @dataclass(frozen=True)
-class ClipRef:
-    """Where a kept clip is: its table row, tar and key, and its duration (for frame rates)."""
+class StoredClip:
+    """A clip to read, and what its table row carries: a video file, or ``member`` of the tar ``path``.
 
-    row: int
-    tar: str
-    key: str
-    duration: float
+    ``row`` is its position among the clips of its shard (where results go back), ``duration`` sets
+    frame rates, ``error`` is why it cannot be read when that was found while listing it (a bad
+    metadata member, a damaged tar).
+    """
+
+    path: str
+    member: str | None = None
+    row: int = 0
+    clip_id: str | None = None
+    duration: float = 0.0
+    caption: str | None = None
+    video_id: str | None = None
+    aesthetic: float | None = None
+    error: str | None = None
 
 
-# (mp4 bytes, clip, label for errors) -> named uint8 frame tensors
-FrameSampler = Callable[[bytes, ClipRef, str], dict[str, torch.Tensor]]
+# (mp4 bytes or a file path, clip, label for errors) -> named frame tensors
+FrameSampler = Callable[[bytes | str, StoredClip, str], dict[str, torch.Tensor]]
 
 
-def kept_clips(table: pa.Table) -> list[ClipRef]:
-    """The kept rows of a clip table that have a clip in a tar, in table order."""
+def number(value: Any) -> float | None:
+    """A float column's value, None for a missing one (null or NaN)."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def kept_clips(table: pa.Table, clips_dir: str | Path, source: str = "clip table") -> list[StoredClip]:
+    """The kept rows of a clip table that have a clip in a tar of ``clips_dir``, in table order."""
     missing = [c for c in ("status", "clip_tar", "clip_key") if c not in table.column_names]
     if missing:
-        raise DataError(f"clip table lacks columns {missing}: give a stage output (split_scenes or later)")
-    cols = {c: table.column(c).to_pylist() for c in ("status", "clip_tar", "clip_key")}
-    durations = table.column("duration").to_pylist() if "duration" in table.column_names else [None] * len(table)
-    return [ClipRef(i, tar, key, float(d) if d is not None and not math.isnan(d) else 0.0)
-            for i, (status, tar, key, d) in enumerate(zip(cols["status"], cols["clip_tar"], cols["clip_key"],
-                                                          durations))
+        raise DataError(f"{source} lacks columns {missing}: give a stage output (split_scenes or later)")
+    cols = {c: table.column(c).to_pylist() if c in table.column_names else [None] * len(table)
+            for c in ("status", "clip_tar", "clip_key", "clip_id", "duration", "caption", "video_id", "aesthetic")}
+    return [StoredClip(str(Path(clips_dir) / tar), f"{key}.mp4", i, cid, number(d) or 0.0,
+                       cap if isinstance(cap, str) and cap else None, vid, number(aes))
+            for i, (status, tar, key, cid, d, cap, vid, aes) in enumerate(zip(*cols.values()))
             if status == "kept" and tar and key]
 
 
@@ -88,8 +104,8 @@ class TarMembers:
 class ClipFrames(Dataset):
     """Map-style dataset: item ``i`` is ``(row, frames or None, error or None)`` for ``clips[i]``."""
 
-    def __init__(self, clips_dir: str | Path, clips: list[ClipRef], sample: FrameSampler) -> None:
-        self.clips_dir, self.clips, self.sample = Path(clips_dir), clips, sample
+    def __init__(self, clips: list[StoredClip], sample: FrameSampler) -> None:
+        self.clips, self.sample = clips, sample
         self.tars = TarMembers()
 
     def __len__(self) -> int:
@@ -97,9 +113,11 @@ class ClipFrames(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, dict[str, torch.Tensor] | None, str | None]:
         clip = self.clips[i]
-        label = f"{self.clips_dir / clip.tar}:{clip.key}"
+        if clip.error is not None:
+            return clip.row, None, clip.error
+        label = clip.path if clip.member is None else f"{clip.path}:{clip.member}"
         try:
-            data = self.tars.read(self.clips_dir / clip.tar, f"{clip.key}.mp4")
+            data = clip.path if clip.member is None else self.tars.read(clip.path, clip.member)
             return clip.row, self.sample(data, clip, label), None
         except (VideoDecodeError, DataError, OSError, EOFError, tarfile.TarError) as e:
             return clip.row, None, f"{label}: {type(e).__name__}: {e}"

@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 
 from viclip.curation.captioning import resolve_device
 from viclip.curation.engine import Engine
-from viclip.curation.frames import ClipFrames, ClipRef, decoded_batches, kept_clips, with_result_columns
+from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, with_result_columns
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import read_video
@@ -131,7 +131,7 @@ class ScoreConfig:
         return f"open_clip:{self.clip_model}:{Path(self.clip_weights).name}:avg{self.aesthetic_frames}"
 
 
-def sample_score_frames(data: bytes, clip: ClipRef, label: str, clip_frames: int, viclip_frames: int,
+def sample_score_frames(data: bytes | str, clip: StoredClip, label: str, clip_frames: int, viclip_frames: int,
                         frame_size: int) -> dict[str, torch.Tensor]:
     """Uniformly sampled frames for CLIP (aesthetic, frame-averaged similarity) and for ViCLIP."""
     out = {}
@@ -218,7 +218,7 @@ class Scorer:
     def __call__(self, shard: TableShard) -> tuple[pa.Table, dict]:
         started = time.time()
         cfg, table = self.cfg, shard.table
-        clips = kept_clips(table)
+        clips = kept_clips(table, shard.clips_dir)
         captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(table)
         need_clip = self.clip is not None and (self.head is not None or cfg.similarity == "clip")
         sampler = partial(sample_score_frames, clip_frames=cfg.aesthetic_frames if need_clip else 0,
@@ -227,7 +227,7 @@ class Scorer:
         aesthetic: dict[int, np.ndarray] = {}
         sims: dict[int, float] = {}
         errors: dict[int, str] = {}
-        for ok in decoded_batches(ClipFrames(shard.clips_dir, clips, sampler), cfg.clips_per_batch, cfg.workers,
+        for ok in decoded_batches(ClipFrames(clips, sampler), cfg.clips_per_batch, cfg.workers,
                                   errors, shard.advance):
             rows = [row for row, _ in ok]
             a, s = self.score_batch([f for _, f in ok], [captions[r] for r in rows])
