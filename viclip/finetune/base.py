@@ -32,6 +32,7 @@ from viclip.errors import ConfigError
 from viclip.finetune.data import FinetuneLoader, LoaderConfig, Sample
 from viclip.model import ViCLIP, ViCLIPConfig, load_checkpoint_file
 from viclip.model.text import POSITION_INITS, extend_positional_embedding
+from viclip.model.viclip import with_overrides
 from viclip.model.weights import load_weights, read_config
 from viclip.train.config import Phase, check_run_fields, missing_fields, phases_of
 from viclip.train.engine import export_phase_weights
@@ -109,7 +110,7 @@ class FinetuneTrainer(Trainer):
     def pretrained(self) -> ViCLIP:
         """``checkpoint`` at the config's sizes (``model.overrides``: frames, drop path, text length, ...)."""
         cfg, path = self.cfg, str(self.cfg.checkpoint)
-        self.model_cfg = dataclasses.replace(read_config(path), **OmegaConf.to_container(cfg.model.overrides))
+        self.model_cfg = with_overrides(read_config(path), **OmegaConf.to_container(cfg.model.overrides))
         sd = load_checkpoint_file(path)
         rows, length = sd[_TEXT_POSITIONS].shape[0], self.model_cfg.context_length
         if length < rows:
