@@ -20,7 +20,7 @@ import viclip
 from viclip.errors import DataError, UnsafeFileError
 from viclip.model import CheckpointError, export_official, export_safetensors, init_from_clip, load_weights
 from viclip.model.weights import (
-    interpolate_temporal_embedding,
+    fit_temporal_embedding,
     load_checkpoint_file,
     read_config,
     resolve_clip_weights,
@@ -91,9 +91,12 @@ def test_pickle_with_code_is_refused_not_run(tmp_path):
     assert not _Payload.marker.exists()
 
 
-def test_temporal_embedding_is_resampled_for_other_frame_counts(tmp_path, tiny):
+def test_temporal_embedding_is_fitted_to_other_frame_counts_as_the_official_loader(tmp_path, tiny):
     ramp = torch.arange(8.0).view(1, 8, 1).expand(1, 8, 3)
-    torch.testing.assert_close(interpolate_temporal_embedding(ramp, 4)[0, :, 0], torch.tensor([0.5, 2.5, 4.5, 6.5]))
+    # fewer frames keep the first rows (load_temp_embed_with_mismatch truncates), more are interpolated
+    torch.testing.assert_close(fit_temporal_embedding(ramp, 4)[0, :, 0], torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    longer = fit_temporal_embedding(ramp, 16)[0, :, 0]
+    assert longer.shape == (16,) and longer[0] == 0 and longer[-1] == 7 and bool((longer.diff() >= 0).all())
     path = export_official(tiny, tmp_path / "tiny.pth")
     longer = viclip.load_model(checkpoint=path, num_frames=16)
     assert longer.vision_encoder.temporal_positional_embedding.shape == (1, 8, 64)  # 16 frames / tubelet 2

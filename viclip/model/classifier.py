@@ -35,7 +35,7 @@ from viclip.model.weights import (
     _TEMPORAL_KEY,
     CheckpointError,
     check_state_dict,
-    interpolate_temporal_embedding,
+    fit_temporal_embedding,
     load_checkpoint_file,
     read_config,
 )
@@ -134,7 +134,7 @@ def classifier_from_checkpoint(
     if "head.weight" not in sd:
         sd.update({k: v for k, v in own.items() if k.startswith(("head.", "fc_norm."))})
     if _TEMPORAL_KEY in sd and sd[_TEMPORAL_KEY].shape != own[_TEMPORAL_KEY].shape:
-        sd[_TEMPORAL_KEY] = interpolate_temporal_embedding(sd[_TEMPORAL_KEY], own[_TEMPORAL_KEY].shape[1])
+        sd[_TEMPORAL_KEY] = fit_temporal_embedding(sd[_TEMPORAL_KEY], own[_TEMPORAL_KEY].shape[1])
     check_state_dict(model, sd, str(path))
     model.load_state_dict(sd, strict=True)
     return model

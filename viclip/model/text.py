@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from viclip.errors import ConfigError, DataError
-from viclip.model.vision import QuickGELU, interpolate_temporal_embedding
+from viclip.model.vision import QuickGELU, fit_temporal_embedding
 
 if TYPE_CHECKING:
     from open_clip.transformer import TextTransformer
@@ -67,7 +67,7 @@ def extend_positional_embedding(table: torch.Tensor, length: int, init: str = "l
     if init not in POSITION_INITS:
         raise ConfigError(f"text position init must be one of {POSITION_INITS}, got {init!r}")
     if init == "interpolate":
-        return interpolate_temporal_embedding(table.unsqueeze(0), length)[0]
+        return fit_temporal_embedding(table.unsqueeze(0), length)[0]
     if init == "last":
         source = table[-1:]
     else:

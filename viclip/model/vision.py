@@ -115,12 +115,13 @@ def random_keep(batch: int, length: int, mask_ratio: float, device: torch.device
     return torch.rand(batch, length, device=device).argsort(dim=1)[:, :keep].sort(dim=1).values
 
 
-def interpolate_temporal_embedding(embed: torch.Tensor, length: int) -> torch.Tensor:
-    """Linearly resample a position table ``[1, T, C]`` to ``[1, length, C]`` (``align_corners=False``): the
-    official loader's rule (``load_temp_embed_with_mismatch``, ``add_zero=False``) for the temporal table
-    and, in fine-tuning, the text position table."""
-    if embed.shape[1] == length:
-        return embed
+def fit_temporal_embedding(embed: torch.Tensor, length: int) -> torch.Tensor:
+    """A position table ``[1, T, C]`` fitted to ``[1, length, C]`` by the official loader's rule
+    (``load_temp_embed_with_mismatch``, ``add_zero=False``): a longer table is the linear resampling of all
+    ``T`` rows (``align_corners=False``), a shorter one keeps the first ``length`` rows. Used for the
+    temporal table at another frame count and, in fine-tuning, the text position table."""
+    if length <= embed.shape[1]:
+        return embed[:, :length]
     resized = F.interpolate(embed.float().transpose(1, 2), size=length, mode="linear", align_corners=False)
     return resized.transpose(1, 2).to(embed.dtype)
 

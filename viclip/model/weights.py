@@ -28,7 +28,7 @@ from viclip.atomic import atomic_path
 from viclip.errors import ConfigError, DataError, UnsafeFileError
 from viclip.model.torchscript import read_torchscript
 from viclip.model.viclip import MODEL_CONFIGS, ViCLIP, ViCLIPConfig
-from viclip.model.vision import interpolate_temporal_embedding
+from viclip.model.vision import fit_temporal_embedding
 
 StateDict = dict[str, torch.Tensor]
 _TEMPORAL_KEY = "vision_encoder.temporal_positional_embedding"
@@ -221,7 +221,7 @@ def load_weights(model: ViCLIP, checkpoint: str | os.PathLike | Mapping[str, tor
     sd = dict(checkpoint) if isinstance(checkpoint, Mapping) else load_checkpoint_file(checkpoint)
     own = model.state_dict()
     if _TEMPORAL_KEY in sd and sd[_TEMPORAL_KEY].ndim == 3 and sd[_TEMPORAL_KEY].shape != own[_TEMPORAL_KEY].shape:
-        sd[_TEMPORAL_KEY] = interpolate_temporal_embedding(sd[_TEMPORAL_KEY], own[_TEMPORAL_KEY].shape[1])
+        sd[_TEMPORAL_KEY] = fit_temporal_embedding(sd[_TEMPORAL_KEY], own[_TEMPORAL_KEY].shape[1])
     check_state_dict(model, sd, source)
     model.load_state_dict(sd, strict=True)
 
