@@ -16,7 +16,7 @@ from pathlib import Path
 
 # stage -> (module of viclip.commands, what it does)
 STAGES = {
-    "collect-sources": ("collect_sources", "candidate YouTube videos from search queries (the list split-scenes reads)"),
+    "collect-sources": ("collect_sources", "candidate YouTube videos from search queries (for split-scenes --list)"),
     "split-scenes": ("split_scenes", "scene cuts, still/dynamic filters, re-encoded clips + clip tables"),
     "fetch-clips": ("fetch_clips", "rebuild released InternVid clips from an annotation JSONL"),
     "caption-clips": ("caption_clips", "coarse (BLIP-2) + fine (frame captions fused by T5) captions"),
@@ -28,6 +28,7 @@ STAGES = {
     "make-shards": ("make_shards", "training tars + sizes.json"),
     "make-icl": ("make_icl", "interleaved video-text sequences"),
     "plot-stats": ("plot_stats", "the paper's Figures 3-4 and a summary for any clip table"),
+    "plan": ("plan", "core-hours, GPU-hours and storage of a whole job from a sample run's measured rates"),
     "make-synthetic": ("make_synthetic", "the synthetic demo data: training shards, zero-shot and retrieval sets"),
 }
 
