@@ -19,13 +19,13 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from viclip.curation.clips import CurationConfig
 from viclip.curation.engine import ENGINES, Engine, make_engine
-from viclip.curation.extract import ExtractConfig
-from viclip.curation.filters import LONG_CLIP_POLICIES, FilterConfig
-from viclip.curation.pool import TimeBudget
-from viclip.curation.scenes import DETECTORS, SceneConfig
 from viclip.errors import ConfigError
+
+if typing.TYPE_CHECKING:
+    from viclip.curation.clips import CurationConfig
+# The scene/extraction configs live beside PyAV, OpenCV and PySceneDetect: imported by the functions that
+# need them (split-scenes, fetch-clips), so the other stages' parsers (and --help) do not load them.
 
 REQUIRED = object()  # a parameter without a default
 
@@ -155,6 +155,11 @@ def add_progress_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_curation_args(parser: argparse.ArgumentParser, scenes: bool = True) -> None:
     """Detection/filter options (scene splitting only) and clip encoding options."""
+    from viclip.curation.clips import CurationConfig
+    from viclip.curation.extract import ExtractConfig
+    from viclip.curation.filters import LONG_CLIP_POLICIES, FilterConfig
+    from viclip.curation.scenes import DETECTORS, SceneConfig
+
     seen: set[str] = set()
     if scenes:
         add_options(parser, SceneConfig, "scene detection", seen, choices={"detector": DETECTORS})
@@ -166,6 +171,8 @@ def add_curation_args(parser: argparse.ArgumentParser, scenes: bool = True) -> N
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """Output directory, sharding of the sources, SLURM array position, workers and their time budget."""
+    from viclip.curation.pool import TimeBudget
+
     parser.add_argument("--out", required=True, help="stage output directory (tars, parquet tables, stats): a local "
                                                       "path or any fsspec URL, e.g. s3://bucket/clips")
     parser.add_argument("--videos-per-shard", type=int, default=100)
@@ -186,11 +193,18 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> CurationConfig:
+    from viclip.curation.clips import CurationConfig
+    from viclip.curation.extract import ExtractConfig
+    from viclip.curation.filters import FilterConfig
+    from viclip.curation.scenes import SceneConfig
+
     return CurationConfig(scenes=from_args(SceneConfig, args), filters=from_args(FilterConfig, args),
                           extract=from_args(ExtractConfig, args), ytdlp_format=args.ytdlp_format)
 
 
 def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from viclip.curation.pool import TimeBudget
+
     return {"out_dir": args.out, "videos_per_shard": args.videos_per_shard, "task": args.task,
             "num_tasks": args.num_tasks, "workers": args.workers,
             "budget": TimeBudget(args.budget_base, args.budget_factor), "retry_failed": args.retry_failed,
