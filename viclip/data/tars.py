@@ -25,8 +25,6 @@ from typing import IO, Any
 
 import fsspec
 from typing_extensions import Self
-from webdataset.gopen import gopen
-from webdataset.shardlists import expand_urls
 
 from viclip.atomic import atomic_path, atomic_write, join, local_path
 from viclip.errors import ConfigError, DataError
@@ -153,6 +151,8 @@ def expand_shards(urls: str | os.PathLike | Sequence[str]) -> list[str]:
             names = sorted(sizes) if sizes is not None else sorted(p.name for p in Path(item).glob("*.tar"))
             shards += [os.path.join(item, n) for n in names]
         else:
+            from webdataset.shardlists import expand_urls  # webdataset imports torch: only when a list is read
+
             shards += expand_urls(item)
     if not shards:
         raise DataError(f"no shards found for {urls!r}: give a directory of tars or a brace pattern of tar files")
@@ -162,6 +162,8 @@ def expand_shards(urls: str | os.PathLike | Sequence[str]) -> list[str]:
 def open_shard(url: str) -> IO[bytes]:
     """A binary stream of a local path, an fsspec URL or a ``pipe:`` command."""
     if url.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
         return gopen(url, "rb")
     if "://" in url:
         return fsspec.open(url, "rb").open()
