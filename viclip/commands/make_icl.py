@@ -20,7 +20,7 @@ from pathlib import Path
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, from_args
 from viclip.curation.interleave import FORMATS, ASRIndex, ICLConfig, build_icl
-from viclip.curation.stages import clips_dir_of
+from viclip.curation.stage_dir import clips_dir_of
 
 
 @one_line_errors

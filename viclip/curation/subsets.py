@@ -29,7 +29,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path, atomic_write
-from viclip.curation.dedup import excluded_clip_ids
 from viclip.curation.table import refuse_output_over_inputs, table_files
 from viclip.errors import ConfigError, DataError
 from viclip.progress import progress as progress_bar
@@ -164,6 +163,8 @@ def _scan(files: Sequence[Path], spec: SubsetSpec,
     Arrays are sized once from the parquet footers and filled in place (no list of parts to
     concatenate, which would double the peak).
     """
+    from viclip.curation.dedup import excluded_clip_ids  # dedup's torch only when a flags table is given
+
     needed = spec.columns()
     excluded = excluded_clip_ids(spec.exclude) if spec.exclude else None
     by_id = ["clip_id"] if excluded is not None and "clip_id" not in needed else []

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from viclip.atomic import filesystem, join
 from viclip.curation.own_captions import join_caption_file
-from viclip.curation.stages import clips_dir_of
+from viclip.curation.stage_dir import clips_dir_of
 from viclip.curation.table import read_tables, refuse_output_over_inputs, require_text_columns
 from viclip.data.tars import ShardWriter, member_key, read_member
 from viclip.errors import ConfigError, DataError
