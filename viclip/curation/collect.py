@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.engine import Advance, Engine, LocalEngine, ShardJob, ShardRunner
-from viclip.curation.sources import is_youtube
+from viclip.curation.sources import is_youtube, json_lines
 from viclip.curation.stage_dir import StageDir, atomic_json, record_or_check_settings, shard_name, stats_name
 from viclip.curation.stages import task_shards
 from viclip.data.annotations import youtube_id
@@ -103,13 +103,7 @@ def read_queries(path: str | os.PathLike, languages: Sequence[str] = ("en", "zh"
     if path.suffix != ".jsonl":
         return [Query(line.strip(), line.strip(), "en") for line in path.read_text().splitlines() if line.strip()]
     queries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+    for n, record in json_lines(path):
         if not isinstance(record, dict):
             raise DataError(f"{path}:{n}: expected an object, got {type(record).__name__}")
         if "query" in record:
@@ -161,7 +155,7 @@ def read_excluded_ids(paths: Sequence[str | os.PathLike]) -> tuple[set[str], dic
             elif path.suffix == ".json":
                 rows = iter([json.load(f)])
             elif path.suffix == ".jsonl":
-                rows = (json.loads(line) for line in f if line.strip())
+                rows = (record for _, record in json_lines(path))
             else:
                 rows = (line.split() for line in f)
             for row in rows:

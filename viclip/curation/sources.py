@@ -86,34 +86,38 @@ def parse_timestamp(value: str) -> float:
     return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
 
 
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of a JSON-lines file, blank lines skipped; a bad line is an error naming it."""
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: not JSON ({e})") from None
+
+
 def read_annotations(path: str | os.PathLike) -> dict[str, list[Annotation]]:
     """Released clips grouped by ``YoutubeID`` (in order of first appearance), so each source is fetched once."""
     grouped: dict[str, list[Annotation]] = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not JSON ({e})") from None
-            missing = [k for k in ANNOTATION_FIELDS if k not in rec]
-            if missing:
-                raise DataError(f"{path}:{n}: missing field(s) {missing}")
-            try:
-                start, end = parse_timestamp(rec["Start_timestamp"]), parse_timestamp(rec["End_timestamp"])
-            except ValueError as e:
-                raise DataError(f"{path}:{n}: {e}") from None
-            if end <= start:
-                raise DataError(f"{path}:{n}: End_timestamp {rec['End_timestamp']} is not after "
-                                 f"Start_timestamp {rec['Start_timestamp']}")
-            if not isinstance(rec["Caption"], str):
-                raise DataError(f"{path}:{n}: Caption must be a string, got {type(rec['Caption']).__name__} "
-                                f"{rec['Caption']!r}")
-            scores = {col: float(rec[k]) for k, col in SCORE_FIELDS.items() if rec.get(k) is not None}
-            extra = {k: v for k, v in rec.items() if k not in ANNOTATION_FIELDS and k not in SCORE_FIELDS}
-            grouped.setdefault(str(rec["YoutubeID"]), []).append(
-                Annotation(start, end, rec["Caption"], extra=extra, **scores))
+    for n, rec in json_lines(path):
+        missing = [k for k in ANNOTATION_FIELDS if k not in rec]
+        if missing:
+            raise DataError(f"{path}:{n}: missing field(s) {missing}")
+        try:
+            start, end = parse_timestamp(rec["Start_timestamp"]), parse_timestamp(rec["End_timestamp"])
+        except ValueError as e:
+            raise DataError(f"{path}:{n}: {e}") from None
+        if end <= start:
+            raise DataError(f"{path}:{n}: End_timestamp {rec['End_timestamp']} is not after "
+                             f"Start_timestamp {rec['Start_timestamp']}")
+        if not isinstance(rec["Caption"], str):
+            raise DataError(f"{path}:{n}: Caption must be a string, got {type(rec['Caption']).__name__} "
+                            f"{rec['Caption']!r}")
+        scores = {col: float(rec[k]) for k, col in SCORE_FIELDS.items() if rec.get(k) is not None}
+        extra = {k: v for k, v in rec.items() if k not in ANNOTATION_FIELDS and k not in SCORE_FIELDS}
+        grouped.setdefault(str(rec["YoutubeID"]), []).append(
+            Annotation(start, end, rec["Caption"], extra=extra, **scores))
     return grouped
 
 
