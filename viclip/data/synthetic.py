@@ -20,7 +20,6 @@ import numpy as np
 
 from viclip.atomic import atomic_write
 from viclip.data.tars import SIZES_FILE, ShardWriter
-from viclip.data.video import write_mp4
 from viclip.errors import ConfigError, OutputError
 
 COLOURS = {
@@ -136,6 +135,8 @@ def _random_object(rng: np.random.Generator, held_out: bool) -> SceneObject:
 
 
 def _write_eval_set(root: Path, clips: list[tuple[np.ndarray, list[str] | str]], fps: float) -> Path:
+    from viclip.data.video import write_mp4
+
     records = []
     for i, (frames, caption) in enumerate(clips):
         rel = f"videos/{i:06d}.mp4"
@@ -202,6 +203,8 @@ def make_synthetic(
             shutil.rmtree(root / name, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write(started, json.dumps({"params": params}), durable=False)  # before any part: they are ours
+
+    from viclip.data.video import write_mp4  # PyAV and torch: not for make-synthetic --help
 
     # one generator per part, so changing n_eval does not change the training clips
     train_rng, zs_rng, ret_rng = (np.random.default_rng([seed, part]) for part in range(3))
