@@ -71,3 +71,18 @@ def test_help_shows_defaults(monkeypatch, capsys):
     assert re.search(r"--global-shuffle, --no-global-shuffle\s+default: True", text)
     assert re.search(r"--allow-empty-captions, --no-allow-empty-captions\s+default: False", text)
     assert re.search(r"--max-samples MAX_SAMPLES\s+default 1000", text)
+
+
+@pytest.mark.parametrize("stage", ["make-shards", "build-subset", "export-subset", "make-icl", "plot-stats",
+                                   "make-synthetic"])
+def test_help_loads_no_torch(stage):
+    """--help answers before the heavy imports (torch alone takes seconds): these stages' parsers need none."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import sys", "from viclip.commands import curate", f"sys.argv = ['viclip-curate', {stage!r}, '--help']",
+        "try:", "    curate.main()", "except SystemExit:", "    pass",
+        "print('heavy:', sorted(m for m in ('torch', 'av', 'cv2', 'scenedetect') if m in sys.modules))"])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip().endswith("heavy: []"), out[-500:]
