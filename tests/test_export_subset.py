@@ -70,9 +70,17 @@ def test_missing_columns_and_tars_are_named(stage, tmp_path):
         export_subset(subset, tmp_path / "e", ExportConfig(similarity_column="clip_text_sim_v2"), progress=False)
 
 
-@pytest.mark.parametrize("key", ["../../escaped", "/tmp/absolute", "sub/dir", ".."])
+@pytest.mark.parametrize("key", ["../../escaped", "ABSOLUTE", "sub/escaped", ".."])
 def test_a_clip_key_that_is_a_path_is_refused(stage, tmp_path, key):
-    """clip_key values join into output paths: a path in one would write outside --out."""
+    """clip_key values join into output paths: with a tar member of that name, a path in one would write
+    outside --out (the old export wrote ../../escaped.mp4 beside the export)."""
+    import io
+
+    key = str(tmp_path / "abs_escaped") if key == "ABSOLUTE" else key
+    with tarfile.open(stage / "00000.tar", "a") as tar:
+        info = tarfile.TarInfo(f"{key}.mp4")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"mp4!"))
     subset = tmp_path / "aes.parquet"
     build_subset([stage], subset, SubsetSpec(rule="aes"))
     table = pq.read_table(subset)
@@ -81,4 +89,5 @@ def test_a_clip_key_that_is_a_path_is_refused(stage, tmp_path, key):
     pq.write_table(table, subset)
     with pytest.raises(DataError, match="is not a plain file name"):
         export_subset(subset, tmp_path / "export" / "deep", ExportConfig(clips=str(stage)), progress=False)
-    assert not list(tmp_path.rglob("escaped*")) and not (tmp_path / "export").exists()
+    assert not [p for p in tmp_path.rglob("*escaped*") if p.suffix == ".mp4"]
+    assert not (tmp_path / "export").exists()
