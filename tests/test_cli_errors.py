@@ -97,11 +97,11 @@ def test_error_lines_name_the_path_or_key_and_bugs_keep_their_traceback(tmp_path
 
     @one_line_errors
     def column(row):
-        raise KeyError("column 'caption' is missing from clips.parquet")
+        raise DataError("clips.parquet: column 'caption' is missing")
 
     with pytest.raises(SystemExit) as stop:
         column({})
-    assert stop.value.code == "tool.py: error: column 'caption' is missing from clips.parquet"  # no quotes added
+    assert stop.value.code == "tool.py: error: clips.parquet: column 'caption' is missing"
 
     @one_line_errors
     def bug():
@@ -109,3 +109,17 @@ def test_error_lines_name_the_path_or_key_and_bugs_keep_their_traceback(tmp_path
 
     with pytest.raises(RuntimeError):  # not a user error: the traceback stays
         bug()
+
+    @one_line_errors
+    def our_key_error(batch):
+        return batch["video_id"]  # fine-tuning batches had no video_id: a bug, not the user's input
+
+    with pytest.raises(KeyError, match="video_id"):  # a KeyError or ValueError of our own code is not hidden
+        our_key_error({})
+
+    @one_line_errors
+    def our_value_error():
+        return int("not a number")
+
+    with pytest.raises(ValueError, match="invalid literal"):
+        our_value_error()
