@@ -4,6 +4,8 @@ resume per shard and per cluster, and the command's --method switch."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -140,3 +142,20 @@ def test_command_method_semdedup_and_bad_options(corpus, tmp_path, monkeypatch, 
     assert pq.read_table(out).num_rows == 4000
     with pytest.raises(ConfigError, match="--spill must be >= 1, got 0"):
         SemDedupConfig(spill=0)
+
+
+def test_torchrun_ranks_split_shards_and_clusters(corpus, tmp_path):
+    """Two ranks (gloo on the CPU) each assign their shards and search their clusters; rank 0 writes the flags
+    table, equal to one process's."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "flags.parquet"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / "tools" / "dedup_clips.py"), "--input", str(corpus["root"]), "--out", str(out),
+           "--method", "semdedup", "--threshold", str(THRESHOLD), "--clusters", "16"]
+    proc = subprocess.run(cmd, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = DedupConfig(threshold=THRESHOLD)
+    pairs, _ = semantic_pairs([corpus["root"]], THRESHOLD, SemDedupConfig(clusters=16), tmp_path / "one")
+    find_duplicates_and_leaks([corpus["root"]], tmp_path / "one.parquet", cfg, pairs)
+    assert pq.read_table(out).equals(pq.read_table(tmp_path / "one.parquet"))
