@@ -19,8 +19,10 @@ from pathlib import Path
 import av
 import pyarrow.parquet as pq
 import pytest
+from hydra import compose, initialize_config_dir
 
 from viclip.testing.corpus import sample_footage
+from viclip.train.config import plan
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "# your own videos, end to end"
@@ -142,3 +144,21 @@ def test_readme_own_videos_path_runs_as_written(folder):
     assert [Path(r["video"]).name for r in rows] == sorted(VIDEOS)
     assert [r["prompt"] for r in rows] == [CLASSES[v] for v in sorted(VIDEOS)]
     assert all(-1.0 <= float(r["similarity"]) <= 1.0 for r in rows)
+
+
+def _shards_plan(shards: str, *overrides: str) -> list[str]:
+    with initialize_config_dir(config_dir=str(REPO / "viclip" / "configs"), version_base="1.3"):
+        return plan(compose("train", overrides=["data=shards", f"data.shards={shards}", "model=tiny", *overrides]), 1)
+
+
+def test_dry_run_of_own_shards_counts_their_sizes_json(tmp_path):
+    (tmp_path / "00000.tar").write_bytes(bytes(512 * 3 * 10))  # room for the 10 samples sizes.json claims
+    (tmp_path / "sizes.json").write_text(json.dumps({"00000.tar": 10}))
+    lines = _shards_plan(str(tmp_path), "train.batch_size=4")
+    assert lines[0].startswith("10 clips per epoch (sizes.json)")
+    assert lines[1].startswith("[pretrain] 20 steps (10 epochs of 2) at 4 clips per rank")
+
+
+def test_own_shards_that_do_not_exist_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist \(shards: a directory of tars"):
+        _shards_plan(str(tmp_path / "nowhere"), "train.batch_size=4")

@@ -89,6 +89,10 @@ def corpus_num_samples(corpus: Corpus, shards: list[str]) -> int:
         total += sum(_shard_count(directory, n, sizes) for n in names if n in sizes)
     configured = corpus.num_samples
     if missing:
+        absent = [m for m in missing if "://" not in m and not os.path.exists(m)]
+        if configured is None and absent:
+            raise FileNotFoundError(f"corpus {label!r}: {absent[0]} does not exist (shards: a directory of tars "
+                                    "with sizes.json, a tar, or a brace pattern of tars)")
         if configured is None:
             raise DataError(f"corpus {label!r}: no size for {missing[:3]} in its {SIZES_FILE}; write one "
                             "(tools/make_shards.py does) or set the corpus's num_samples")

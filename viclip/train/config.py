@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from viclip.data.corpora import Corpus, corpus_num_samples
+from viclip.data.tars import expand_shards
 from viclip.errors import ConfigError
 from viclip.model import get_config
 from viclip.train.engine import PHASE_OPTIMIZER
@@ -98,13 +100,17 @@ def phase_steps(phase: Phase, per_epoch: int) -> int:
 
 def plan(cfg: DictConfig, world_size: int) -> list[str]:
     """Each phase's batch, steps per epoch and steps at ``world_size`` ranks, from the data config's
-    ``num_samples`` (``dry_run=N``: the step counts of a run before any shard is at hand)."""
+    ``num_samples`` (``dry_run=N``: the step counts of a run before any shard is at hand), or, where that
+    is unset (``data=shards``), from the shards' ``sizes.json`` as training counts them."""
     sizes = {name: src.get("num_samples") for name, src in cfg.data.sources.items()}
-    unknown = [name for name, n in sizes.items() if n is None]
-    if unknown:
-        raise ConfigError(f"dry_run needs data.sources.<name>.num_samples; unset for {', '.join(unknown)}")
-    samples = sum(int(n) for n in sizes.values())
-    lines = [f"{samples} clips per epoch (num_samples), {world_size} ranks, {cfg.train.grad_accum} accumulation"]
+    counted = {}
+    for name, src in cfg.data.sources.items():
+        if sizes[name] is None:
+            shards = src.shards if isinstance(src.shards, str) else list(src.shards)
+            counted[name] = corpus_num_samples(Corpus(shards=shards, name=name), expand_shards(shards))
+    samples = sum(int(n) for n in sizes.values() if n is not None) + sum(counted.values())
+    source = "sizes.json" if counted else "num_samples"
+    lines = [f"{samples} clips per epoch ({source}), {world_size} ranks, {cfg.train.grad_accum} accumulation"]
     for phase in phases_of(cfg):
         global_batch = phase.batch_size * world_size * int(cfg.train.grad_accum)
         per_epoch = steps_per_epoch(cfg, samples // (phase.batch_size * world_size))
