@@ -21,7 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
+from viclip.errors import ConfigError
+from viclip.model import get_config
 from viclip.testing.corpus import sample_footage
+from viclip.train import loader as train_loader
 from viclip.train.config import plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,15 +149,24 @@ def test_readme_own_videos_path_runs_as_written(folder):
     assert all(-1.0 <= float(r["similarity"]) <= 1.0 for r in rows)
 
 
-def _shards_plan(shards: str, *overrides: str) -> list[str]:
+def _shards_config(shards: str, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "viclip" / "configs"), version_base="1.3"):
-        return plan(compose("train", overrides=["data=shards", f"data.shards={shards}", "model=tiny", *overrides]), 1)
+        return compose("train", overrides=["data=shards", f"data.shards={shards}", "model=tiny", *overrides])
+
+
+def _shards_plan(shards: str, *overrides: str) -> list[str]:
+    return plan(_shards_config(shards, *overrides), 1)
+
+
+def _ten_clip_shards(folder: Path) -> str:
+    """A shard directory whose sizes.json claims 10 samples (the tar is only big enough to hold them)."""
+    (folder / "00000.tar").write_bytes(bytes(512 * 3 * 10))
+    (folder / "sizes.json").write_text(json.dumps({"00000.tar": 10}))
+    return str(folder)
 
 
 def test_dry_run_of_own_shards_counts_their_sizes_json(tmp_path):
-    (tmp_path / "00000.tar").write_bytes(bytes(512 * 3 * 10))  # room for the 10 samples sizes.json claims
-    (tmp_path / "sizes.json").write_text(json.dumps({"00000.tar": 10}))
-    lines = _shards_plan(str(tmp_path), "train.batch_size=4")
+    lines = _shards_plan(_ten_clip_shards(tmp_path), "train.batch_size=4")
     assert lines[0].startswith("10 clips per epoch (sizes.json)")
     assert lines[1].startswith("[pretrain] 20 steps (10 epochs of 2) at 4 clips per rank")
 
@@ -162,3 +174,11 @@ def test_dry_run_of_own_shards_counts_their_sizes_json(tmp_path):
 def test_own_shards_that_do_not_exist_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere does not exist \(shards: a directory of tars"):
         _shards_plan(str(tmp_path / "nowhere"), "train.batch_size=4")
+
+
+def test_a_batch_larger_than_the_shards_names_the_option_and_its_bound(tmp_path):
+    cfg = _shards_config(_ten_clip_shards(tmp_path))  # train.batch_size stays the paper's 512
+    model_cfg = get_config("tiny")
+    with pytest.raises(ConfigError, match=r"an epoch of 10 clips is less than one global batch \(batch_size 512 x "
+                                          r"world_size 1\): set train.batch_size .* to at most 10"):
+        train_loader.build_loader(cfg, model_cfg, int(cfg.train.batch_size), 0, 1)

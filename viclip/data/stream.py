@@ -130,8 +130,9 @@ class VideoTextStream(IterableDataset):
         self.transform = transform if transform is not None else VideoTransform(train=True)
         self.batches_per_rank = epoch_samples // (config.batch_size * world_size)
         if self.batches_per_rank < 1:
-            raise ConfigError(f"epoch_samples={epoch_samples} is less than one global batch "
-                              f"(batch_size {config.batch_size} x world_size {world_size})")
+            raise ConfigError(f"an epoch of {epoch_samples} clips is less than one global batch (batch_size "
+                              f"{config.batch_size} x world_size {world_size}): set train.batch_size (or the "
+                              f"phase's batch_size) to at most {max(1, epoch_samples // world_size)}")
         self.epoch = 0
         self.resume: dict[int, tuple[int, int]] = {}  # worker -> (batches done, samples taken)
 
