@@ -114,6 +114,12 @@ def _config_of(weights: Path) -> ViCLIPConfig:
     return read_config(weights)
 
 
+def model_config(name: str | None, weights: Path, **overrides) -> ViCLIPConfig:
+    """The config :func:`load_model` builds for ``weights`` (a resolved file): the registered ``name``'s, else
+    the file's, then ``overrides``. A driver reads it to check its settings before its workers load weights."""
+    return get_config(name, **overrides) if name else with_overrides(_config_of(weights), **overrides)
+
+
 def load_model(
     name: str | None = None, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
     **overrides
@@ -126,8 +132,7 @@ def load_model(
         raise ConfigError("load_model needs checkpoint= (a file, a pretrained folder or hf-hub:ORG/NAME; "
                           "use create_model for random weights)")
     weights = resolve_pretrained(checkpoint)
-    cfg = get_config(name, **overrides) if name else with_overrides(_config_of(weights), **overrides)
-    model = ViCLIP(cfg)
+    model = ViCLIP(model_config(name, weights, **overrides))
     load_weights(model, weights)
     return model.to(device).eval()
 
