@@ -82,6 +82,15 @@ def test_missing_captions_are_an_error_unless_allowed(stage, tmp_path):
         make_shards(broken, clips_dir_of(stage), tmp_path / "c")
 
 
+def test_a_partial_captions_file_names_how_many_clips_it_left_out(stage, tmp_path):
+    table = read_tables([stage]).drop_columns(["caption"])
+    kept = [r["clip_id"] for r in table.to_pylist() if r["status"] == "kept"]
+    (tmp_path / "mine.csv").write_text("clip_id,caption\n" + "".join(f"{c},a caption\n" for c in kept[:3]))
+    with pytest.raises(DataError, match=rf"{len(kept) - 3} of {len(kept)} kept clips have no 'caption' \("
+                                        rf".*mine.csv captions the others\), e.g. {kept[3]}, "):
+        make_shards(table, clips_dir_of(stage), tmp_path / "a", captions=str(tmp_path / "mine.csv"))
+
+
 def _keys_in_order(out):
     names = json.loads((out / "sizes.json").read_text())
     clips = []

@@ -132,6 +132,8 @@ def test_readme_own_videos_path_runs_as_written(folder):
     assert planned == {"pretrain": str(EPOCHS * per_epoch), "unmasked": str(max(1, round(0.5 * per_epoch)))}, out
     assert f"[pretrain] step {EPOCHS * per_epoch}/{EPOCHS * per_epoch}" in out
     assert (folder / "runs" / "tiny_shards" / "weights" / "unmasked.pth").is_file()
+    last = out.strip().splitlines()[-1]  # the run's summary: where the weights went, how to evaluate them
+    assert last.startswith("done: runs/tiny_shards") and last.endswith("checkpoint=" + zeroshot[-1].split("=", 1)[1])
 
     out = run(zeroshot, folder)
     result = json.loads(Path(re.search(r"results: (\S+\.json)", out).group(1)).read_text())

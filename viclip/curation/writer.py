@@ -114,9 +114,11 @@ def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str |
         raise DataError(f"{source}: no caption column {caption_column!r}: {NO_CAPTIONS}")
     table = table.filter(pc.equal(table["status"], "kept"))
     rows = table.to_pylist()
-    for row in rows:
-        if not row.get(caption_column) and not allow_empty_captions:
-            raise DataError(f"{source}: clip {row.get('clip_id')} has no {caption_column!r}: {NO_CAPTIONS}")
+    uncaptioned = [str(row.get("clip_id")) for row in rows if not row.get(caption_column)]
+    if uncaptioned and not allow_empty_captions:
+        named = f" ({captions} captions the others)" if captions is not None and len(uncaptioned) < len(rows) else ""
+        raise DataError(f"{source}: {len(uncaptioned)} of {len(rows)} kept clips have no {caption_column!r}{named}, "
+                        f"e.g. {', '.join(uncaptioned[:3])}: {NO_CAPTIONS}")
 
     tars = _StageTars(clips_dir)
     with ShardWriter(out_dir, max_samples=max_samples, max_bytes=max_bytes) as writer, \
