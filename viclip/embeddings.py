@@ -14,9 +14,12 @@ Videos and captions go through the evaluation path (:mod:`viclip.eval.embed`: th
 resize, normalisation and autocast), so a clip's embedding equals the one ``eval.py`` caches for the
 same checkpoint and protocol. Embeddings are stored unnormalised, as ``encode_video`` returns them.
 
-Under torchrun (or a SLURM array, ``task``/``num_tasks``), worker ``task * world + rank`` of
-``num_tasks * world`` owns the shards ``s`` with ``s % workers == worker``: each clip is embedded
-once, and ranks never wait for each other.
+The shards are a :class:`~viclip.curation.engine.ShardJob` for an engine (``--engine``): this process
+(shard after shard, one model), or Ray actors that each load the model once and take shard after shard;
+both write the same files, so a rerun may switch engines. Under torchrun (or a SLURM array,
+``task``/``num_tasks``), worker ``task * world + rank`` of ``num_tasks * world`` owns the shards ``s``
+with ``s % workers == worker`` and runs them on its engine: each clip is embedded once, and ranks
+never wait for each other.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from viclip.atomic import atomic_path, atomic_write
+from viclip.curation.engine import Advance, Engine, LocalEngine, ShardJob, ShardRunner
 from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, number
 from viclip.curation.stages import StageDir, clips_dir_of, record_or_check_settings, shard_name, stats_name
 from viclip.curation.table import STATS_SUFFIX, table_files
@@ -47,6 +51,7 @@ from viclip.errors import ConfigError, DataError
 from viclip.eval.embed import VideoProtocol, encode_text_batch, encode_video_batch, protocol_transform
 from viclip.eval.model_loading import file_sha256
 from viclip.model import ViCLIP, load_model
+from viclip.model.hub import model_config, resolve_pretrained
 from viclip.progress import progress as progress_bar
 
 INPUT_KINDS = ("auto", "tars", "tables", "folder")
@@ -245,17 +250,44 @@ class Embedder:
         return table, stats
 
 
+@dataclass(frozen=True)
+class EmbedShards:
+    """The embedding job's ``make_runner``: loads the model once (in this process, or once per Ray actor),
+    then embeds shard after shard, each ended by its done mark."""
+
+    out_dir: str
+    cfg: EmbedConfig
+    protocol: VideoProtocol
+
+    def __call__(self) -> ShardRunner:
+        cfg, out = self.cfg, StageDir(self.out_dir)
+        device = pick_device(cfg.device)  # an actor's GPU, or this rank's under torchrun
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        model = load_model(cfg.model, checkpoint=Path(cfg.checkpoint), device=device, num_frames=cfg.num_frames)
+        embed = Embedder(model, self.protocol, device, cfg)
+
+        def run(shard: int, unit: Unit, advance: Advance) -> dict:
+            name = shard_name(shard)
+            out.remove_leftovers(f".{name}.parquet.tmp*")  # a killed run's partial table
+            table, stats = embed(unit_clips(unit))
+            with atomic_path(out.path(f"{name}.parquet")) as tmp:
+                pq.write_table(table, tmp)
+            atomic_write(out.path(stats_name(shard)), json.dumps({"shard": shard, "input": unit.path, **stats}))
+            return stats
+        return run
+
+
 def run_embedding(inputs: Sequence[str], out_dir: str | os.PathLike, cfg: EmbedConfig, task: int = 0,
-                  num_tasks: int = 1, progress: bool = True) -> dict:
-    """Embed every pending shard this worker owns; returns counts (shards done, skipped, clips, failed)."""
+                  num_tasks: int = 1, progress: bool = True, engine: Engine | None = None) -> dict:
+    """Embed every pending shard this worker owns on ``engine`` (default: this process); returns counts
+    (shards done, skipped, clips, failed). The settings are checked before any model loads, so a
+    finished or mismatched run loads none."""
     if not 0 <= task < num_tasks:
         raise ConfigError(f"--task must be in [0, num_tasks), got task={task}, num_tasks={num_tasks}")
     if not Path(cfg.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {cfg.checkpoint}")
-    device = pick_device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    init_from_env(device)
+    init_from_env(pick_device(cfg.device))
     rank, world_size = world()
     worker, workers = task * world_size + rank, num_tasks * world_size
     units = plan_units(inputs, cfg.input_kind, cfg.clips_per_shard)
@@ -263,21 +295,17 @@ def run_embedding(inputs: Sequence[str], out_dir: str | os.PathLike, cfg: EmbedC
     mine = [s for s in range(len(units)) if s % workers == worker]
     pending = [s for s in mine if not out.exists(stats_name(s))]
     summary = {"shards": len(mine), "skipped": len(mine) - len(pending), "done": 0, "clips": 0, "failed": 0}
-    weights = Path(cfg.checkpoint)
-    model = load_model(cfg.model, checkpoint=weights, device=device, num_frames=cfg.num_frames)
-    protocol = VideoProtocol(num_frames=cfg.num_frames, sampling=cfg.sampling, image_size=model.cfg.image_size,
+    weights = resolve_pretrained(cfg.checkpoint)
+    image_size = model_config(cfg.model, weights, num_frames=cfg.num_frames).image_size
+    protocol = VideoProtocol(num_frames=cfg.num_frames, sampling=cfg.sampling, image_size=image_size,
                              backend=cfg.backend)
     record_or_check_settings(out, {**cfg.record(file_sha256(weights), protocol),
                                    "inputs": [str(Path(i).resolve()) for i in inputs], "units": len(units)})
-    embed = Embedder(model, protocol, device, cfg)
-    for s in progress_bar(pending, desc=f"worker {worker}/{workers}", unit="shard", enabled=progress):
-        name = shard_name(s)
-        out.remove_leftovers(f".{name}.parquet.tmp*")  # a killed run's partial table
-        table, stats = embed(unit_clips(units[s]))
-        with atomic_path(out.path(f"{name}.parquet")) as tmp:
-            pq.write_table(table, tmp)
-        atomic_write(out.path(stats_name(s)), json.dumps({"shard": s, "input": units[s].path, **stats}))
-        summary["done"] += 1
-        summary["clips"] += stats["clips"]
-        summary["failed"] += stats["failed"]
+    job = ShardJob(EmbedShards(out.url, cfg, protocol), {s: units[s] for s in pending}, unit="clip", model=True)
+    with progress_bar(total=len(pending), desc=f"worker {worker}/{workers}", unit="shard", enabled=progress) as bar:
+        for _, stats in (engine or LocalEngine()).run(job, lambda shard, n: None):
+            bar.update(1)
+            summary["done"] += 1
+            summary["clips"] += stats["clips"]
+            summary["failed"] += stats["failed"]
     return summary

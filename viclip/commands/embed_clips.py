@@ -3,11 +3,13 @@
     viclip-curate embed-clips --input /data/flt/ --out emb/flt --checkpoint ViClip-InternVid-10M-FLT.pth
     torchrun --standalone --nproc_per_node=8 tools/embed_clips.py --input scored/ --out emb/scored \
         --checkpoint ViClip-InternVid-10M-FLT.pth           # each clip once across ranks, bf16 on the GPUs
+    viclip-curate embed-clips --input scored/ --out emb/scored --checkpoint ... --engine ray  # actors, a model each
     viclip-curate embed-clips --input /data/eval/msrvtt/videos --out emb/msrvtt --checkpoint ...  # for dedup-clips
 
 One shard per input tar, clip table or --clips-per-shard videos of a folder: {s:05d}.parquet (clip_id,
 video_id, aesthetic, video_embedding, text_embedding, similarity, error), then {s:05d}.stats.json (done);
-a rerun skips done shards; --task/--num-tasks split the shards over a SLURM array as well.
+a rerun skips done shards; --task/--num-tasks split the shards over a SLURM array as well; --engine ray
+runs them on Ray actors that each load the model once (the same files: a rerun may switch engines).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 
 from viclip.commands import StageParser, one_line_errors
-from viclip.curation.cli import add_options, add_task_args, from_args
+from viclip.curation.cli import add_engine_args, add_options, add_task_args, engine_from_args, from_args
 from viclip.embeddings import INPUT_KINDS, EmbedConfig, run_embedding
 
 
@@ -30,9 +32,10 @@ def main() -> None:
                                                            "precision": ("auto", "fp32", "bf16"),
                                                            "sampling": ("middle", "random")})
     add_task_args(parser)
+    add_engine_args(parser, models=True)
     args = parser.parse_args()
     summary = run_embedding(args.input, args.out, from_args(EmbedConfig, args), task=args.task,
-                            num_tasks=args.num_tasks, progress=not args.no_progress)
+                            num_tasks=args.num_tasks, progress=not args.no_progress, engine=engine_from_args(args))
     print(json.dumps(summary))
 
 
