@@ -184,3 +184,16 @@ def test_a_batch_larger_than_the_shards_names_the_option_and_its_bound(tmp_path)
     with pytest.raises(ConfigError, match=r"an epoch of 10 clips is less than one global batch \(batch_size 512 x "
                                           r"world_size 1\): set train.batch_size .* to at most 10"):
         train_loader.build_loader(cfg, model_cfg, int(cfg.train.batch_size), 0, 1)
+
+
+@pytest.mark.parametrize(("config", "option", "expected"), [("train", "data=shard", "data=shards"),
+                                                            ("eval", "task=custom_zeroshots", "task=custom_zeroshot")])
+def test_a_misspelled_group_option_gets_one_line_with_the_closest(monkeypatch, config, option, expected):
+    from viclip.commands.config_keys import check_override_keys
+
+    monkeypatch.setattr(sys, "argv", [f"viclip-{config}"])
+    with pytest.raises(SystemExit) as end:
+        check_override_keys("viclip.configs", config, [option])
+    assert str(end.value).startswith(f"viclip-{config}: error: {option} is not a config of {option.split('=')[0]}/; "
+                                     f"did you mean {expected}")
+    assert "\n" not in str(end.value)
