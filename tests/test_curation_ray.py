@@ -1,6 +1,8 @@
 """The Ray engine: the local engine's tables and clips, Ray's retry of a killed shard, failed rows for hung and
-crashed sources, and one model per actor. One small local Ray (2 CPUs) serves the module."""
+crashed sources, and one model per actor (table stages and embed-clips). One small local Ray (2 CPUs) serves the
+module."""
 
+import dataclasses
 import functools
 import json
 import multiprocessing
@@ -13,11 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from stage_outputs import tar_keys
 
+from viclip.commands import embed_clips
 from viclip.curation.engine import LocalEngine, make_engine
 from viclip.curation.pool import TimeBudget
 from viclip.curation.sources import Source, list_folder
 from viclip.curation.stages import run_stage, run_table_stage
 from viclip.curation.table import read_tables
+from viclip.embeddings import EmbedConfig, run_embedding
+from viclip.model import create_model, export_safetensors
 from viclip.testing import videos as tv
 
 ray = pytest.importorskip("ray")
@@ -138,3 +143,52 @@ def test_a_model_actor_builds_its_model_once(cluster, local, tmp_path):
         name = f"{s:05d}.parquet"
         assert pq.read_table(tmp_path / "ray" / name).equals(pq.read_table(tmp_path / "local" / name))
     assert "3 shards done" in str(summary) and "11 clips" in str(summary)
+
+
+class CountedBuilds:
+    """An engine whose jobs' runners leave a file in ``marks`` each time one is built (a model loaded)."""
+
+    def __init__(self, engine, marks: Path) -> None:
+        self.engine, self.marks = engine, str(marks)
+
+    def run(self, job, advance):
+        counted = functools.partial(ray_workers.counted, self.marks, job.make_runner)
+        return self.engine.run(dataclasses.replace(job, make_runner=counted), advance)
+
+
+def embedding_outputs(out: Path) -> dict:
+    """Every embedding shard's table, the stats less timings, config.json."""
+    return {"tables": {p.name: pq.read_table(p) for p in sorted(out.glob("*.parquet"))},
+            "stats": [{k: v for k, v in json.loads(p.read_text()).items() if k != "seconds"}
+                      for p in sorted(out.glob("*.stats.json"))],
+            "config": json.loads((out / "config.json").read_text())}
+
+
+def test_embed_clips_on_ray_actors_gives_the_local_shards_and_loads_one_model_per_actor(
+        cluster, tmp_path, monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ckpt = str(export_safetensors(create_model("tiny"), tmp_path / "tiny.safetensors"))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(5):  # three shards of two (the last of one); captions beside some
+        tv.write_video(videos / f"clip{i}.mp4", tv.pan_frames(12, 48, 32, 1 + i, seed=i), 8)
+        if i % 2 == 0:
+            (videos / f"clip{i}.txt").write_text(f"a panning shot number {i}")
+    local, built = tmp_path / "local", tmp_path / "built"
+    built.mkdir()
+    cfg = EmbedConfig(checkpoint=ckpt, clips_per_shard=2, workers=0)
+    summary = run_embedding([str(videos)], local, cfg, progress=False, engine=CountedBuilds(LocalEngine(), built))
+    assert (summary["done"], summary["clips"], summary["failed"]) == (3, 5, 0)
+    assert len(list(built.iterdir())) == 1  # the local engine loads one model for all shards
+    real = embed_clips.engine_from_args
+    monkeypatch.setattr(embed_clips, "engine_from_args", lambda args: CountedBuilds(real(args), built))
+    monkeypatch.setattr("sys.argv", ["embed-clips", "--input", str(videos), "--out", str(tmp_path / "ray"),
+                                     "--checkpoint", ckpt, "--clips-per-shard", "2", "--workers", "0",
+                                     "--no-progress", "--engine", "ray", "--gpus-per-worker", "0", "--actors", "2"])
+    embed_clips.main()
+    assert json.loads(capsys.readouterr().out) == summary
+    assert len(list(built.iterdir())) == 3  # two actors, three shards: one model each
+    ray_out, local_out = embedding_outputs(tmp_path / "ray"), embedding_outputs(local)
+    assert ray_out == local_out and len(ray_out["tables"]) == 3
+    assert not list((tmp_path / "ray").glob(".*tmp*"))

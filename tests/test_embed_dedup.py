@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from viclip import embeddings
 from viclip.commands.dedup_clips import main as dedup_main
 from viclip.curation.dedup import DedupConfig, find_duplicates_and_leaks, similar_pairs
 from viclip.curation.subsets import SubsetSpec, build_subset
@@ -109,6 +110,17 @@ def test_resume_skips_done_shards_and_refuses_other_settings(setup, tmp_path):
     with pytest.raises(ValueError, match="different protocol"):
         run_embedding([str(setup["tars"])], tmp_path, EmbedConfig(checkpoint=setup["ckpt"], num_frames=4, workers=0),
                       progress=False)
+
+
+def test_one_model_load_for_all_shards_and_none_for_a_finished_run(setup, tmp_path, monkeypatch):
+    loads = []
+    real = embeddings.load_model
+    monkeypatch.setattr(embeddings, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    cfg = EmbedConfig(checkpoint=setup["ckpt"], clips_per_shard=2, workers=0)
+    assert run_embedding([str(setup["folder"])], tmp_path, cfg, progress=False)["done"] == N_CLIPS // 2
+    assert len(loads) == 1  # one runner, one model, three shards
+    again = run_embedding([str(setup["folder"])], tmp_path, cfg, progress=False)
+    assert (again["done"], again["skipped"], len(loads)) == (0, N_CLIPS // 2, 1)  # all done: nothing loaded
 
 
 def test_unreadable_clip_gets_an_error_row(setup, tmp_path):
