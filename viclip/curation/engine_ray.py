@@ -3,7 +3,7 @@
 CPU stages (split-scenes, fetch-clips) run each shard as a task asking for the job's ``cpus``
 (``--workers``: the shard's supervised video workers, :mod:`viclip.curation.pool`, fork inside the
 task, so a hanging or crashing video is still a failed row and never a failed task). Model stages
-(caption-clips, score-clips) start ``actors`` actors, each building the model once on
+(caption-clips, score-clips, embed-clips) start ``actors`` actors, each building the model once on
 ``gpus_per_worker`` GPUs, and hand them shards as they free up. A task or actor whose process or
 node dies is retried by Ray (:data:`RETRIES` times); the retry redoes only its shard, whose leftovers
 the stage removes, and shards already marked done stay done. The driver writes nothing: the workers
