@@ -123,7 +123,7 @@ def test_readme_own_videos_path_runs_as_written(folder):
 
     out = run(shards, folder)
     sizes = json.loads((folder / "shards" / "sizes.json").read_text())
-    assert sum(sizes.values()) == kept and f"{kept} samples" in out
+    assert sum(sizes.values()) == kept and f"{kept} samples" in out and "viclip-train data=shards" in out
 
     out = run(train, folder)
     planned = dict(re.findall(r"\[(\w+)\] (\d+) steps \(", out))

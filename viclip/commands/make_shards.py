@@ -24,7 +24,8 @@ def main() -> None:
     add_options(parser, make_shards, "shards", skip=("tables", "out_dir"))
     args = parser.parse_args()
     sizes = make_shards(args.input, out_dir=args.out, **values_from_args(make_shards, args))
-    print(f"{sum(sizes.values())} samples in {len(sizes)} tars under {args.out}")
+    print(f"{sum(sizes.values())} samples in {len(sizes)} tars under {args.out} "
+          f"(train on them: viclip-train data=shards data.shards={args.out} ...)")
 
 
 if __name__ == "__main__":
