@@ -5,10 +5,10 @@ kept spans) decodes a source twice. :func:`split_one_pass` decodes it once: ever
 the scene detector and, once its cuts are final (``min_scene_len`` seconds later, the furthest back
 PySceneDetect places a cut; for TransNetV2 once its window is predicted, 75 frames later plus 50 per
 extra window in a batch), to the encoder of the scene it belongs to; a transition's frames (TransNetV2's
-gaps) go to none. When a scene ends its clips are decided by the
-same :func:`scene_clips` and its bytes kept or dropped, so memory holds at most those delayed
-frames (the detector's look-ahead) and one scene's clip, whatever the source's length. The cuts and decisions are then taken
-from the finished scan exactly as the two-pass path takes them (:func:`candidate_clips`); a kept
+gaps) go to none. When a scene ends its clips are decided by the same :func:`scene_clips` and its
+bytes kept or dropped, so memory holds at most those delayed frames (the detector's look-ahead) and
+one scene's clip, whatever the source's length. The cuts and decisions are then taken from the
+finished scan exactly as the two-pass path takes them (:func:`candidate_clips`); a kept
 clip the pass could not encode (the parts of a long scene under ``long_clips="split"``, a scene
 longer than ``max_clip``) is cut by the extractor afterwards.
 
