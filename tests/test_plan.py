@@ -39,6 +39,7 @@ def test_rates_from_stats_files_scale_to_the_job(tmp_path):
     assert rates["embed"]["clips_per_second"] == pytest.approx(5.0)
     rows = {r.stage: r for r in plan(videos=1000, hours=600.0, rates=rates)}
     assert rows["split"].hours == pytest.approx(100.0)            # 600 source hours at 6 per core
+    assert rows["split"].rate == "6.00 source min / core-min"
     assert rows["split"].storage_bytes == pytest.approx(54_000 * 100_000)  # 90 clips/hour x 600 hours
     assert rows["embed"].hours == pytest.approx(54_000 / 5.0 / 3600)
     assert rows["embed"].unit == "H100-hours"

@@ -115,7 +115,7 @@ def plan(videos: int, hours: float, rates: dict[str, dict], clips: float | None 
     if split:
         clips = clips if clips is not None else hours * split["kept_clips_per_source_hour"]
         rows.append(StagePlan("split", f"{hours:,.0f} source hours of {videos:,} videos",
-                              f"{split['source_seconds_per_cpu_second'] * 60:.2f} source min / core-min",
+                              f"{split['source_seconds_per_cpu_second']:.2f} source min / core-min",
                               hours / split["source_seconds_per_cpu_second"], "core-hours",
                               clips * split["bytes_per_clip"]))
     else:

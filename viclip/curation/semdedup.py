@@ -266,5 +266,5 @@ def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: S
               "largest_cluster": int(sizes.max()), "mean_cluster": round(float(sizes.mean()), 1),
               # vector pairs compared: the search's work (the exact method compares rows * (rows - 1) / 2)
               "compared": int((sizes * (sizes - 1) // 2 + queries * sizes).sum()),
-              "pairs": len(pairs), "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+              "pairs": len(pairs), "seconds": {phase: round(s, 3) for phase, s in seconds.items()}}
     return pairs, report
