@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from stage_outputs import tar_keys
 
+from viclip.curation import scenes
 from viclip.curation.clips import CurationConfig
 from viclip.curation.scenes import SceneConfig
 from viclip.curation.sources import list_folder
@@ -107,6 +109,20 @@ def test_rerun_with_other_settings_is_refused(sources, reference):
                   videos_per_shard=1, workers=0, progress=False)
     table = pq.read_table(reference / "00001.parquet")
     assert set(table.column("shard").to_pylist()) == {1}
+
+
+def test_a_directory_written_before_the_detector_switch_resumes_under_the_defaults(sources, reference, tmp_path):
+    out = tmp_path / "old"
+    shutil.copytree(reference, out)
+    record = json.loads((out / "config.json").read_text())
+    for name in scenes.SETTINGS_INTRODUCED:  # as an older viclip wrote it
+        del record["config"]["scenes"][name]
+    (out / "config.json").write_text(json.dumps(record))
+    summary = run_stage(list_folder(sources), out, videos_per_shard=1, workers=0, progress=False)
+    assert summary.done == 0 and summary.skipped == summary.shards  # resumed: nothing to redo
+    with pytest.raises(ValueError, match="config"):  # it ran ContentDetector: another detector is refused
+        run_stage(list_folder(sources), out, CurationConfig(scenes=SceneConfig(detector="adaptive")),
+                  videos_per_shard=1, workers=0, progress=False)
 
 
 def test_rerun_removes_a_work_dir_left_behind_a_done_shard(sources, tmp_path):

@@ -75,6 +75,12 @@ class SceneConfig:
             raise ConfigError(f"scene detection: {'; '.join(bad)}")
 
 
+# Settings added with the detector switch, at their defaults: a stage directory written before them ran
+# ContentDetector, so it resumes under the defaults (viclip.curation.stage_dir.record_or_check_settings).
+SETTINGS_INTRODUCED = {name: SceneConfig.__dataclass_fields__[name].default for name in (
+    "detector", "transnet_cut_threshold", "transnet_transition_threshold", "transnet_device", "transnet_batch")}
+
+
 @dataclass
 class VideoScan:
     """What one decode pass learns about a source video (times in seconds from its first frame)."""

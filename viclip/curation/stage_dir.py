@@ -80,10 +80,24 @@ def atomic_json(path: str, obj: object) -> None:
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
-def record_or_check_settings(out_dir: StageDir, record: dict) -> None:
-    """Record the run's config and source list, or refuse to resume a directory made with others."""
+def with_introduced(old: dict, introduced: dict) -> dict:
+    """``old`` with the settings it predates filled in (nested), at the value such a run used."""
+    out = dict(old)
+    for key, value in introduced.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_introduced(out[key], value)
+    return out
+
+
+def record_or_check_settings(out_dir: StageDir, record: dict, introduced: dict | None = None) -> None:
+    """Record the run's config and source list, or refuse to resume a directory made with others.
+
+    ``introduced``: settings added after directories were first written, at the value a directory that
+    predates them ran with (nested like ``record``), so that such a directory still resumes."""
     if out_dir.exists(CONFIG_FILE):
-        old = out_dir.read_json(CONFIG_FILE)
+        old = with_introduced(out_dir.read_json(CONFIG_FILE), introduced or {})
         if old != record:
             keys = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
             raise OutputError(f"{out_dir} was made with a different {', '.join(keys)} "

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from viclip.curation import scenes
 from viclip.curation.clips import CurationConfig
 from viclip.curation.engine import Advance, Engine, LocalEngine, ShardJob, ShardRunner
 from viclip.curation.pool import TimeBudget
@@ -141,7 +142,8 @@ def run_stage(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Curati
     for part in ("scenes", "extract"):
         settings[part].pop("threads")  # how fast, not what: tasks may differ
     record_or_check_settings(out_dir, {"config": settings, "videos_per_shard": videos_per_shard,
-                           "num_sources": len(sources), "sources_sha256": _sources_digest(sources)})
+                           "num_sources": len(sources), "sources_sha256": _sources_digest(sources)},
+                             introduced={"config": {"scenes": scenes.SETTINGS_INTRODUCED}})
     mine = task_shards(len(shards), task, num_tasks)
     pending = [s for s in mine if not out_dir.exists(stats_name(s))]
     finished = [s for s in mine if s not in pending]
