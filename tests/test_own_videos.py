@@ -50,11 +50,17 @@ def readme_commands() -> list[list[str]]:
     return [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
 
 
+# fast settings: the test needs the codecs, not their quality
+ENCODER_OPTIONS = {"libvpx-vp9": {"deadline": "realtime", "cpu-used": "8"},
+                   "libx265": {"preset": "ultrafast", "x265-params": "log-level=error"}}
+
+
 def transcode(src: Path, dst: Path, codec: str, fmt: str, seconds: float | None) -> None:
     """Re-encode ``src`` (its first ``seconds``) with ``codec`` into a ``fmt`` container."""
     with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
         s_in = inp.streams.video[0]
-        stream = out.add_stream(codec, rate=Fraction(s_in.average_rate).limit_denominator(1001))
+        stream = out.add_stream(codec, rate=Fraction(s_in.average_rate).limit_denominator(1001),
+                                options=ENCODER_OPTIONS.get(codec, {}))
         stream.width, stream.height, stream.pix_fmt = s_in.width, s_in.height, "yuv420p"
         for frame in inp.decode(s_in):
             if seconds is not None and frame.time >= seconds:
