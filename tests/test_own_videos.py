@@ -203,3 +203,10 @@ def test_a_misspelled_group_option_gets_one_line_with_the_closest(monkeypatch, c
     assert str(end.value).startswith(f"viclip-{config}: error: {option} is not a config of {option.split('=')[0]}/; "
                                      f"did you mean {expected}")
     assert "\n" not in str(end.value)
+
+
+@pytest.mark.parametrize(("command", "line"), [("viclip-train", "viclip-train data=shards data.shards=DIR model=tiny"),
+                                               ("viclip-eval", "viclip-eval task=custom_zeroshot annotation=FILE")])
+def test_help_starts_with_what_the_command_does_and_its_usual_lines(tmp_path, command, line):
+    out = run([command, "--help"], tmp_path)
+    assert out.startswith(f"{command}: ") and line in out.split("== Configuration groups ==")[0]
