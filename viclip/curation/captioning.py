@@ -191,7 +191,8 @@ def check_models(cfg: CaptionConfig) -> None:
                 f"--{field}-path {spec.path}: not a local directory and not in the Hugging Face cache "
                 f"({constants.HF_HUB_CACHE}); nothing is downloaded here: fetch it first "
                 f"(huggingface-cli download {spec.path}), give a local directory with --{field}-path, or "
-                f"another model with --{field}-kind package.module:factory (docs/captioners.md)")
+                f"another model with --{field}-kind package.module:factory (docs/captioners.md); captions of "
+                f"your own need no model: --captions FILE")
 
 
 def fine_frame_count(duration: float, fps: float, max_frames: int) -> int:
