@@ -159,3 +159,13 @@ def test_torchrun_ranks_split_shards_and_clusters(corpus, tmp_path):
     pairs, _ = semantic_pairs([corpus["root"]], THRESHOLD, SemDedupConfig(clusters=16), tmp_path / "one")
     find_duplicates_and_leaks([corpus["root"]], tmp_path / "one.parquet", cfg, pairs)
     assert pq.read_table(out).equals(pq.read_table(tmp_path / "one.parquet"))
+
+
+def test_boundary_rule_keeps_every_pair_and_prunes_most_queries(corpus, tmp_path):
+    """Spilled into every cluster, the search is exact by construction; the boundary rule keeps that while
+    searching a row in fewer of the other clusters."""
+    pairs, _ = semantic_pairs([corpus["root"]], THRESHOLD, SemDedupConfig(clusters=16, spill=16), tmp_path / "w")
+    exact = similar_pairs(corpus["vectors"], THRESHOLD)
+    assert set(map(tuple, pairs.tolist())) == set(map(tuple, exact.tolist()))
+    queries = sum(len(np.load(f)["queries_rows"]) for f in (tmp_path / "w" / "assign").glob("*.index.npz"))
+    assert queries < 4000 * 15  # some rows lie too deep in their cluster to be searched in all 15 others

@@ -9,7 +9,9 @@ the same k-means cluster almost always, so the search is done per cluster:
    drawn uniformly from every shard).
 2. **Assignment**, streamed shard by shard: each row's ``spill`` nearest centroids. The nearest is its
    cluster (it is a *member* there); the next ``spill - 1`` make it a *query* of those clusters too, so a
-   pair split by a cluster boundary is still compared. Each shard's rows are written sorted by cluster.
+   pair split by a cluster boundary is still compared, unless the row lies too deep inside its own cluster
+   to have a near duplicate in the other (:func:`boundary_queries`, an exact bound). Each shard's rows are
+   written sorted by cluster.
 3. **Search per cluster**: members against members (the upper triangle) and the cluster's queries against
    its members, exactly, with the same blocked products as the exact method (on ``device``). A cluster's
    pairs are one file, written atomically; clusters are spread over local processes (``workers``) and over
@@ -108,18 +110,33 @@ def _save(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def assign_shard(vectors: np.ndarray, centroids: np.ndarray, spill: int, stem: Path) -> None:
-    """Write a shard's rows sorted by cluster: members (nearest centroid) and queries (the next ``spill - 1``):
-    ``{stem}.members.npy``/``.queries.npy`` (vectors, memory-mapped by the search) and ``{stem}.index.npz``
-    (local row numbers and per-cluster offsets of each)."""
+def boundary_queries(centroids: np.ndarray, scores: np.ndarray, near: np.ndarray, threshold: float) -> np.ndarray:
+    """Which of a row's next clusters (``near[:, 1:]``) can hold a row within ``threshold`` cosine of it.
+
+    For unit ``x`` in cluster A and ``y`` in B (each nearer its own centroid), ``<y, c_B - c_A> >= 0``, so
+    ``<x, c_A> - <x, c_B> <= |x - y| |c_A - c_B|`` with ``|x - y| = sqrt(2 - 2 cos)``: a row further inside
+    its cluster than that has no near duplicate in B and is not searched there (an exact rule, not a guess).
+    """
+    radius = math.sqrt(max(0.0, 2.0 - 2.0 * threshold))
+    gap = scores[:, :1] - scores[:, 1:]
+    apart = np.linalg.norm(centroids[near[:, :1]] - centroids[near[:, 1:]], axis=-1)
+    return gap <= radius * apart + 1e-5  # the margin covers float32 rounding of the scores
+
+
+def assign_shard(vectors: np.ndarray, centroids: np.ndarray, spill: int, threshold: float, stem: Path) -> None:
+    """Write a shard's rows sorted by cluster: members (nearest centroid) and queries (those of the next
+    ``spill - 1`` that :func:`boundary_queries` keeps): ``{stem}.members.npy``/``.queries.npy`` (vectors,
+    memory-mapped by the search) and ``{stem}.index.npz`` (local row numbers and per-cluster offsets of each)."""
     import faiss
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(centroids)
-    near = index.search(vectors, min(spill, len(centroids)))[1]
+    scores, near = index.search(vectors, min(spill, len(centroids)))
+    useful = boundary_queries(centroids, scores, near, threshold)
     k, arrays = len(centroids), {}
-    for kind, cluster in (("members", near[:, 0]), ("queries", near[:, 1:].reshape(-1))):
-        rows = np.arange(len(vectors)).repeat(1 if kind == "members" else near.shape[1] - 1)
+    query_rows = np.nonzero(useful)[0]
+    for kind, cluster, rows in (("members", near[:, 0], np.arange(len(vectors))),
+                                ("queries", near[:, 1:][useful], query_rows)):
         order = np.argsort(cluster, kind="stable")
         with atomic_path(f"{stem}.{kind}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, vectors[rows[order]])
@@ -241,7 +258,7 @@ def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: S
         done = work / "assign" / f"{s:05d}.json"
         if not done.exists():
             vectors = read(files[s])
-            assign_shard(vectors, centroids, cfg.spill, work / "assign" / f"{s:05d}")
+            assign_shard(vectors, centroids, cfg.spill, threshold, work / "assign" / f"{s:05d}")
             atomic_write(done, json.dumps({"file": str(files[s]), "rows": len(vectors)}))
     barrier()
     counts = [json.loads((work / "assign" / f"{s:05d}.json").read_text())["rows"] for s in range(len(files))]
