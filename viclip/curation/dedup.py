@@ -4,7 +4,8 @@
   exactly by blocked matrix products (a block of queries against a block of the index at a time, so
   memory is ``block_size**2`` floats whatever the corpus size; on a GPU with ``device``). faiss's exact
   index (``IndexFlatIP.range_search``) computes the same products: ``bench/similarity_search.py`` ran
-  both side by side at 1M x 768 and measured the same clips/s (13.1 vs 13.3), so no dependency is added.
+  both side by side at 1M x 768 and measured the same clips/s (13.1 vs 13.3), so the exact search uses none
+  (:mod:`viclip.curation.semdedup` uses faiss's k-means to search millions of clips cluster by cluster).
   Pairs are joined into groups (connected components: A~B and B~C put A, B, C in one group), and one
   clip per group is kept: the highest ``keep_by`` column (``aesthetic`` or ``similarity``, a
   missing value counting lowest) or the ``first`` in input order.
