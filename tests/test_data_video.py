@@ -11,8 +11,9 @@ import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode
 
 import viclip
+from viclip.data.formats import VideoDecodeError
 from viclip.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VideoTransform
-from viclip.data.video import VideoDecodeError, read_video, sample_indices, write_mp4
+from viclip.data.video import read_video, sample_indices, write_mp4
 
 
 # Hand-made cases of the released rule: segments at linspace(0, n, k+1).astype(int), middle = (a + b-1)//2.

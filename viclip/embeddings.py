@@ -43,9 +43,10 @@ from viclip.curation.engine import Advance, Engine, LocalEngine, ShardJob, Shard
 from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, number
 from viclip.curation.stages import StageDir, clips_dir_of, record_or_check_settings, shard_name, stats_name
 from viclip.curation.table import STATS_SUFFIX, table_files
+from viclip.data.formats import VIDEO_EXTENSIONS
 from viclip.data.tars import SIZES_FILE, expand_shards, member_key, read_member
 from viclip.data.transforms import VideoTransform
-from viclip.data.video import VIDEO_EXTENSIONS, read_video
+from viclip.data.video import read_video
 from viclip.distributed import init_from_env, pick_device, world
 from viclip.errors import ConfigError, DataError
 from viclip.eval.embed import VideoProtocol, encode_text_batch, encode_video_batch, protocol_transform

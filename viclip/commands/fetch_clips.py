@@ -11,8 +11,6 @@ Failed sources (see the 'reason' column) can be redone later by rerunning with -
 
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_curation_args, add_run_args, config_from_args, run_kwargs
-from viclip.curation.sources import annotated_sources, read_annotations, read_id_map
-from viclip.curation.stages import run_stage
 
 
 @one_line_errors
@@ -25,6 +23,9 @@ def main() -> None:
     add_run_args(parser)
     add_curation_args(parser, scenes=False)
     args = parser.parse_args()
+    from viclip.curation.sources import annotated_sources, read_annotations, read_id_map  # after parsing: --help
+    from viclip.curation.stages import run_stage  # stays fast
+
     id_map = read_id_map(args.id_map) if args.id_map else None
     sources = annotated_sources(read_annotations(args.annotations), id_map, args.template)
     summary = run_stage(sources, cfg=config_from_args(args), **run_kwargs(args))

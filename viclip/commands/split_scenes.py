@@ -15,8 +15,6 @@ rerun to redo the failed videos of finished shards.
 
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_curation_args, add_run_args, config_from_args, run_kwargs
-from viclip.curation.sources import list_folder, read_file_list
-from viclip.curation.stages import run_stage
 
 
 @one_line_errors
@@ -28,6 +26,9 @@ def main() -> None:
     add_run_args(parser)
     add_curation_args(parser)
     args = parser.parse_args()
+    from viclip.curation.sources import list_folder, read_file_list  # after parsing: they load torch (--help is fast)
+    from viclip.curation.stages import run_stage
+
     sources = list_folder(args.videos) if args.videos else read_file_list(args.list)
     summary = run_stage(sources, cfg=config_from_args(args), **run_kwargs(args))
     print(summary)

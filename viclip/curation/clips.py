@@ -21,7 +21,7 @@ from viclip.curation.filters import FilterConfig
 from viclip.curation.scenes import SceneConfig, open_video
 from viclip.curation.sources import Source, localize
 from viclip.curation.splitter import split_one_pass, split_two_pass
-from viclip.data.video import VideoDecodeError
+from viclip.data.formats import VideoDecodeError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from viclip.data.formats import VideoDecodeError
 from viclip.data.tars import member_key, read_member
-from viclip.data.video import VideoDecodeError
 from viclip.errors import DataError
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from viclip.curation.errors import SourceError
-from viclip.data.video import VIDEO_EXTENSIONS
+from viclip.data.formats import VIDEO_EXTENSIONS
 from viclip.errors import ConfigError, DataError
 
 # released score names -> clip table columns (the paper's aesthetic score and UMT clip-caption similarity)

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from viclip.data.video import MAX_PIXELS, VideoDecodeError, read_video
+from viclip.data.formats import MAX_PIXELS, VideoDecodeError
+from viclip.data.video import read_video
 from viclip.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from viclip.data.corpora import CorporaSpec, as_corpora, corpus_num_samples
+from viclip.data.formats import VideoDecodeError
 from viclip.data.samples import SKIP_REASONS, SkipSample, sample_fields
 from viclip.data.tars import MAX_MEMBER_BYTES, expand_shards, iter_tar_samples, open_shard, stable_hash64
 from viclip.data.transforms import VideoTransform
-from viclip.data.video import GPU_BACKEND, VideoDecodeError, decode_device, read_video
+from viclip.data.video import GPU_BACKEND, decode_device, read_video
 from viclip.errors import ConfigError, DataError, UserError
 
 log = logging.getLogger(__name__)

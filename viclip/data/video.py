@@ -21,21 +21,12 @@ import torch
 from av.video.reformatter import VideoReformatter
 
 from viclip.data.encode import write_mp4
-from viclip.errors import ConfigError, DataError
+from viclip.data.formats import MAX_PIXELS, VideoDecodeError
+from viclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # File suffixes a folder of videos is listed by (curation sources, embeddings, viclip_score).
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv", ".3gp")
-# Frames above this many pixels (4K UHD, 3840x2160) are scaled down in the decoder, before RGB: a 198 KB
-# H.264 of 8192x8192 frames took 8.9 GB to read at full size. read_video's max_pixels changes it.
-MAX_PIXELS = 3840 * 2160
-
-
-class VideoDecodeError(DataError):
-    """A video that cannot be decoded; the message names the file or the shard member."""
-
-
 class _NotAVideo(ValueError):
     """FFmpeg cannot open the input as a video: no other decoder is tried (decord would print its bytes)."""
 

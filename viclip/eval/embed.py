@@ -15,8 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from viclip.data.annotations import VideoText, VideoTextDataset
+from viclip.data.formats import MAX_PIXELS
 from viclip.data.transforms import VideoTransform
-from viclip.data.video import MAX_PIXELS, decode_plan
+from viclip.data.video import decode_plan
 from viclip.distributed import gather_rows, shard_indices, world
 from viclip.errors import ConfigError
 from viclip.eval.views import MultiViewDataset, Views, encode_views

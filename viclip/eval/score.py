@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from viclip.data.annotations import VideoText, load_video_text_annotations
-from viclip.data.video import VIDEO_EXTENSIONS
+from viclip.data.formats import VIDEO_EXTENSIONS
 from viclip.errors import DataError
 from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
 from viclip.model import ViCLIP

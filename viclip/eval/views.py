@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 from viclip.data.annotations import VideoText, VideoTextDataset
-from viclip.data.video import MAX_PIXELS, VideoDecodeError, read_video
+from viclip.data.formats import MAX_PIXELS, VideoDecodeError
+from viclip.data.video import read_video
 from viclip.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from viclip.data.formats import VideoDecodeError
 from viclip.data.stream import check_resume_settings
 from viclip.data.transforms import VideoTransform
-from viclip.data.video import VideoDecodeError, read_video
+from viclip.data.video import read_video
 
 log = logging.getLogger(__name__)
 
