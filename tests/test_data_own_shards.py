@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from viclip.data.synthetic import make_synthetic
+from viclip.distributed import fit_workers
 from viclip.errors import ConfigError
 from viclip.model import get_config
 from viclip.train import loader as train_loader
@@ -67,3 +68,4 @@ def test_cpu_runs_use_at_most_a_worker_per_core(monkeypatch):
     assert train_loader.loader_workers(data, cuda=True) == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert train_loader.loader_workers(data, cuda=False) == 1
+    assert fit_workers(4, cuda=False) == 1  # evaluation's loader asks the same rule

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import functools
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,3 +188,21 @@ def pick_device(name: str) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     return torch.device(name)
+
+
+def fit_workers(wanted: int, cuda: bool) -> int:
+    """Decoding workers per rank: ``wanted``, on a machine without a GPU at most this rank's share of the
+    cores (more workers than cores only queue for them, each holding its buffers). Training's and
+    evaluation's loaders ask here."""
+    if cuda:
+        return wanted
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if wanted > share:
+        _say_capped(wanted, share)
+    return min(wanted, share)
+
+
+@functools.cache
+def _say_capped(wanted: int, share: int) -> None:  # once a process: training asks for its threads and loader
+    log.info("%d loader workers on %d CPU core(s) per rank without a GPU: using %d", wanted, share, share)

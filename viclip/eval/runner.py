@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from viclip.data.video import SAMPLINGS
-from viclip.distributed import broadcast_object, init_from_env, pick_device, world
+from viclip.distributed import broadcast_object, fit_workers, init_from_env, pick_device, world
 from viclip.errors import ConfigError, DataError
 from viclip.eval import linear_probe as lp
 from viclip.eval.cache import EmbeddingCache, cache_key, file_identity
@@ -139,7 +139,8 @@ class Evaluator:
 
     def _embed(self, records: list) -> dict[str, torch.Tensor]:
         emb, ok = embed_videos(self.model, records, self.protocol, self.device, batch_size=self.cfg.batch_size,
-                               num_workers=self.cfg.num_workers, precision=self.cfg.precision,
+                               num_workers=fit_workers(int(self.cfg.num_workers), self.device.type == "cuda"),
+                               precision=self.cfg.precision,
                                progress=bool(self.cfg.progress))
         return {"embeddings": _finite(emb, ok, f"video embeddings of checkpoint {self.cfg.checkpoint}"), "ok": ok}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from viclip.data.stream import StreamConfig, VideoTextLoader, build_train_loader
 from viclip.data.synthetic import make_synthetic
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import decode_plan
+from viclip.distributed import fit_workers
 from viclip.model import ViCLIPConfig, tokenize
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,8 @@ def prepare(data: DictConfig, is_main: bool) -> None:
 
 
 def loader_workers(data: DictConfig, cuda: bool) -> int:
-    """Decoding workers per rank: ``data.num_workers``, on a machine without a GPU at most this rank's
-    share of the cores (more workers than cores only queue for them, each holding a shuffle buffer)."""
-    wanted = int(data.num_workers)
-    if cuda:
-        return wanted
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    share = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if wanted > share:
-        log.info("data.num_workers=%d on %d CPU core(s) per rank without a GPU: using %d", wanted, share, share)
-    return min(wanted, share)
+    """``data.num_workers`` fitted to this rank's cores (viclip.distributed.fit_workers)."""
+    return fit_workers(int(data.num_workers), cuda)
 
 
 def build_loader(cfg: DictConfig, model_cfg: ViCLIPConfig, batch_size: int, rank: int,
