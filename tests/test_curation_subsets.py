@@ -222,7 +222,9 @@ def test_documented_div_command_on_an_annotation_table_without_status(tmp_path, 
     _build_subset_main(monkeypatch, "--input", tmp_path / "anno.parquet", "--rule", "div", "--num", num,
                        "--source-column", "video", "--source-prefix", 11, "--out", tmp_path / "d.parquet")
     assert _by_rank(tmp_path / "d.parquet").column("video").to_pylist() == [x["video"] for x in official_div(rows, num)]
-    assert json.loads(capsys.readouterr().out)["pool"] == len(rows)
+    said = capsys.readouterr().out
+    assert said.startswith(f"{num} of {len(rows)} kept clips selected by rule div") and "report in" in said
+    assert json.loads((tmp_path / "d.parquet.json").read_text())["pool"] == len(rows)
 
     with pytest.raises(SystemExit) as exit_:  # a missing column is one line naming it, not a traceback
         _build_subset_main(monkeypatch, "--input", tmp_path / "anno.parquet", "--rule", "div", "--num", 1,

@@ -15,9 +15,6 @@ spec) is written beside the output as OUT.json.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, add_progress_arg, from_args
 from viclip.curation.subsets import RULES, SubsetSpec, build_subset
@@ -32,7 +29,9 @@ def main() -> None:
     add_progress_arg(parser)
     args = parser.parse_args()
     report = build_subset(args.input, args.out, from_args(SubsetSpec, args), progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in asdict(report).items() if k != "inputs"}, indent=1))
+    rule = report.spec.get("rule")
+    print(f"{report.selected} of {report.pool} kept clips selected by rule {rule} ({report.rows} rows read) -> "
+          f"{args.out}; report in {args.out}.json")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,6 @@ fetch-clips with --fps 0 --tune '' --keyframe-interval 1 --short-side 720 --crf 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, add_progress_arg, from_args
 from viclip.curation.export import FORMATS, ExportConfig, export_subset
@@ -27,7 +24,10 @@ def main() -> None:
     add_progress_arg(parser)
     args = parser.parse_args()
     report = export_subset(args.input, args.out, from_args(ExportConfig, args), progress=not args.no_progress)
-    print(json.dumps(asdict(report), indent=1))
+    print(f"{report.clips} clips exported ({report.copied} copied by this run) -> {args.out}; "
+          f"{len(report.warnings)} warning(s); report in {args.out}/export.json")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
 
 
 if __name__ == "__main__":

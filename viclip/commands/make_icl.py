@@ -13,8 +13,6 @@ A report is written beside the output as OUT.json.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 from viclip.commands import StageParser, one_line_errors
@@ -37,7 +35,10 @@ def main() -> None:
         clips_dir = clips_dir_of(Path(a.input[0]))
     report = build_icl(a.input, a.out, from_args(ICLConfig, a), clips_dir=clips_dir,
                        asr=ASRIndex.load(a.asr) if a.asr else None)
-    print(json.dumps({k: v for k, v in asdict(report).items() if k != "inputs"}, indent=1))
+    skipped = {"too few clips": report.too_few_clips, "no caption": report.no_caption, "unpaired": report.unpaired}
+    said = ", ".join(f"{why} {n}" for why, n in skipped.items() if n) or "none"
+    print(f"{report.sequences} sequences from {report.videos} videos ({report.clips} clips, {report.videos_dropped} "
+          f"clip videos left out) -> {a.out}; skipped: {said}; report in {a.out}.json")
 
 
 if __name__ == "__main__":
