@@ -126,7 +126,7 @@ def plan(videos: int, hours: float, rates: dict[str, dict], clips: float | None 
         if r and clips is not None:
             rows.append(StagePlan(stage, work, f"{r['clips_per_second']:.2f} clips/s on {r['device']}",
                                   clips / r["clips_per_second"] / 3600, f"{r['device']}-hours",
-                                  clips * r.get("bytes_per_clip", 0.0)))
+                                  clips * r["bytes_per_clip"] if "bytes_per_clip" in r else None))
         else:
             rate = f"{r['clips_per_second']:.2f} clips/s on {r['device']}" if r else "not measured"
             rows.append(StagePlan(stage, work, rate, None, "device-hours", None))
