@@ -18,6 +18,7 @@ import pytest
 from viclip.commands.dedup_clips import main as dedup_main
 from viclip.curation import semdedup
 from viclip.curation.dedup import DedupConfig, find_duplicates_and_leaks, similar_pairs
+from viclip.curation.kmeans import FaissProcess
 from viclip.curation.semdedup import ClusterSearch, SemDedupConfig, semantic_pairs
 from viclip.embeddings import embeddings_schema
 from viclip.errors import ConfigError, OutputError
@@ -85,11 +86,8 @@ def test_spill_is_what_finds_pairs_split_by_a_cluster_boundary(corpus, tmp_path)
 
 
 def faiss_nearest(centroids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    import faiss
-
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(centroids)
-    return index.search(vectors, 1)[1][:, 0]
+    with FaissProcess() as faiss:  # not in this process: see viclip.curation.kmeans
+        return faiss.nearest(vectors, centroids, 1)[1][:, 0]
 
 
 def test_a_killed_run_resumes_per_shard_and_per_cluster(corpus, tmp_path, monkeypatch):

@@ -44,6 +44,7 @@ import torch
 
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.dedup import _blocks, embedding_files, similar_pairs
+from viclip.curation.kmeans import FaissProcess
 from viclip.distributed import barrier, world
 from viclip.errors import ConfigError, DataError, OutputError
 
@@ -82,11 +83,9 @@ def auto_clusters(num: int, spill: int) -> int:
     return max(1, round(math.sqrt(num * (spill - 0.5))))
 
 
-def train_centroids(files: Sequence[Path], rows: Sequence[int], k: int, cfg: SemDedupConfig,
+def train_centroids(files: Sequence[Path], rows: Sequence[int], k: int, cfg: SemDedupConfig, faiss: FaissProcess,
                     read: Callable[[Path], np.ndarray] = shard_vectors) -> np.ndarray:
     """Spherical k-means (faiss) on ``k * sample_per_cluster`` rows drawn uniformly over the shards."""
-    import faiss
-
     total = sum(rows)
     rng = np.random.default_rng(cfg.seed)
     share = min(1.0, k * cfg.sample_per_cluster / max(total, 1))
@@ -98,10 +97,7 @@ def train_centroids(files: Sequence[Path], rows: Sequence[int], k: int, cfg: Sem
     sample = np.ascontiguousarray(np.concatenate(sample))
     if len(sample) < k:
         raise DataError(f"--clusters {k}: only {len(sample)} embeddings to train k-means on; give fewer clusters")
-    kmeans = faiss.Kmeans(sample.shape[1], k, niter=cfg.kmeans_iterations, seed=cfg.seed, spherical=True,
-                          max_points_per_centroid=cfg.sample_per_cluster, min_points_per_centroid=1)
-    kmeans.train(sample)
-    return kmeans.centroids
+    return faiss.kmeans(sample, k, cfg.kmeans_iterations, cfg.seed, cfg.sample_per_cluster)
 
 
 def _save(path: Path, **arrays: np.ndarray) -> None:
@@ -123,15 +119,12 @@ def boundary_queries(centroids: np.ndarray, scores: np.ndarray, near: np.ndarray
     return gap <= radius * apart + 1e-5  # the margin covers float32 rounding of the scores
 
 
-def assign_shard(vectors: np.ndarray, centroids: np.ndarray, spill: int, threshold: float, stem: Path) -> None:
+def assign_shard(vectors: np.ndarray, centroids: np.ndarray, spill: int, threshold: float, stem: Path,
+                 faiss: FaissProcess) -> None:
     """Write a shard's rows sorted by cluster: members (nearest centroid) and queries (those of the next
     ``spill - 1`` that :func:`boundary_queries` keeps): ``{stem}.members.npy``/``.queries.npy`` (vectors,
     memory-mapped by the search) and ``{stem}.index.npz`` (local row numbers and per-cluster offsets of each)."""
-    import faiss
-
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(centroids)
-    scores, near = index.search(vectors, min(spill, len(centroids)))
+    scores, near = faiss.nearest(vectors, centroids, min(spill, len(centroids)))
     useful = boundary_queries(centroids, scores, near, threshold)
     k, arrays = len(centroids), {}
     query_rows = np.nonzero(useful)[0]
@@ -248,18 +241,19 @@ def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: S
                                "sample_per_cluster": cfg.sample_per_cluster, "seed": cfg.seed,
                                "kmeans_iterations": cfg.kmeans_iterations})
     centroids_path = work / "centroids.npy"
-    if rank == 0 and not centroids_path.exists():
-        with atomic_path(centroids_path) as tmp, open(tmp, "wb") as f:
-            np.save(f, train_centroids(files, stored, k, cfg, read))
-    barrier()
-    centroids = np.load(centroids_path)
-    seconds["kmeans"], seconds["kmeans_read"] = time.perf_counter() - started, seconds["read"]
-    for s in range(rank, len(files), size):
-        done = work / "assign" / f"{s:05d}.json"
-        if not done.exists():
-            vectors = read(files[s])
-            assign_shard(vectors, centroids, cfg.spill, threshold, work / "assign" / f"{s:05d}")
-            atomic_write(done, json.dumps({"file": str(files[s]), "rows": len(vectors)}))
+    with FaissProcess() as faiss:
+        if rank == 0 and not centroids_path.exists():
+            with atomic_path(centroids_path) as tmp, open(tmp, "wb") as f:
+                np.save(f, train_centroids(files, stored, k, cfg, faiss, read))
+        barrier()
+        centroids = np.load(centroids_path)
+        seconds["kmeans"], seconds["kmeans_read"] = time.perf_counter() - started, seconds["read"]
+        for s in range(rank, len(files), size):
+            done = work / "assign" / f"{s:05d}.json"
+            if not done.exists():
+                vectors = read(files[s])
+                assign_shard(vectors, centroids, cfg.spill, threshold, work / "assign" / f"{s:05d}", faiss)
+                atomic_write(done, json.dumps({"file": str(files[s]), "rows": len(vectors)}))
     barrier()
     counts = [json.loads((work / "assign" / f"{s:05d}.json").read_text())["rows"] for s in range(len(files))]
     seconds["assign"] = time.perf_counter() - started - seconds["kmeans"]
