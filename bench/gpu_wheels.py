@@ -26,8 +26,11 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parents[1]
 TREE_LIMIT = 64 * 2**20  # bytes: the working tree and the carried wheels together
 DEVICE_PACKAGES_FILE = Path(__file__).with_name("device_packages.txt")  # the image's packages, from KINDS.md
-# What the check runs beyond viclip's core requirements (train.py's engine; the loader's GPU decoding).
-EXTRA_ROOTS = ("deepspeed", "torchcodec")
+# What the check runs beyond viclip's core requirements: train.py's engine, the loader's GPU decoding, and
+# PySceneDetect (the loader section writes its shards with curation's clip settings, whose module needs it).
+EXTRA_ROOTS = ("deepspeed", "torchcodec", "scenedetect")
+# Packages of ours that the image holds under another name, the same module (OpenCV's headless build).
+SAME_MODULE = {"opencv-python": "opencv-python-headless"}
 # Core requirements the check does not import, with why (they would cost the size limit for nothing).
 NOT_CARRIED = {"decord2": "an optional decoder: backend=auto reads with PyAV first and uses decord only if installed"}
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
@@ -74,8 +77,11 @@ def device_packages() -> set[str]:
 
 
 def device_has(env: dict[str, str]) -> set[str]:
-    """The image's packages, and torch's own closure (the image's torch brings its CUDA libraries)."""
-    return device_packages() | closure(["torch", "torchvision"], env)
+    """The image's packages (and ours that they stand for), and torch's own closure (the image's torch brings
+    its CUDA libraries)."""
+    image = device_packages()
+    return image | {ours for ours, theirs in SAME_MODULE.items() if theirs in image} | closure(["torch", "torchvision"],
+                                                                                            env)
 
 
 def missing_on_device(python_version: str = "3.12") -> list[tuple[str, str]]:

@@ -26,8 +26,6 @@ import gpu_check
 import gpu_wheels
 
 WHEEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "viclip-test-wheels"
-# Our install's name of a package the image holds under another name (the same module).
-SAME_MODULE = {"opencv-python": "opencv-python-headless"}
 
 
 def device_like_env(root: Path) -> Path:
@@ -37,8 +35,7 @@ def device_like_env(root: Path) -> Path:
     local = f"{sys.version_info.major}.{sys.version_info.minor}"
     keep = gpu_wheels.device_has(gpu_wheels.marker_env(local))
     for dist in md.distributions():
-        name = gpu_wheels.canonical(dist.metadata["Name"])
-        if SAME_MODULE.get(name, name) not in keep:
+        if gpu_wheels.canonical(dist.metadata["Name"]) not in keep:
             continue
         base = Path(dist.locate_file(""))
         for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
