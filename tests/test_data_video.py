@@ -377,3 +377,18 @@ def test_a_non_video_member_fails_in_one_line_without_decoder_logs(capfd):
         read_video(text, name="shard.tar:k1")
     assert isinstance(err.value, DataError)
     assert "not a video at all" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord", "torchcodec"])
+def test_max_seconds_samples_only_the_first_seconds(tmp_path, backend):
+    """DiDeMo's trimmed30: a 6 s video, dark for 2 s then bright; at max_seconds=2 every sampled frame is dark."""
+    pytest.importorskip(backend if backend != "pyav" else "av")
+    frames = np.full((48, 64, 64, 3), 230, np.uint8)
+    frames[:16] = 20  # 8 fps: the first 2 s
+    path = tmp_path / "v.mp4"
+    path.write_bytes(write_mp4(frames, fps=8.0))
+    for seed in range(5):
+        first = read_video(path, 8, "random", backend=backend, rng=seed, max_seconds=2)
+        assert first.shape[0] == 8 and first.float().mean() < 60, seed
+    whole = read_video(path, 8, "middle", backend=backend)
+    assert whole.float().mean(dim=(1, 2, 3)).max() > 180  # without it, the bright part is sampled
