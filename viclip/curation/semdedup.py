@@ -45,8 +45,9 @@ import torch
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.dedup import _blocks, embedding_files, similar_pairs
 from viclip.curation.kmeans import FaissProcess
+from viclip.curation.stage_dir import StageDir, record_or_check_settings
 from viclip.distributed import barrier, world
-from viclip.errors import ConfigError, DataError, OutputError
+from viclip.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -201,19 +202,6 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _check_settings(work: Path, record: dict) -> None:
-    """Record the settings of a work directory, or refuse to resume one made with others."""
-    path = work / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != record:
-            keys = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise OutputError(f"{work} was made with a different {', '.join(keys)} ({path}); use a new "
-                              "--work-dir or the original settings")
-        return
-    atomic_write(path, json.dumps(record, indent=1, sort_keys=True))
-
-
 def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: SemDedupConfig,
                    work_dir: str | os.PathLike, block_size: int = 8192, device: str = "cpu") -> tuple[np.ndarray, dict]:
     """Near-duplicate pairs (rows in :func:`load_embeddings`' order, i < j, unique) and a report of the run.
@@ -237,9 +225,10 @@ def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: S
     stored = [pq.read_metadata(f).num_rows for f in files]  # rows before filtering: the sampling's weights
     k = cfg.clusters or auto_clusters(sum(stored), cfg.spill)
     if rank == 0:
-        _check_settings(work, {"inputs_sha256": digest, "threshold": threshold, "clusters": k, "spill": cfg.spill,
-                               "sample_per_cluster": cfg.sample_per_cluster, "seed": cfg.seed,
-                               "kmeans_iterations": cfg.kmeans_iterations})
+        record = {"inputs_sha256": digest, "threshold": threshold, "clusters": k, "spill": cfg.spill,
+                  "sample_per_cluster": cfg.sample_per_cluster, "seed": cfg.seed,
+                  "kmeans_iterations": cfg.kmeans_iterations}
+        record_or_check_settings(StageDir(work), record, new_dir="a new --work-dir")
     centroids_path = work / "centroids.npy"
     with FaissProcess() as faiss:
         if rank == 0 and not centroids_path.exists():

@@ -91,17 +91,19 @@ def with_introduced(old: dict, introduced: dict) -> dict:
     return out
 
 
-def record_or_check_settings(out_dir: StageDir, record: dict, introduced: dict | None = None) -> None:
+def record_or_check_settings(out_dir: StageDir, record: dict, introduced: dict | None = None,
+                             new_dir: str = "a new output directory") -> None:
     """Record the run's config and source list, or refuse to resume a directory made with others.
 
     ``introduced``: settings added after directories were first written, at the value a directory that
-    predates them ran with (nested like ``record``), so that such a directory still resumes."""
+    predates them ran with (nested like ``record``), so that such a directory still resumes. ``new_dir``:
+    how the refusal names the way out."""
     if out_dir.exists(CONFIG_FILE):
         old = with_introduced(out_dir.read_json(CONFIG_FILE), introduced or {})
         if old != record:
             keys = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
             raise OutputError(f"{out_dir} was made with a different {', '.join(keys)} "
-                              f"({out_dir.path(CONFIG_FILE)}); use a new output directory or the original settings")
+                              f"({out_dir.path(CONFIG_FILE)}); use {new_dir} or the original settings")
         return
     atomic_json(out_dir.path(CONFIG_FILE), record)
 
