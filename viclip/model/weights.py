@@ -58,14 +58,7 @@ def _read_file(path: Path) -> tuple[object, dict]:
     if _is_torchscript(path):
         return {k: v for k, v in read_torchscript(path).items() if k not in _JIT_ATTRIBUTES}, {}
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-                return tensors, dict(f.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        return _read_safetensors(path, tensors=True)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -78,6 +71,18 @@ def _read_file(path: Path) -> tuple[object, dict]:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({e})") from e
     meta = obj.get("viclip_config") if isinstance(obj, Mapping) else None
     return obj, {"viclip_config": json.dumps(meta)} if meta else {}
+
+
+def _read_safetensors(path: Path, tensors: bool) -> tuple[StateDict, dict]:
+    """(tensors, or none when not asked: the header alone is read, metadata) of a .safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            read = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (not a mapping)
+            return read, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def _unwrap(obj: object, path: Path) -> StateDict:
@@ -190,7 +195,10 @@ def read_config(path: str | os.PathLike) -> ViCLIPConfig:
             return config_from_dict(json.loads(path.read_text()), str(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: not a readable JSON file ({e})") from e
-    obj, meta = _read_file(path)
+    # an export's config sits in the safetensors header: read the tensors only when it is not there
+    obj, meta = _read_safetensors(path, tensors=False) if path.suffix == ".safetensors" and path.is_file() else ({}, {})
+    if "viclip_config" not in meta:
+        obj, meta = _read_file(path)
     if "viclip_config" in meta:
         return config_from_dict(json.loads(meta["viclip_config"]), f"{path} (its viclip_config)")
     return config_from_state_dict(_unwrap(obj, path))
