@@ -48,9 +48,17 @@ def wandb_records(path: Path) -> list:
 
 
 def segment(run_dir: Path, index: int) -> tuple:
-    """(run record, config keys, logged steps) of the ``index``-th offline segment of the run."""
+    """(run record, config keys, logged steps) of the ``index``-th offline segment of the run.
+
+    ``run.finish()`` returns before wandb's service has flushed the segment's file (seen in CI: a file
+    without its run record); ``wandb.teardown()`` waits for the service to close every writer, as the
+    exit of a training process does.
+    """
+    wandb.teardown()
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     records = wandb_records(files[index])
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "run" in kinds, f"{files[index]} holds no run record: {kinds}"
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     steps = [r.history.step.num for r in records if r.WhichOneof("record_type") == "history"]
     return run, {item.key: json.loads(item.value_json) for item in run.config.update}, steps
