@@ -24,7 +24,8 @@ import viclip
 from viclip.data.annotations import VideoText, VideoTextDataset
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import write_mp4
-from viclip.eval.embed import VideoProtocol, autocast, embed_videos
+from viclip.eval.embed import autocast, embed_videos
+from viclip.eval.protocol import VideoProtocol
 
 
 def make_clips(root: Path, n: int, frames: int, height: int, width: int, fps: float) -> list[VideoText]:

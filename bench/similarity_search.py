@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 import torch
 
 from viclip.curation.dedup import similar_pairs
-from viclip.curation.semdedup import SemDedupConfig, auto_clusters, semantic_pairs
+from viclip.curation.semdedup import auto_clusters, semantic_pairs
+from viclip.curation.stage_configs import SemDedupConfig
 from viclip.testing.embeddings import clustered_embeddings
 
 

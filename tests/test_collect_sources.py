@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from viclip.commands.collect_sources import main as collect_main
-from viclip.curation.collect import CollectConfig, collect_sources, read_excluded_ids, read_queries
+from viclip.curation.collect import collect_sources, read_excluded_ids, read_queries
 from viclip.curation.sources import read_file_list
+from viclip.curation.stage_configs import CollectConfig
 from viclip.errors import DataError, OutputError
 
 

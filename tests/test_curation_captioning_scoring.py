@@ -24,7 +24,8 @@ from viclip.curation.captioning import (
     run_captioning,
     summary_input,
 )
-from viclip.curation.quality import AestheticHead, ScoreConfig, Scorer, clip_preprocess, run_scoring
+from viclip.curation.quality import AestheticHead, Scorer, clip_preprocess, run_scoring
+from viclip.curation.stage_configs import ScoreConfig
 from viclip.curation.stages import TableShard
 from viclip.curation.table import read_tables, rows_to_table, write_table
 from viclip.data.tars import ShardWriter

@@ -19,9 +19,10 @@ from viclip.commands import embed_clips
 from viclip.curation.engine import LocalEngine, make_engine
 from viclip.curation.pool import TimeBudget
 from viclip.curation.sources import Source, list_folder
+from viclip.curation.stage_configs import EmbedConfig
 from viclip.curation.stages import run_stage, run_table_stage
 from viclip.curation.table import read_tables
-from viclip.embeddings import EmbedConfig, run_embedding
+from viclip.embeddings import run_embedding
 from viclip.model import create_model, export_safetensors
 from viclip.testing import videos as tv
 

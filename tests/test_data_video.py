@@ -293,7 +293,8 @@ def test_evaluation_embeds_through_the_fallback(no_gpu, tmp_path, caplog):
     """embed_videos with backend torchcodec_cuda on a machine without a GPU: the same embeddings as auto
     (random weights of the tiny model; the loader path is what is tested)."""
     from viclip.data.annotations import VideoText
-    from viclip.eval.embed import VideoProtocol, embed_videos
+    from viclip.eval.embed import embed_videos
+    from viclip.eval.protocol import VideoProtocol
 
     records = []
     for i in range(3):

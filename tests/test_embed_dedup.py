@@ -17,12 +17,13 @@ from hydra import compose, initialize_config_dir
 
 from viclip import embeddings
 from viclip.commands.dedup_clips import main as dedup_main
-from viclip.curation.dedup import DedupConfig, find_duplicates_and_leaks, similar_pairs
+from viclip.curation.dedup import find_duplicates_and_leaks, similar_pairs
+from viclip.curation.stage_configs import DedupConfig, EmbedConfig
 from viclip.curation.subsets import SubsetSpec, build_subset
 from viclip.data.annotations import youtube_id
 from viclip.data.tars import ShardWriter
 from viclip.data.video import write_mp4
-from viclip.embeddings import EmbedConfig, embeddings_schema, run_embedding
+from viclip.embeddings import embeddings_schema, run_embedding
 from viclip.errors import DataError
 from viclip.eval.runner import evaluate
 from viclip.model import create_model, export_safetensors

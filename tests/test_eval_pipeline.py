@@ -148,7 +148,8 @@ def test_zeroshot_scores_match_the_model_reference(setup):
     from viclip.data.annotations import load_kinetics
     from viclip.data.transforms import VideoTransform
     from viclip.data.video import read_video
-    from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
+    from viclip.eval.embed import embed_texts, embed_videos
+    from viclip.eval.protocol import VideoProtocol
     from viclip.eval.templates import KINETICS_TEMPLATES, class_prototypes, class_scores, expand
     from viclip.model import load_model, zero_shot
 

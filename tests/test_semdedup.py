@@ -17,9 +17,10 @@ import pytest
 
 from viclip.commands.dedup_clips import main as dedup_main
 from viclip.curation import semdedup
-from viclip.curation.dedup import DedupConfig, find_duplicates_and_leaks, similar_pairs
+from viclip.curation.dedup import find_duplicates_and_leaks, similar_pairs
 from viclip.curation.kmeans import FaissProcess
-from viclip.curation.semdedup import ClusterSearch, SemDedupConfig, semantic_pairs
+from viclip.curation.semdedup import ClusterSearch, semantic_pairs
+from viclip.curation.stage_configs import DedupConfig, SemDedupConfig
 from viclip.embeddings import embeddings_schema
 from viclip.errors import ConfigError, OutputError
 from viclip.testing.embeddings import clustered_embeddings

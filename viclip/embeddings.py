@@ -41,6 +41,7 @@ import torch
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.engine import Advance, Engine, LocalEngine, ShardJob, ShardRunner
 from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, number
+from viclip.curation.stage_configs import INPUT_KINDS, EmbedConfig
 from viclip.curation.stages import StageDir, clips_dir_of, record_or_check_settings, shard_name, stats_name
 from viclip.curation.table import STATS_SUFFIX, table_files
 from viclip.data.formats import VIDEO_EXTENSIONS
@@ -49,42 +50,12 @@ from viclip.data.transforms import VideoTransform
 from viclip.data.video import read_video
 from viclip.distributed import init_from_env, pick_device, world
 from viclip.errors import ConfigError, DataError
-from viclip.eval.embed import VideoProtocol, encode_text_batch, encode_video_batch, protocol_transform
+from viclip.eval.embed import encode_text_batch, encode_video_batch, protocol_transform
 from viclip.eval.model_loading import file_sha256
+from viclip.eval.protocol import VideoProtocol
 from viclip.model import ViCLIP, load_model
 from viclip.model.hub import model_config, resolve_pretrained
 from viclip.progress import progress as progress_bar
-
-INPUT_KINDS = ("auto", "tars", "tables", "folder")
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    """What determines the embeddings (recorded in ``config.json``), and how fast they are made (not recorded).
-
-    ``num_frames``/``sampling`` default to the official evaluation protocol; ``precision`` ``auto`` is bf16
-    autocast on a GPU and fp32 on the CPU.
-    """
-
-    checkpoint: str
-    model: str | None = None  # a registered size; by default read from the checkpoint
-    num_frames: int = VideoProtocol.num_frames
-    sampling: str = VideoProtocol.sampling
-    official_cleaning: bool = True
-    precision: str = "auto"
-    input_kind: str = "auto"
-    clips_per_shard: int = 1000  # folders only: tars and tables are a shard each
-    device: str = "auto"
-    batch_size: int = 32
-    text_batch_size: int = 256
-    workers: int = 4
-    backend: str = "auto"
-
-    def record(self, sha256: str, protocol: VideoProtocol) -> dict:
-        """The output-changing settings: the checkpoint's content, the protocol, the text cleaning."""
-        return {"checkpoint_sha256": sha256, "model": self.model, "protocol": dataclasses.asdict(protocol),
-                "official_cleaning": self.official_cleaning, "input_kind": self.input_kind,
-                "clips_per_shard": self.clips_per_shard}
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ own captioner (paper: Tag2Text), its other settings taken from --coarse-*.
 from __future__ import annotations
 
 from viclip.commands import StageParser, one_line_errors
-from viclip.curation.captioning import DTYPES, CaptionConfig, run_captioning
 from viclip.curation.cli import add_engine_args, add_options, add_task_args, engine_from_args, from_args
+from viclip.curation.stage_configs import DTYPES, CaptionConfig
 
 
 @one_line_errors
@@ -36,6 +36,8 @@ def main() -> None:
     add_engine_args(parser, models=True)
     a = parser.parse_args()
     cfg = from_args(CaptionConfig, a, fallbacks={"fine": "coarse"})
+    from viclip.curation.captioning import run_captioning  # after parsing: it loads torch (--help is fast)
+
     print(run_captioning(a.input, a.out, cfg, task=a.task, num_tasks=a.num_tasks, progress=not a.no_progress,
                          engine=engine_from_args(a), captions=a.captions))
 

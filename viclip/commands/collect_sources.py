@@ -13,17 +13,16 @@ the query, language and rank of each video; sources.json holds the counts.
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_engine_args, add_options, engine_from_args, from_args
-from viclip.curation.collect import CollectConfig, collect_sources
+from viclip.curation.stage_configs import CollectConfig
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--queries", required=True, help="the release's queries.jsonl (search_word_id, search_word), "
                                                          "a JSONL of {query, language}, or a text file of queries")
     parser.add_argument("--out", required=True, help="output directory (a local path or an fsspec URL)")
@@ -34,6 +33,8 @@ def main() -> None:
     parser.add_argument("--num-tasks", type=int, default=1, help="array size (e.g. $SLURM_ARRAY_TASK_COUNT)")
     add_engine_args(parser)
     args = parser.parse_args()
+    from viclip.curation.collect import collect_sources  # after parsing: it loads torch (--help is fast)
+
     report = collect_sources(args.queries, args.out, from_args(CollectConfig, args), args.exclude,
                              task=args.task, num_tasks=args.num_tasks, engine=engine_from_args(args))
     print(json.dumps(report, indent=1))

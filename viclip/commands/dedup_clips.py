@@ -15,23 +15,18 @@ resumable from --work-dir, clusters over --workers processes and torchrun ranks)
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import asdict
 
-import torch
-
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, from_args
-from viclip.curation.dedup import KEEP_BY, DedupConfig, find_duplicates_and_leaks
-from viclip.curation.semdedup import SemDedupConfig, semantic_pairs
-from viclip.distributed import init_from_env, pick_device, world
+from viclip.curation.stage_configs import KEEP_BY, DedupConfig, SemDedupConfig
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="embed-clips output directories or parquet shards")
     parser.add_argument("--out", required=True, help="output flags table (parquet)")
     parser.add_argument("--method", choices=("exact", "semdedup"), default="exact",
@@ -40,7 +35,15 @@ def main() -> None:
     add_options(parser, SemDedupConfig, "--method semdedup")
     args = parser.parse_args()
     cfg, pairs = from_args(DedupConfig, args), None
+    # after parsing: torch and the search load slowly (--help is fast)
+    from viclip.curation.dedup import find_duplicates_and_leaks
+
     if args.method == "semdedup":
+        import torch
+
+        from viclip.curation.semdedup import semantic_pairs
+        from viclip.distributed import init_from_env, pick_device, world
+
         device = pick_device(cfg.device)
         init_from_env(device)
         if device.type == "cuda" and device.index is None:  # each torchrun rank on its own GPU

@@ -18,7 +18,7 @@ import json
 
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_engine_args, add_options, add_task_args, engine_from_args, from_args
-from viclip.embeddings import INPUT_KINDS, EmbedConfig, run_embedding
+from viclip.curation.stage_configs import INPUT_KINDS, EmbedConfig
 
 
 @one_line_errors
@@ -34,6 +34,8 @@ def main() -> None:
     add_task_args(parser)
     add_engine_args(parser, models=True)
     args = parser.parse_args()
+    from viclip.embeddings import run_embedding  # after parsing: it loads torch (--help is fast)
+
     summary = run_embedding(args.input, args.out, from_args(EmbedConfig, args), task=args.task,
                             num_tasks=args.num_tasks, progress=not args.no_progress, engine=engine_from_args(args))
     print(json.dumps(summary))

@@ -13,9 +13,8 @@ and clip_text_model to each shard's table; resumable per shard, SLURM arrays via
 from __future__ import annotations
 
 from viclip.commands import StageParser, one_line_errors
-from viclip.curation.captioning import DTYPES
 from viclip.curation.cli import add_engine_args, add_options, add_task_args, engine_from_args, from_args
-from viclip.curation.quality import SIMILARITY_MODELS, ScoreConfig, run_scoring
+from viclip.curation.stage_configs import DTYPES, SIMILARITY_MODELS, ScoreConfig
 
 
 @one_line_errors
@@ -28,6 +27,8 @@ def main() -> None:
     add_engine_args(parser, models=True)
     a = parser.parse_args()
     cfg = from_args(ScoreConfig, a)
+    from viclip.curation.quality import run_scoring  # after parsing: it loads torch (--help is fast)
+
     print(run_scoring(a.input, a.out, cfg, task=a.task, num_tasks=a.num_tasks, progress=not a.no_progress,
                       engine=engine_from_args(a)))
 

@@ -15,14 +15,12 @@ a hub id (never downloaded here: pre-fetch them), and ``"package.module:factory"
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import torch
 from viclip.curation.engine import Engine
 from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, with_result_columns
 from viclip.curation.own_captions import join_caption_file, read_caption_file
+from viclip.curation.stage_configs import DTYPES, CaptionConfig, ModelSpec
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.video import read_video
 from viclip.distributed import pick_device
@@ -43,43 +42,6 @@ ImageCaptioner = Callable[[Sequence[np.ndarray]], list[str]]
 # texts -> one summary each, same order
 Summariser = Callable[[Sequence[str]], list[str]]
 CAPTION_COLUMNS = ("caption_coarse", "caption_fine", "frame_captions", "caption")
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: bfloat16 on CUDA, float32 on CPU
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model, and how it generates (all of this changes the output, so it is recorded)."""
-
-    kind: str                     # a registry name or "package.module:factory"
-    path: str                     # local directory or hub id
-    prompt: str = ""              # captioner: text prompt; summariser: task prefix
-    max_new_tokens: int = 30
-    num_beams: int = 1
-
-
-@dataclass(frozen=True)
-class CaptionConfig:
-    """The captioning models and how they run (``record()`` is what decides the captions)."""
-
-    coarse: ModelSpec = ModelSpec("hf", "Salesforce/blip2-opt-2.7b")
-    fine: ModelSpec | None = None  # frame captioner; None: the coarse captioner captions the frames too
-    summariser: ModelSpec = ModelSpec("hf", "google-t5/t5-base", prompt="summarize: ", max_new_tokens=40,
-                                      num_beams=4)
-    fine_fps: float = 1.0
-    max_fine_frames: int = 16     # a 2-minute clip gets 16 frame captions, not 120
-    frame_size: int = 224         # decoded short side; the processors resize again
-    dtype: str = "auto"           # auto: bfloat16 on CUDA, float32 on CPU
-    # how the work is split; not part of the output
-    device: str = "auto"
-    images_per_batch: int = 64
-    texts_per_batch: int = 64
-    clips_per_batch: int = 16
-    workers: int = 4
-
-    def record(self) -> dict:
-        """The fields that decide the captions (checked when a run resumes)."""
-        runtime = {"device", "images_per_batch", "texts_per_batch", "clips_per_batch", "workers"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in runtime}
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.engine import Advance, Engine, LocalEngine, ShardJob, ShardRunner
 from viclip.curation.sources import is_youtube, json_lines
+from viclip.curation.stage_configs import CollectConfig
 from viclip.curation.stage_dir import StageDir, atomic_json, record_or_check_settings, shard_name, stats_name
 from viclip.curation.stages import task_shards
 from viclip.data.annotations import youtube_id
@@ -56,21 +57,6 @@ class Query:
     id: str        # the English phrase of the release (its search_word_id), shared by its translations
     text: str      # what is searched
     language: str
-
-
-@dataclass(frozen=True)
-class CollectConfig:
-    """How many results each query asks for and keeps; recorded in config.json with the query list."""
-
-    results_per_query: int = 100  # asked of the search (more than per_query: some are excluded or taken)
-    per_query: int = 50           # videos kept per query at most, after exclusion and dedup
-    languages: tuple[str, ...] = ("en", "zh")  # of the release's queries.jsonl
-    queries_per_shard: int = 100
-
-    def __post_init__(self) -> None:
-        for name in ("results_per_query", "per_query", "queries_per_shard"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
 
 class Search(Protocol):

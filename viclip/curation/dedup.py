@@ -38,39 +38,16 @@ import pyarrow.parquet as pq
 import torch
 
 from viclip.atomic import atomic_write
+from viclip.curation.stage_configs import DedupConfig
 from viclip.curation.table import table_files, write_table
 from viclip.data.annotations import load_kinetics, load_video_text_annotations, youtube_id
-from viclip.errors import ConfigError, DataError
+from viclip.errors import DataError
 
-KEEP_BY = ("first", "aesthetic", "similarity")
 FLAGS_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("duplicate_group", pa.int64()), ("duplicate_of", pa.string()),
     ("eval_source", pa.string()), ("eval_video", pa.string()), ("eval_similarity", pa.float32()),
     ("exclude", pa.bool_()),
 ])
-
-
-@dataclass(frozen=True)
-class DedupConfig:
-    """Thresholds (cosine of normalised ViCLIP video embeddings) and which clip of a group is kept."""
-
-    threshold: float = 0.95
-    keep_by: str = "first"
-    eval_annotations: tuple[str, ...] = ()  # evaluation annotation files whose source ids are excluded
-    eval_embeddings: tuple[str, ...] = ()  # embed_clips outputs of evaluation videos
-    eval_threshold: float = 0.95
-    block_size: int = 8192
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.keep_by not in KEEP_BY:
-            raise ConfigError(f"--keep-by must be one of {KEEP_BY}, got {self.keep_by!r}")
-        for name in ("threshold", "eval_threshold"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')} is a cosine similarity in [-1, 1], "
-                                  f"got {getattr(self, name)}")
-        if self.block_size < 1:
-            raise ConfigError(f"--block-size must be >= 1, got {self.block_size}")
 
 
 @dataclass

@@ -12,10 +12,8 @@ Weights come from local files only (nothing is downloaded).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,12 +28,12 @@ from torchvision.transforms import InterpolationMode
 from viclip.curation.captioning import resolve_device
 from viclip.curation.engine import Engine
 from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, with_result_columns
+from viclip.curation.stage_configs import ScoreConfig
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import read_video
 from viclip.model import load_model, tokenize
 
-SIMILARITY_MODELS = ("viclip", "clip", "none")
 SCORE_COLUMNS = ("aesthetic", "aesthetic_frames", "clip_text_sim", "clip_text_model")
 
 
@@ -88,47 +86,6 @@ def clip_preprocess(frames: torch.Tensor, size: int, mean: tuple, std: tuple) ->
     x = TF.resize(frames.permute(0, 3, 1, 2), size, interpolation=InterpolationMode.BICUBIC, antialias=True)
     x = TF.center_crop(x, [size, size]).float().div_(255)
     return TF.normalize(x, list(mean), list(std))
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """The scoring models and how they run (``record()`` is what decides the scores)."""
-
-    clip_model: str = "ViT-L-14-quickgelu"  # open_clip architecture (OpenAI weights use QuickGELU)
-    clip_weights: str | None = None          # open_clip state dict of that architecture
-    aesthetic_head: str | None = None        # LAION V1/V2 head weights; None: no aesthetic score
-    aesthetic_frames: int = 4
-    similarity: str = "viclip"               # viclip | clip | none
-    viclip_checkpoint: str | None = None
-    viclip_model: str | None = None          # size name; None: read from the checkpoint
-    model_id: str | None = None              # clip_text_model value; None: derived from the model and weights
-    frame_size: int = 256                    # decoded short side (the transforms resize again)
-    dtype: str = "auto"
-    # how the work is split; not part of the output
-    device: str = "auto"
-    clips_per_batch: int = 32
-    workers: int = 4
-
-    def __post_init__(self) -> None:
-        if self.similarity not in SIMILARITY_MODELS:
-            raise ValueError(f"similarity must be one of {', '.join(SIMILARITY_MODELS)}; got {self.similarity!r}")
-        if self.similarity == "viclip" and not self.viclip_checkpoint:
-            raise ValueError("similarity='viclip' needs viclip_checkpoint (or choose similarity='clip' or 'none')")
-        if (self.aesthetic_head or self.similarity == "clip") and not self.clip_weights:
-            raise ValueError("the aesthetic score and similarity='clip' need clip_weights (an open_clip state dict)")
-        if not self.aesthetic_head and self.similarity == "none":
-            raise ValueError("nothing to score: give aesthetic_head and/or a similarity model")
-
-    def record(self) -> dict:
-        runtime = {"device", "clips_per_batch", "workers"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in runtime}
-
-    def similarity_id(self) -> str | None:
-        if self.model_id or self.similarity == "none":
-            return self.model_id
-        if self.similarity == "viclip":
-            return f"viclip:{Path(self.viclip_checkpoint).name}"
-        return f"open_clip:{self.clip_model}:{Path(self.clip_weights).name}:avg{self.aesthetic_frames}"
 
 
 def sample_score_frames(data: bytes | str, clip: StoredClip, label: str, clip_frames: int, viclip_frames: int,

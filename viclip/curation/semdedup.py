@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -45,28 +45,10 @@ import torch
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.dedup import _blocks, embedding_files, similar_pairs
 from viclip.curation.kmeans import FaissProcess
+from viclip.curation.stage_configs import SemDedupConfig
 from viclip.curation.stage_dir import StageDir, record_or_check_settings
 from viclip.distributed import barrier, world
-from viclip.errors import ConfigError, DataError
-
-
-@dataclass(frozen=True)
-class SemDedupConfig:
-    """k-means clusters searched exactly one by one (``--method semdedup``); defaults chosen by measurement."""
-
-    clusters: int = 0             # k; 0: sqrt(N * (spill - 1/2)), the k that balances assignment and search
-    spill: int = 2                # a row is searched in its nearest `spill` clusters (1: its own only)
-    sample_per_cluster: int = 64  # k-means training rows per centroid
-    kmeans_iterations: int = 20
-    seed: int = 0
-    workers: int = 1              # local processes searching clusters (each rank of a torchrun run has its own)
-    work_dir: str | None = None   # centroids, assignments, per-cluster pairs; default OUT.semdedup
-
-    def __post_init__(self) -> None:
-        for name, low in (("clusters", 0), ("spill", 1), ("sample_per_cluster", 39), ("kmeans_iterations", 1),
-                          ("workers", 1)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+from viclip.errors import DataError
 
 
 def shard_vectors(path: str | os.PathLike) -> np.ndarray:

@@ -9,37 +9,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
 from viclip.data.annotations import VideoText, VideoTextDataset
-from viclip.data.formats import MAX_PIXELS
 from viclip.data.transforms import VideoTransform
 from viclip.data.video import decode_plan
 from viclip.distributed import gather_rows, shard_indices, world
 from viclip.errors import ConfigError
+from viclip.eval.protocol import VideoProtocol
 from viclip.eval.views import MultiViewDataset, Views, encode_views
 from viclip.model import ViCLIP, tokenize
 from viclip.progress import progress as progress_bar
-
-
-@dataclass(frozen=True)
-class VideoProtocol:
-    """How videos become model input. The defaults are the official evaluation protocol, defined only
-    here: ``viclip/configs/eval.yaml`` leaves these fields null and :mod:`viclip.eval.runner` reads them from
-    this class (``image_size`` is always the model's)."""
-
-    num_frames: int = 8
-    sampling: str = "middle"
-    image_size: int = 224
-    mean: str = "imagenet"
-    backend: str = "auto"
-    views: str = "1x1"  # temporal clips x spatial crops, scores averaged (viclip.eval.views)
-    antialias: bool = False  # the official resize is not antialiased (viclip.data.transforms)
-    max_pixels: int | None = MAX_PIXELS  # larger frames are scaled down in the decoder (viclip.data.video)
-    max_seconds: float | None = None  # frames from each video's first seconds only (DiDeMo: 30, UMT's trimmed30)
 
 
 def autocast(device: torch.device, precision: str):

@@ -23,9 +23,10 @@ from viclip.errors import ConfigError, DataError
 from viclip.eval import linear_probe as lp
 from viclip.eval.cache import EmbeddingCache, cache_key, file_identity
 from viclip.eval.dual_softmax import dual_softmax
-from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
+from viclip.eval.embed import embed_texts, embed_videos
 from viclip.eval.metrics import retrieval_metrics, topk_accuracy
 from viclip.eval.model_loading import WISE_FT_KEEP, file_sha256, resolve_checkpoint, wise_ft
+from viclip.eval.protocol import VideoProtocol
 from viclip.eval.report import SCHEMA, format_table, write_per_video, write_results
 from viclip.eval.score import cosine_per_video, score_summary
 from viclip.eval.tasks import EvalSplit, label_task, load_task

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from viclip.data.annotations import VideoText, load_video_text_annotations
 from viclip.data.formats import VIDEO_EXTENSIONS
 from viclip.errors import DataError
-from viclip.eval.embed import VideoProtocol, embed_texts, embed_videos
+from viclip.eval.embed import embed_texts, embed_videos
+from viclip.eval.protocol import VideoProtocol
 from viclip.model import ViCLIP
 
 PROMPTS_FORMAT = ('a .txt with one prompt a line (line i for the i-th video of the folder in sorted file-name '
