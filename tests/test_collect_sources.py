@@ -128,3 +128,14 @@ def test_bad_inputs_end_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         collect_main()
     assert "query list not found" in str(exit_info.value.code)
+
+
+def test_the_command_ends_with_its_summary_line(queries, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("viclip.curation.collect.YtDlpSearch", FakeSearch)
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["collect-sources", "--queries", str(queries), "--out", str(out),
+                                      "--results-per-query", "8", "--per-query", "4", "--queries-per-shard", "3"])
+    collect_main()
+    assert capsys.readouterr().out.strip() == (
+        f"14 queries searched (0 shards done before, of 5); 56 videos from 14 queries (0 excluded ids, "
+        f"13 duplicates, 43 over --per-query) -> {out}/sources.txt; report in {out}/sources.json")

@@ -4,6 +4,7 @@ architecture at test size, so the embeddings are arbitrary but their path, equal
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -143,8 +144,9 @@ def test_torchrun_embeds_each_clip_once_across_ranks(setup, tmp_path):
            "--checkpoint", setup["ckpt"], "--workers", "0", "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    done = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert sorted(d["done"] for d in done) == [1, 1]  # one tar per rank
+    line = r"^(\d+) shards done, 0 done before \(of 1\); \d+ clips embedded, 0 failed"
+    done = re.findall(line, proc.stdout, re.MULTILINE)
+    assert done == ["1", "1"], proc.stdout  # one tar per rank, each rank's summary line
     rows = read_embeddings(tmp_path)
     assert sorted(rows) == [f"clip{i}" for i in range(N_CLIPS)]
     single = tar_embeddings(setup)
@@ -225,6 +227,21 @@ def test_planted_duplicates_and_eval_overlap_are_flagged(planted):
     assert report.duplicate_groups == 2 and report.duplicates_removed == 3 and report.excluded == 6
     assert report.eval_entries_without_source_id[planted["annotations"][2]] == 1
     assert json.loads(out.with_name("flags.parquet.json").read_text())["excluded"] == 6
+
+
+@pytest.mark.parametrize("method", ["exact", "semdedup"])
+def test_dedup_clips_ends_with_its_summary_lines(planted, method, monkeypatch, capsys):
+    out = planted["tmp"] / f"{method}.parquet"
+    monkeypatch.setattr(sys, "argv", ["dedup-clips", "--input", str(planted["emb"]), "--out", str(out),
+                                      "--method", method, "--sample-per-cluster", "39"])
+    dedup_main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == (f"12 clips (0 without a finite embedding left out): 3 duplicates in 2 groups, 0 share a "
+                         f"source with an evaluation file, 0 near an evaluation video; 3 excluded -> {out}; "
+                         f"report in {out}.json")
+    if method == "semdedup":
+        assert re.fullmatch(rf"semdedup: 12 clips in \d+ clusters \(largest \d+\), \d+ pairs compared, 4 "
+                            rf"near-duplicate pairs; [\d.]+ s; work in {re.escape(str(out))}.semdedup", lines[-2])
 
 
 def test_keep_first_and_blocking_do_not_change_the_groups(planted):

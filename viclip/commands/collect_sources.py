@@ -13,8 +13,6 @@ the query, language and rank of each video; sources.json holds the counts.
 
 from __future__ import annotations
 
-import json
-
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_engine_args, add_options, engine_from_args, from_args
 from viclip.curation.stage_configs import CollectConfig
@@ -33,11 +31,20 @@ def main() -> None:
     parser.add_argument("--num-tasks", type=int, default=1, help="array size (e.g. $SLURM_ARRAY_TASK_COUNT)")
     add_engine_args(parser)
     args = parser.parse_args()
-    from viclip.curation.collect import collect_sources  # after parsing: it loads torch (--help is fast)
+    # after parsing: it loads torch (--help is fast)
+    from viclip.curation.collect import LIST_FILE, REPORT_FILE, collect_sources
 
     report = collect_sources(args.queries, args.out, from_args(CollectConfig, args), args.exclude,
                              task=args.task, num_tasks=args.num_tasks, engine=engine_from_args(args))
-    print(json.dumps(report, indent=1))
+    searched = (f"{report['searched']} queries searched ({report['done_before']} shards done before, "
+                f"of {report['shards']})")
+    if "list" not in report:
+        print(f"{searched}; the source list is written when the other tasks' shards are done")
+        return
+    n, out = report["list"], args.out.rstrip("/")
+    print(f"{searched}; {n['videos']} videos from {n['queries_with_videos']} queries ({n['excluded']} excluded ids, "
+          f"{n['duplicates']} duplicates, {n['over_cap']} over --per-query) -> {out}/{LIST_FILE}; "
+          f"report in {out}/{REPORT_FILE}")
 
 
 if __name__ == "__main__":

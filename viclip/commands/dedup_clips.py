@@ -15,9 +15,7 @@ resumable from --work-dir, clusters over --workers processes and torchrun ranks)
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict
 
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_options, from_args
@@ -49,13 +47,18 @@ def main() -> None:
         if device.type == "cuda" and device.index is None:  # each torchrun rank on its own GPU
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         sem = from_args(SemDedupConfig, args)
-        pairs, sem_report = semantic_pairs(args.input, cfg.threshold, sem, sem.work_dir or f"{args.out}.semdedup",
-                                           cfg.block_size, str(device))
+        work_dir = sem.work_dir or f"{args.out}.semdedup"
+        pairs, sem_report = semantic_pairs(args.input, cfg.threshold, sem, work_dir, cfg.block_size, str(device))
         if world()[0] != 0:
             return
-        print(json.dumps(sem_report, indent=1))
+        print(f"semdedup: {sem_report['rows']} clips in {sem_report['clusters']} clusters (largest "
+              f"{sem_report['largest_cluster']}), {sem_report['compared']} pairs compared, {sem_report['pairs']} "
+              f"near-duplicate pairs; {sum(sem_report['seconds'].values()):.1f} s; work in {work_dir}")
     report = find_duplicates_and_leaks(args.input, args.out, cfg, pairs)
-    print(json.dumps({k: v for k, v in asdict(report).items() if k != "config"}, indent=1))
+    r = report
+    print(f"{r.clips} clips ({r.non_finite} without a finite embedding left out): {r.duplicates_removed} duplicates "
+          f"in {r.duplicate_groups} groups, {r.eval_source_overlap} share a source with an evaluation file, "
+          f"{r.eval_near} near an evaluation video; {r.excluded} excluded -> {args.out}; report in {args.out}.json")
 
 
 if __name__ == "__main__":

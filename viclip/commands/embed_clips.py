@@ -14,8 +14,6 @@ runs them on Ray actors that each load the model once (the same files: a rerun m
 
 from __future__ import annotations
 
-import json
-
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_engine_args, add_options, add_task_args, engine_from_args, from_args
 from viclip.curation.stage_configs import INPUT_KINDS, EmbedConfig
@@ -36,9 +34,10 @@ def main() -> None:
     args = parser.parse_args()
     from viclip.embeddings import run_embedding  # after parsing: it loads torch (--help is fast)
 
-    summary = run_embedding(args.input, args.out, from_args(EmbedConfig, args), task=args.task,
-                            num_tasks=args.num_tasks, progress=not args.no_progress, engine=engine_from_args(args))
-    print(json.dumps(summary))
+    s = run_embedding(args.input, args.out, from_args(EmbedConfig, args), task=args.task, num_tasks=args.num_tasks,
+                      progress=not args.no_progress, engine=engine_from_args(args))
+    print(f"{s['done']} shards done, {s['skipped']} done before (of {s['shards']}); {s['clips']} clips embedded, "
+          f"{s['failed']} failed; output in {args.out}")
 
 
 if __name__ == "__main__":
