@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from viclip.commands.dedup_clips import main as dedup_main
-from viclip.curation import semdedup
-from viclip.curation.dedup import find_duplicates_and_leaks, similar_pairs
+from viclip.curation import dedup, semdedup
+from viclip.curation.dedup import find_duplicates_and_leaks, load_embeddings, shard_embeddings, similar_pairs
 from viclip.curation.kmeans import FaissProcess
 from viclip.curation.semdedup import ClusterSearch, semantic_pairs
 from viclip.curation.stage_configs import DedupConfig, SemDedupConfig
@@ -63,14 +63,25 @@ def test_semdedup_finds_every_planted_pair_and_only_true_pairs(corpus, tmp_path)
     assert report["clusters"] == 16 and report["rows"] == 4000
 
 
-def test_flags_table_equals_the_exact_methods(corpus, tmp_path):
-    cfg = DedupConfig(threshold=THRESHOLD, keep_by="aesthetic", block_size=512)
+def test_flags_table_equals_the_exact_methods(corpus, tmp_path, monkeypatch):
+    """Also with evaluation embeddings; given the pairs, the flags step reads the clips' vectors a shard at a
+    time (234M x 768 float32 would be 720 GB at once) and only the small evaluation set whole."""
+    ev = write_shards(tmp_path / "eval", corpus["vectors"].numpy()[[5, 17, 2500]], 1)
+    cfg = DedupConfig(threshold=THRESHOLD, keep_by="aesthetic", block_size=512, eval_embeddings=(str(ev),))
     find_duplicates_and_leaks([corpus["root"]], tmp_path / "exact.parquet", cfg)
     pairs, _ = semantic_pairs([corpus["root"]], THRESHOLD, SemDedupConfig(clusters=16), tmp_path / "work")
+    loaded, shards = [], []
+    monkeypatch.setattr(dedup, "load_embeddings", lambda paths: loaded.append(paths) or load_embeddings(paths))
+    monkeypatch.setattr(dedup, "shard_embeddings",
+                        lambda paths: (shards.append(len(part.clip_id)) or part for part in shard_embeddings(paths)))
     find_duplicates_and_leaks([corpus["root"]], tmp_path / "sem.parquet", cfg, pairs)
+    assert loaded == [(str(ev),)]  # only the eval set is loaded whole (its one shard of 3 rows)
+    assert shards == [3] + [1000] * 4  # then the clips, a shard at a time
     exact, sem = pq.read_table(tmp_path / "exact.parquet"), pq.read_table(tmp_path / "sem.parquet")
     assert exact.equals(sem)
     assert sum(exact.column("duplicate_of").is_valid().to_pylist()) >= len(corpus["planted"])
+    assert {5, 17, 2500} <= {int(c[1:]) for c in exact.filter(exact.column("eval_video").is_valid())
+                             .column("clip_id").to_pylist()}
 
 
 def test_spill_is_what_finds_pairs_split_by_a_cluster_boundary(corpus, tmp_path):

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,11 +38,12 @@ import pyarrow.parquet as pq
 import torch
 
 from viclip.atomic import atomic_write
-from viclip.curation.stage_configs import DedupConfig
+from viclip.curation.stage_configs import KEEP_BY, DedupConfig
 from viclip.curation.table import table_files, write_table
 from viclip.data.annotations import load_kinetics, load_video_text_annotations, youtube_id
 from viclip.errors import DataError
 
+RANKING = KEEP_BY[1:]  # the score columns --keep-by may rank clips by
 FLAGS_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("duplicate_group", pa.int64()), ("duplicate_of", pa.string()),
     ("eval_source", pa.string()), ("eval_video", pa.string()), ("eval_similarity", pa.float32()),
@@ -52,10 +53,11 @@ FLAGS_SCHEMA = pa.schema([
 
 @dataclass
 class Embeddings:
-    """The rows of embedding shards with a video embedding: ids, columns, and normalised vectors [N, D]."""
+    """The rows of embedding shards with a video embedding: ids (arrow strings: a tenth of the memory of
+    Python's), score columns, and normalised vectors [N, D]."""
 
-    clip_id: list[str]
-    video_id: list[str | None]
+    clip_id: pa.Array
+    video_id: pa.Array  # null where the shard has no video_id column
     columns: dict[str, np.ndarray]  # aesthetic, similarity as float64 with NaN for missing
     vectors: torch.Tensor
     non_finite: int = 0  # rows left out because their embedding holds NaN or inf (counted, never searched)
@@ -66,38 +68,53 @@ def embedding_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return table_files(paths, "embedding shard", " (give embed_clips' output directory)")
 
 
-def load_embeddings(paths: Sequence[str | os.PathLike]) -> Embeddings:
-    """Read embedding shards in order; rows without a video embedding (unreadable clips) are left out, and so
-    are rows whose embedding is not finite (counted in ``non_finite``). Shards of different widths are an
-    error naming both."""
-    tables, width = [], None
+def shard_embeddings(paths: Sequence[str | os.PathLike]) -> Iterator[Embeddings]:
+    """Each embedding shard's rows in turn, one shard's vectors in memory at a time: rows without a video
+    embedding (unreadable clips) are left out, and so are rows whose embedding is not finite (counted in
+    ``non_finite``). Shards of different widths are an error naming both."""
+    width = None
     for f in embedding_files(paths):
         names = pq.read_schema(f).names
         missing = [c for c in ("clip_id", "video_embedding") if c not in names]
         if missing:
             raise DataError(f"{f}: not an embedding shard (no columns {missing}); make it with embed_clips")
         # the text embeddings are not needed: reading them would double the memory of a large corpus
-        table = pq.read_table(f, columns=[c for c in ("clip_id", "video_id", "aesthetic", "similarity",
-                                                      "video_embedding") if c in names])
+        table = pq.read_table(f, columns=[c for c in ("clip_id", "video_id", *RANKING, "video_embedding")
+                                          if c in names])
         table = table.filter(pc.is_valid(table.column("video_embedding")))
-        lengths = pc.unique(pc.list_value_length(table.column("video_embedding"))).to_pylist()
-        for dim in lengths:
+        for dim in pc.unique(pc.list_value_length(table.column("video_embedding"))).to_pylist():
             if width is not None and dim != width[0]:
                 raise DataError(f"{f}: video embeddings of width {dim}, but {width[1]} has width {width[0]}: "
                                 "give shards of one model")
             width = (dim, f)
-        tables.append(table)
-    table = pa.concat_tables(tables, promote_options="default")
-    flat = table.column("video_embedding").combine_chunks()
-    dim = width[0] if width else 0
-    vectors = torch.from_numpy(flat.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim).copy())
-    finite = torch.isfinite(vectors).all(dim=1)
-    table, vectors = table.filter(pa.array(finite.numpy())), vectors[finite]
-    columns = {c: pc.cast(table.column(c), pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False)
-               for c in ("aesthetic", "similarity") if c in table.column_names}
-    video_id = table.column("video_id").to_pylist() if "video_id" in table.column_names else [None] * len(table)
-    return Embeddings(table.column("clip_id").to_pylist(), video_id, columns,
-                      torch.nn.functional.normalize(vectors.float(), dim=-1), int((~finite).sum()))
+        flat = table.column("video_embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = torch.from_numpy(flat.reshape(len(table), width[0] if width else 0).copy())
+        finite = torch.isfinite(vectors).all(dim=1)
+        table, vectors = table.filter(pa.array(finite.numpy())), vectors[finite]
+        columns = {c: pc.cast(table.column(c), pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False)
+                   for c in RANKING if c in table.column_names}
+        video_id = table.column("video_id") if "video_id" in names else pa.nulls(len(table), pa.string())
+        yield Embeddings(_strings(table.column("clip_id")), _strings(video_id), columns,
+                         torch.nn.functional.normalize(vectors.float(), dim=-1), int((~finite).sum()))
+
+
+def _strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return pc.cast(column, pa.string()).combine_chunks() if isinstance(column, pa.ChunkedArray) \
+        else pc.cast(column, pa.string())
+
+
+def load_embeddings(paths: Sequence[str | os.PathLike]) -> Embeddings:
+    """Every shard's rows (:func:`shard_embeddings`) at once, vectors ``[N, D]``: a score column some shards
+    lack is NaN in their rows."""
+    parts = list(shard_embeddings(paths))
+    dim = max((p.vectors.shape[1] for p in parts), default=0)
+    names = sorted({c for p in parts for c in p.columns})
+    return Embeddings(pa.concat_arrays([pa.array([], pa.string())] + [p.clip_id for p in parts]),
+                      pa.concat_arrays([pa.array([], pa.string())] + [p.video_id for p in parts]),
+                      {c: np.concatenate([np.zeros(0)] + [p.columns.get(c, np.full(len(p.clip_id), math.nan))
+                                                          for p in parts]) for c in names},
+                      torch.cat([torch.zeros(0, dim)] + [p.vectors.reshape(len(p.clip_id), dim) for p in parts]),
+                      sum(p.non_finite for p in parts))
 
 
 def _blocks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -157,7 +174,11 @@ def duplicate_groups(n: int, pairs: np.ndarray) -> np.ndarray:
         ri, rj = root(i), root(j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
-    return np.array([root(i) for i in range(n)], dtype=np.int64)
+    while True:  # every parent is a smaller row of the group, so jumping ends at each group's smallest row
+        jumped = parent[parent]
+        if np.array_equal(jumped, parent):
+            return parent.astype(np.int64)
+        parent = jumped
 
 
 def kept_per_group(groups: np.ndarray, score: np.ndarray | None) -> np.ndarray:
@@ -167,8 +188,9 @@ def kept_per_group(groups: np.ndarray, score: np.ndarray | None) -> np.ndarray:
     order = np.lexsort((np.arange(len(groups)), -np.nan_to_num(score, nan=-np.inf), groups))
     first = np.ones(len(order), dtype=bool)
     first[1:] = groups[order][1:] != groups[order][:-1]
-    keeper = dict(zip(groups[order][first].tolist(), order[first].tolist()))
-    return np.array([keeper[g] for g in groups.tolist()], dtype=np.int64)
+    keeper = np.empty(len(groups), dtype=np.int64)  # indexed by group id (a row number)
+    keeper[groups[order][first]] = order[first]
+    return keeper[groups]
 
 
 def eval_source_ids(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, str], dict[str, int]]:
@@ -204,52 +226,76 @@ class DedupReport:
     seconds: dict | None = None
 
 
+def _leaks(part: Embeddings, ids: dict[str, str], ev: Embeddings | None,
+           cfg: DedupConfig) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """A shard's evaluation flags: the annotation file listing each clip's source id, and the nearest
+    evaluation video within ``eval_threshold`` with its cosine (NaN where none)."""
+    rows = len(part.clip_id)
+    source = pa.array([ids.get(youtube_id(v) or v) if v else None for v in part.video_id.to_pylist()], pa.string()) \
+        if ids else pa.nulls(rows, pa.string())
+    near: list[str | None] = [None] * rows
+    sim = np.full(rows, np.nan, dtype=np.float32)
+    if ev is not None and rows and len(ev.clip_id):
+        if ev.vectors.shape[1] != part.vectors.shape[1]:
+            raise DataError(f"--eval-embeddings {list(cfg.eval_embeddings)}: width {ev.vectors.shape[1]}, but "
+                            f"the clips' embeddings have width {part.vectors.shape[1]}: embed both with one model")
+        best, where = nearest(part.vectors, ev.vectors, cfg.block_size, cfg.device)
+        for i in np.flatnonzero(best >= cfg.eval_threshold):
+            near[i], sim[i] = ev.clip_id[int(where[i])].as_py(), best[i]
+    return source, pa.array(near, pa.string()), sim
+
+
 def find_duplicates_and_leaks(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, cfg: DedupConfig,
                               pairs: np.ndarray | None = None) -> DedupReport:
     """Write the flags table ``out`` (parquet) and its report ``{out}.json``; returns the report.
 
-    ``pairs`` are near-duplicate pairs found by another search (:mod:`viclip.curation.semdedup`); by
-    default the exact search finds them."""
+    ``pairs`` are near-duplicate pairs found by another search (:mod:`viclip.curation.semdedup`): then
+    only one shard's vectors are in memory at a time (the ids and scores of every row are); by default
+    the exact search finds them, holding every vector."""
     started = time.perf_counter()
-    emb = load_embeddings(inputs)
-    n = len(emb.clip_id)
-    if cfg.keep_by != "first" and cfg.keep_by not in emb.columns:
+    files = embedding_files(inputs)
+    if cfg.keep_by != "first" and not any(cfg.keep_by in pq.read_schema(f).names for f in files):
         raise DataError(f"--keep-by {cfg.keep_by}: the embedding shards have no {cfg.keep_by!r} column")
-    if pairs is None:
-        pairs = similar_pairs(emb.vectors, cfg.threshold, cfg.block_size, cfg.device)
-    elif len(pairs) and pairs.max() >= n:
-        raise ValueError(f"pairs name row {pairs.max()}, but the embedding shards hold {n} rows")
+    ids, without = eval_source_ids(cfg.eval_annotations)
+    ev = load_embeddings(cfg.eval_embeddings) if cfg.eval_embeddings else None
+    if pairs is None:  # the exact search holds every vector at once
+        parts: Iterable[Embeddings] = [load_embeddings(files)]
+        pairs = similar_pairs(parts[0].vectors, cfg.threshold, cfg.block_size, cfg.device)
+    else:  # pairs found by another search: one shard's vectors at a time (the eval search needs no more)
+        parts = shard_embeddings(files)
     searched = time.perf_counter()
+    clip_id, scores, eval_source, eval_video, eval_sim, non_finite = [], [], [], [], [], 0
+    for part in parts:
+        clip_id.append(part.clip_id)
+        scores.append(part.columns.get(cfg.keep_by, np.full(len(part.clip_id), math.nan)))
+        for found, column in zip(_leaks(part, ids, ev, cfg), (eval_source, eval_video, eval_sim)):
+            column.append(found)
+        non_finite += part.non_finite
+    clip_id, eval_source, eval_video = (pa.chunked_array(c, pa.string()) for c in (clip_id, eval_source, eval_video))
+    n = len(clip_id)
+    if len(pairs) and pairs.max() >= n:
+        raise ValueError(f"pairs name row {pairs.max()}, but the embedding shards hold {n} rows")
+    eval_sim = np.concatenate([np.zeros(0, dtype=np.float32), *eval_sim])
     groups = duplicate_groups(n, pairs)
-    keeper = kept_per_group(groups, emb.columns.get(cfg.keep_by) if cfg.keep_by != "first" else None)
+    keeper = kept_per_group(groups, np.concatenate([np.zeros(0), *scores]) if cfg.keep_by != "first" else None)
     sizes = np.bincount(groups, minlength=n)
     in_group = sizes[groups] > 1
-    ids, without = eval_source_ids(cfg.eval_annotations)
-    eval_source = [ids.get(youtube_id(v) or v) if v else None for v in emb.video_id]
-    eval_video: list[str | None] = [None] * n
-    eval_sim = np.full(n, np.nan, dtype=np.float32)
-    if cfg.eval_embeddings:
-        ev = load_embeddings(cfg.eval_embeddings)
-        if n and len(ev.clip_id) and ev.vectors.shape[1] != emb.vectors.shape[1]:
-            raise DataError(f"--eval-embeddings {list(cfg.eval_embeddings)}: width {ev.vectors.shape[1]}, but the "
-                            f"clips' embeddings have width {emb.vectors.shape[1]}: embed both with one model")
-        best, where = nearest(emb.vectors, ev.vectors, cfg.block_size, cfg.device)
-        for i in np.flatnonzero(best >= cfg.eval_threshold):
-            eval_video[i], eval_sim[i] = ev.clip_id[where[i]], best[i]
     duplicate = keeper != np.arange(n)
-    exclude = duplicate | np.array([s is not None for s in eval_source]) | ~np.isnan(eval_sim)
+    listed = pc.is_valid(eval_source).to_numpy()
+    exclude = duplicate | listed | ~np.isnan(eval_sim)
     table = pa.table({
-        "clip_id": emb.clip_id,
+        "clip_id": clip_id,
         "duplicate_group": pa.array(np.where(in_group, groups, 0), mask=~in_group),
-        "duplicate_of": [emb.clip_id[k] if d else None for k, d in zip(keeper.tolist(), duplicate.tolist())],
+        "duplicate_of": pc.if_else(pa.array(duplicate), pc.take(clip_id, pa.array(keeper)),
+                                   pa.scalar(None, pa.string())),
         "eval_source": eval_source, "eval_video": eval_video,
         "eval_similarity": pa.array(eval_sim, mask=np.isnan(eval_sim)), "exclude": exclude,
     }, schema=FLAGS_SCHEMA)
     out = Path(out)
     write_table(table, out)
-    report = DedupReport(config=asdict(cfg), clips=n, non_finite=emb.non_finite, duplicate_pairs=len(pairs),
+    report = DedupReport(config=asdict(cfg), clips=n, non_finite=non_finite, duplicate_pairs=len(pairs),
                          duplicate_groups=int((sizes > 1).sum()), duplicates_removed=int(duplicate.sum()),
-                         eval_source_overlap=sum(s is not None for s in eval_source),
+                         eval_source_overlap=int(listed.sum()),
                          eval_near=int((~np.isnan(eval_sim)).sum()), excluded=int(exclude.sum()),
                          eval_entries_without_source_id=without,
                          seconds={"duplicate_search": round(searched - started, 3),

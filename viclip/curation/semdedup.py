@@ -38,12 +38,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from viclip.atomic import atomic_path, atomic_write
-from viclip.curation.dedup import _blocks, embedding_files, similar_pairs
+from viclip.curation.dedup import _blocks, embedding_files, shard_embeddings, similar_pairs
 from viclip.curation.kmeans import FaissProcess
 from viclip.curation.stage_configs import SemDedupConfig
 from viclip.curation.stage_dir import StageDir, record_or_check_settings
@@ -52,14 +51,8 @@ from viclip.errors import DataError
 
 
 def shard_vectors(path: str | os.PathLike) -> np.ndarray:
-    """A shard's normalised video embeddings ``[n, D]`` float32: the rows, in the order and with the filter
-    (an embedding present and finite) of :func:`viclip.curation.dedup.load_embeddings`."""
-    column = pq.read_table(path, columns=["video_embedding"]).column("video_embedding")
-    column = column.filter(pc.is_valid(column)).combine_chunks()
-    dim = pc.max(pc.list_value_length(column)).as_py() or 0
-    vectors = torch.from_numpy(column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dim).copy())
-    vectors = vectors[torch.isfinite(vectors).all(dim=1)]
-    return torch.nn.functional.normalize(vectors.float(), dim=-1).numpy()
+    """A shard's normalised video embeddings ``[n, D]`` float32, rows as :func:`shard_embeddings` reads them."""
+    return next(shard_embeddings([path])).vectors.numpy()
 
 
 def auto_clusters(num: int, spill: int) -> int:

@@ -1,0 +1,82 @@
+"""Peak memory of dedup-clips' flags step given SemDeDup's pairs, against holding every vector at once.
+
+    python bench/dedup_memory.py --rows 800000 1600000        # synthetic 768-d shards of 25K rows
+    python bench/dedup_memory.py --rows 400000 --whole         # also load every vector (the exact method's need)
+
+Each measurement runs in a fresh process and prints its peak RSS above the imports; the difference
+between two row counts is the per-row cost (the vectors of one shard at a time are a constant). The
+shards are written once under --workdir and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_shards(root: Path, rows: int, shard_rows: int, dim: int) -> None:
+    from viclip.embeddings import embeddings_schema
+
+    root.mkdir(parents=True, exist_ok=True)  # a leftover partial directory is overwritten file by file
+    rng = np.random.default_rng(0)
+    for s, ids in enumerate(np.array_split(np.arange(rows), max(1, rows // shard_rows))):
+        vectors = rng.standard_normal((len(ids), dim)).astype(np.float32)
+        table = pa.table({
+            "clip_id": [f"yt{i:09d}_{i % 7:05d}" for i in ids], "video_id": [f"yt{i // 30:09d}" for i in ids],
+            "aesthetic": pa.array(rng.uniform(3, 7, len(ids)).astype(np.float32)),
+            "video_embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+            "text_embedding": pa.nulls(len(ids), pa.list_(pa.float32(), dim)),
+            "similarity": pa.nulls(len(ids), pa.float32()), "error": pa.nulls(len(ids), pa.string())})
+        pq.write_table(table.cast(embeddings_schema(dim)), root / f"{s:05d}.parquet")
+        (root / f"{s:05d}.stats.json").write_text("{}")
+
+
+def measure(mode: str, root: Path) -> None:
+    """One measurement in this process: ``flags`` (pairs given) or ``whole`` (every vector loaded)."""
+    from viclip.curation.dedup import find_duplicates_and_leaks, load_embeddings
+    from viclip.curation.stage_configs import DedupConfig
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    if mode == "flags":
+        find_duplicates_and_leaks([str(root)], root.with_suffix(".flags.parquet"), DedupConfig(keep_by="aesthetic"),
+                                  np.zeros((0, 2), dtype=np.int64))
+    else:
+        load_embeddings([str(root)])
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # KiB on Linux
+    print(f"{mode:5s} {root.name}: peak RSS above imports {peak:,.0f} MiB, {time.perf_counter() - started:.1f} s",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[800_000, 1_600_000])
+    parser.add_argument("--shard-rows", type=int, default=25_000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--whole", action="store_true", help="also load every vector at once")
+    parser.add_argument("--workdir", default="/tmp/viclip_dedup_memory")
+    parser.add_argument("--measure", nargs=2, metavar=("MODE", "ROOT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(args.measure[0], Path(args.measure[1]))
+        return
+    for rows in args.rows:
+        root = Path(args.workdir) / f"{rows}x{args.dim}"
+        if not root.exists():  # written aside and renamed: an interrupted run leaves no half corpus here
+            partial = root.with_name(root.name + ".partial")
+            write_shards(partial, rows, args.shard_rows, args.dim)
+            partial.rename(root)
+        for mode in ("flags", "whole") if args.whole else ("flags",):
+            subprocess.run([sys.executable, __file__, "--measure", mode, str(root)], check=True)
+
+
+if __name__ == "__main__":
+    main()
