@@ -39,6 +39,24 @@ def test_temporal_clips_interleave_and_crops_walk_the_long_side():
     assert left[0, 0, 0, 0] < centre[0, 0, 0, 0] < right[0, 0, 0, 0] and right[0, 0, 0, -1] >= 60
 
 
+def test_official_crops_are_umts_bilinear_resize_and_one_crop_is_the_single_view():
+    """UMT's (VideoMAE's) test resize is cv2.INTER_LINEAR on the short side, the long side and the crop starts
+    truncated; ours matches it within a grey level (rounding of cv2's fixed point). One crop is the 1x1 resize."""
+    cv2 = pytest.importorskip("cv2")  # opencv comes with the curation extra (PySceneDetect)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 90, 161, 3), dtype=np.uint8)  # 161 * 32 / 90 = 57.2: truncated to 57
+    clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    for j, start in enumerate((0, 12, 25)):  # int(j * (57 - 32) / 2)
+        reference = np.stack([cv2.resize(f, (57, 32), interpolation=cv2.INTER_LINEAR) for f in frames])
+        ours = spatial_crop(clip, j, 3, 32).permute(0, 2, 3, 1).numpy()
+        diff = np.abs(ours.astype(int) - reference[:, :, start:start + 32].astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.2  # 13 % of noise pixels one level apart
+    bicubic = spatial_crop(clip, 2, 3, 32, resize="bicubic")  # round(57.2) = 57, start round(12.5 * 2) = 25
+    assert bicubic.shape == (2, 3, 32, 32) and not torch.equal(bicubic, spatial_crop(clip, 2, 3, 32))
+    single = VideoTransform(False, image_size=32, normalize=False)(torch.from_numpy(frames))
+    assert torch.equal(spatial_crop(clip, 0, 1, 32), single)
+
+
 def _videos(tmp: Path, n: int = 6) -> tuple[Path, Path, Path]:
     """Non-square clips (so the three crops differ) of shapes moving in time, 24 frames each."""
     rng = np.random.default_rng(0)
@@ -156,3 +174,14 @@ def test_an_unreadable_video_is_skipped_and_counted_in_a_multiview_run(data):
     results = evaluate(cfg)
     assert results["data"] | {"listed": 7, "evaluated": 6, "skipped": 1} == results["data"]
     assert results["name"] == "finetuned_k400"  # 4x3 is the task's own protocol: no suffix
+
+
+def test_view_resize_is_named_in_the_results_and_checked(data):
+    cfg = _cfg(data, "zeroshot_k400", "viclip", "1x3", "zeroshot")
+    cfg.protocol.view_resize = "bicubic"
+    results = evaluate(cfg)
+    assert results["name"] == "zeroshot_k400+v1x3+views-bicubic+tpl-none"
+    assert results["protocol"]["view_resize"] == "bicubic" and "bicubic" in results["protocol"]["transform"]
+    cfg.protocol.view_resize = "area"
+    with pytest.raises(ValueError, match="protocol.view_resize must be one of official, bicubic, got 'area'"):
+        evaluate(cfg)

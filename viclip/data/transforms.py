@@ -58,18 +58,21 @@ def random_resized_crop_params(height: int, width: int, scale: Sequence[float], 
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def bicubic_resize(frames: torch.Tensor, size: list[int], antialias: bool, chunk: int = 8) -> torch.Tensor:
-    """uint8 ``[N, 3, H, W]`` -> uint8 ``[N, 3, *size]``, bicubic.
+def resize_frames(frames: torch.Tensor, size: list[int], antialias: bool, mode: str = "bicubic",
+                  chunk: int = 8) -> torch.Tensor:
+    """uint8 ``[N, 3, H, W]`` -> uint8 ``[N, 3, *size]``, ``bicubic`` or ``bilinear``.
 
-    ``antialias=False`` is the official path, torchvision 0.15's resize of a uint8 tensor: a float bicubic
-    interpolation, clamped and rounded. torchvision's newer uint8 kernel without antialiasing departs
-    from it by up to 23 levels, so it is computed here, ``chunk`` frames at a time to bound the float copy.
+    ``antialias=False`` is the official path, torchvision 0.15's resize of a uint8 tensor: a float
+    interpolation, clamped and rounded (bilinear: VideoMAE's and UMT's test resize, ``cv2.INTER_LINEAR``,
+    which this matches within one grey level). torchvision's newer uint8 bicubic kernel without
+    antialiasing departs from it by up to 23 levels, so it is computed here, ``chunk`` frames at a time to
+    bound the float copy.
     """
     if antialias:
-        return F.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return F.resize(frames, size, interpolation=InterpolationMode(mode), antialias=True)
     out = frames.new_empty((frames.shape[0], frames.shape[1], *size))
     for start in range(0, frames.shape[0], chunk):
-        part = torch.nn.functional.interpolate(frames[start:start + chunk].float(), size=size, mode="bicubic",
+        part = torch.nn.functional.interpolate(frames[start:start + chunk].float(), size=size, mode=mode,
                                                align_corners=False)
         out[start:start + chunk] = part.clamp_(0, 255).round_()
     return out
@@ -122,10 +125,10 @@ class VideoTransform:
         """One clip ``[T, 3, H, W]`` uint8 -> resized uint8 ``[T, 3, S, S]``."""
         size = [self.image_size, self.image_size]
         if not self.train:
-            return bicubic_resize(frames, size, self.antialias)
+            return resize_frames(frames, size, self.antialias)
         height, width = frames.shape[-2:]
         top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, generator)
-        out = bicubic_resize(frames[..., top:top + h, left:left + w], size, self.antialias)
+        out = resize_frames(frames[..., top:top + h, left:left + w], size, self.antialias)
         if torch.rand((), generator=generator) < self.hflip:
             out = out.flip(-1)
         return out

@@ -75,9 +75,7 @@ def embed_videos(
                                    sampling=protocol.sampling, transform=transform, backend=backend,
                                    max_pixels=protocol.max_pixels, max_seconds=protocol.max_seconds)
     else:
-        dataset = MultiViewDataset([records[i] for i in mine], protocol.num_frames, views, protocol.image_size,
-                                   sampling=protocol.sampling, backend=backend, max_pixels=protocol.max_pixels,
-                                   max_seconds=protocol.max_seconds)
+        dataset = MultiViewDataset([records[i] for i in mine], protocol, backend)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                         collate_fn=VideoTextDataset.collate, pin_memory=pin_memory, persistent_workers=False)
     local = torch.zeros(len(mine), *([views.count] if views.count > 1 else []), model.cfg.embed_dim)

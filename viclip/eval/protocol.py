@@ -23,6 +23,7 @@ class VideoProtocol:
     mean: str = "imagenet"
     backend: str = "auto"
     views: str = "1x1"  # temporal clips x spatial crops, scores averaged (viclip.eval.views)
+    view_resize: str = "official"  # several crops: UMT's bilinear short-side resize, or "bicubic" (viclip.eval.views)
     antialias: bool = False  # the official resize is not antialiased (viclip.data.transforms)
     max_pixels: int | None = MAX_PIXELS  # larger frames are scaled down in the decoder (viclip.data.video)
     max_seconds: float | None = None  # frames from each video's first seconds only (DiDeMo: 30, UMT's trimmed30)

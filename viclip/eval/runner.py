@@ -31,7 +31,7 @@ from viclip.eval.report import SCHEMA, format_table, write_per_video, write_resu
 from viclip.eval.score import cosine_per_video, score_summary
 from viclip.eval.tasks import EvalSplit, label_task, load_task
 from viclip.eval.templates import class_prototypes, class_scores, expand, get_templates
-from viclip.eval.views import Views, mean_view_scores, view_transform
+from viclip.eval.views import VIEW_RESIZES, Views, mean_view_scores, view_transform
 from viclip.model import load_model, model_name_of
 from viclip.model.classifier import classifier_from_checkpoint
 
@@ -41,12 +41,15 @@ log = logging.getLogger(__name__)
 def video_protocol(cfg: DictConfig) -> VideoProtocol:
     """``cfg.protocol``'s video fields over the official protocol (:class:`VideoProtocol`'s defaults,
     which a null field keeps); ``image_size`` is left to the caller, as it is the model's."""
-    fields = ("num_frames", "sampling", "backend", "antialias", "max_pixels")
+    fields = ("num_frames", "sampling", "backend", "antialias", "max_pixels", "view_resize")
     chosen = {f: cfg.protocol[f] for f in fields if cfg.protocol.get(f) is not None}
     if "num_frames" in chosen and (not isinstance(chosen["num_frames"], int) or chosen["num_frames"] < 1):
         raise ConfigError(f"protocol.num_frames must be a whole number >= 1, got {chosen['num_frames']!r}")
     if chosen.get("sampling", "middle") not in SAMPLINGS:
         raise ConfigError(f"protocol.sampling must be one of {', '.join(SAMPLINGS)}, got {chosen['sampling']!r}")
+    if chosen.get("view_resize", "official") not in VIEW_RESIZES:
+        raise ConfigError(f"protocol.view_resize must be one of {', '.join(VIEW_RESIZES)}, "
+                          f"got {chosen['view_resize']!r}")
     views = cfg.protocol.get("views") or task_views(cfg)
     seconds = cfg.protocol.get("max_seconds")  # null: the task's own (DiDeMo's first 30 s); 0: the whole video
     return VideoProtocol(**chosen, views=str(Views.parse(views)),
@@ -70,6 +73,8 @@ def variant_suffix(cfg: DictConfig, kind: str) -> str:
         parts.append(f"v{protocol.views}")
     if protocol.antialias != official.antialias:
         parts.append("antialias")
+    if protocol.view_resize != official.view_resize and Views.parse(protocol.views).crops > 1:
+        parts.append(f"views-{protocol.view_resize}")
     if protocol.max_pixels != official.max_pixels:
         parts.append(f"px{protocol.max_pixels}")
     if protocol.max_seconds != cfg.task.get("max_seconds"):
@@ -287,8 +292,9 @@ def evaluate(cfg: DictConfig) -> dict:
     else:
         metrics, data = evaluator.linear(splits["train"], splits["eval"])
 
+    chosen = evaluator.protocol
     protocol = {
-        **dataclasses.asdict(evaluator.protocol), "transform": view_transform(Views.parse(evaluator.protocol.views)),
+        **dataclasses.asdict(chosen), "transform": view_transform(Views.parse(chosen.views), chosen.view_resize),
         "official_cleaning": cfg.protocol.official_cleaning, "dual_softmax": bool(cfg.dual_softmax),
         "wise_ft": evaluator.wise, "precision": cfg.precision, "preset": cfg.get("preset"),
     }

@@ -9,8 +9,11 @@ middles, so one clip is exactly the official sampling, and every frame is decode
 fewer than ``clips * num_frames`` frames repeats its last one (``sample_indices``).
 
 With ``crops > 1`` the short side is resized to the model's size and ``crops`` squares are cut at
-even steps along the long side (left, centre, right for 3), as the reference test transform does;
-one crop keeps the official square resize.
+even steps along the long side (left, centre, right for 3). ``view_resize="official"`` is VideoMAE's and
+UMT's test transform: bilinear without antialiasing (their ``cv2.INTER_LINEAR``), the long side and the
+crop starts truncated to whole pixels; ``"bicubic"`` resizes bicubic with sizes and starts rounded. Both
+antialias only with ``protocol.antialias``. One crop keeps the single view's square resize, so the
+clips of a ``4x1`` run are each a ``1x1`` run's input.
 
 Scores, not embeddings, are averaged: class scores for zero-shot, softmax probabilities for a
 fine-tuned classifier (UMT's ``merge`` with ``method='prob'``).
@@ -24,17 +27,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.v2.functional as F
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
 
 from viclip.data.annotations import VideoText, VideoTextDataset
-from viclip.data.formats import MAX_PIXELS, VideoDecodeError
+from viclip.data.formats import VideoDecodeError
+from viclip.data.transforms import resize_frames
 from viclip.data.video import read_video
 from viclip.errors import ConfigError
+from viclip.eval.protocol import VideoProtocol
 
 log = logging.getLogger(__name__)
 _PATTERN = re.compile(r"^(\d+)x(\d+)$")
+VIEW_RESIZES = {"official": "bilinear", "bicubic": "bicubic"}  # protocol.view_resize -> interpolation
 
 
 @dataclass(frozen=True)
@@ -66,28 +70,33 @@ def temporal_clips(frames: torch.Tensor, clips: int) -> torch.Tensor:
     return frames.unflatten(0, (-1, clips)).transpose(0, 1)
 
 
-def spatial_crop(clip: torch.Tensor, index: int, crops: int, size: int) -> torch.Tensor:
-    """Crop ``index`` of ``crops`` of a uint8 clip ``[T, 3, H, W]`` -> ``[T, 3, size, size]`` (bicubic)."""
+def spatial_crop(clip: torch.Tensor, index: int, crops: int, size: int, resize: str = "official",
+                 antialias: bool = False) -> torch.Tensor:
+    """Crop ``index`` of ``crops`` of a uint8 clip ``[T, 3, H, W]`` -> ``[T, 3, size, size]`` (module doc)."""
     if crops == 1:
-        return F.resize(clip, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return resize_frames(clip, [size, size], antialias)
     h, w = clip.shape[-2:]
-    short = [size, round(w * size / h)] if h <= w else [round(h * size / w), size]
-    clip = F.resize(clip, short, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    start = round(index * (max(short) - size) / (crops - 1))
+    whole = int if resize == "official" else round  # UMT: int(size * long / short), int(k * step)
+    short = [size, whole(w * size / h)] if h <= w else [whole(h * size / w), size]
+    clip = resize_frames(clip, short, antialias, VIEW_RESIZES[resize])
+    start = whole(index * (max(short) - size) / (crops - 1))
     return clip[..., :, start:start + size] if h <= w else clip[..., start:start + size, :]
 
 
-def view_transform(views: Views) -> str:
+def view_transform(views: Views, resize: str = "official") -> str:
     """How each view's frames are resized, for the results' protocol record."""
     if views.crops == 1:
         return "resize to a square, bicubic; mean/std normalised"
-    return f"short side resized, {views.crops} squares along the long side, bicubic; mean/std normalised"
+    return (f"short side resized, {views.crops} squares along the long side, {VIEW_RESIZES[resize]}"
+            f"{' (as UMT)' if resize == 'official' else ''}; mean/std normalised")
 
 
-def make_views(frames: torch.Tensor, views: Views, size: int) -> torch.Tensor:
+def make_views(frames: torch.Tensor, views: Views, size: int, resize: str = "official",
+               antialias: bool = False) -> torch.Tensor:
     """Decoded uint8 ``[clips * T, H, W, 3]`` -> ``[clips * crops, T, 3, size, size]``, clip-major."""
     clips = temporal_clips(frames.permute(0, 3, 1, 2), views.clips)
-    return torch.stack([spatial_crop(c, j, views.crops, size) for c in clips for j in range(views.crops)])
+    return torch.stack([spatial_crop(c, j, views.crops, size, resize, antialias)
+                        for c in clips for j in range(views.crops)])
 
 
 class MultiViewDataset(Dataset):
@@ -96,24 +105,22 @@ class MultiViewDataset(Dataset):
 
     collate = staticmethod(VideoTextDataset.collate)
 
-    def __init__(self, records: Sequence[VideoText], num_frames: int, views: Views, image_size: int,
-                 sampling: str = "middle", backend: str = "auto", max_pixels: int | None = MAX_PIXELS,
-                 max_seconds: float | None = None) -> None:
-        self.records, self.num_frames, self.views = list(records), num_frames, views
-        self.image_size, self.sampling, self.backend, self.max_pixels = image_size, sampling, backend, max_pixels
-        self.max_seconds = max_seconds
+    def __init__(self, records: Sequence[VideoText], protocol: VideoProtocol, backend: str = "auto") -> None:
+        self.records, self.protocol, self.backend = list(records), protocol, backend
+        self.views = Views.parse(protocol.views)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
+        p = self.protocol
         try:
-            frames = read_video(self.records[i].video, self.num_frames * self.views.clips, self.sampling,
-                                backend=self.backend, rng=i, max_pixels=self.max_pixels, max_seconds=self.max_seconds)
+            frames = read_video(self.records[i].video, p.num_frames * self.views.clips, p.sampling,
+                                backend=self.backend, rng=i, max_pixels=p.max_pixels, max_seconds=p.max_seconds)
         except VideoDecodeError as e:
             log.warning("skipping item %d: %s", i, e)
             return {"index": i, "video": None}
-        return {"index": i, "video": make_views(frames, self.views, self.image_size)}
+        return {"index": i, "video": make_views(frames, self.views, p.image_size, p.view_resize, p.antialias)}
 
 
 def encode_views(encode: Callable[[torch.Tensor], torch.Tensor], video: torch.Tensor) -> torch.Tensor:
