@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from viclip import embeddings
 from viclip.commands.dedup_clips import main as dedup_main
-from viclip.curation.dedup import duplicate_groups, find_duplicates_and_leaks, kept_per_group, similar_pairs
+from viclip.curation.dedup import find_duplicates_and_leaks, similar_pairs
 from viclip.curation.stage_configs import DedupConfig, EmbedConfig
 from viclip.curation.subsets import SubsetSpec, build_subset
 from viclip.data.annotations import youtube_id
@@ -242,38 +242,6 @@ def test_dedup_clips_ends_with_its_summary_lines(planted, method, monkeypatch, c
     if method == "semdedup":
         assert re.fullmatch(rf"semdedup: 12 clips in \d+ clusters \(largest \d+\), \d+ pairs compared, 4 "
                             rf"near-duplicate pairs; [\d.]+ s; work in {re.escape(str(out))}.semdedup", lines[-2])
-
-
-def test_groups_and_keepers_match_a_plain_graph_search():
-    """The vectorised union-find and keeper choice against breadth-first search on random pair graphs (long
-    chains included, where pointer jumping needs several rounds)."""
-    rng = np.random.default_rng(0)
-    for n, m in ((300, 200), (300, 299), (1000, 50)):
-        pairs = np.sort(rng.integers(0, n, (m, 2)), axis=1)
-        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-        if m == 299:  # one chain through every row, in shuffled order
-            order = rng.permutation(n)
-            pairs = np.sort(np.stack([order[:-1], order[1:]], axis=1), axis=1)
-        neighbours = {i: set() for i in range(n)}
-        for i, j in pairs.tolist():
-            neighbours[i].add(j)
-            neighbours[j].add(i)
-        expected = np.full(n, -1)
-        for start in range(n):
-            if expected[start] < 0:
-                seen, todo = {start}, [start]
-                while todo:
-                    todo += [k for k in neighbours[todo.pop()] if k not in seen and not seen.add(k)]
-                expected[list(seen)] = min(seen)
-        groups = duplicate_groups(n, pairs)
-        assert np.array_equal(groups, expected)
-        score = rng.uniform(0, 1, n)
-        score[rng.random(n) < 0.2] = np.nan
-        keeper = kept_per_group(groups, score)
-        for g in np.unique(groups):
-            rows = np.flatnonzero(groups == g)
-            best = rows[np.argmax(np.nan_to_num(score[rows], nan=-np.inf))]  # first of the highest; NaN lowest
-            assert (keeper[rows] == best).all()
 
 
 def test_keep_first_and_blocking_do_not_change_the_groups(planted):
