@@ -53,8 +53,8 @@ FLAGS_SCHEMA = pa.schema([
 
 @dataclass
 class Embeddings:
-    """The rows of embedding shards with a video embedding: ids (arrow strings: a tenth of the memory of
-    Python's), score columns, and normalised vectors [N, D]."""
+    """The rows of embedding shards with a video embedding: ids (arrow strings, not Python objects: the
+    flags step keeps every row's), score columns, and normalised vectors [N, D]."""
 
     clip_id: pa.Array
     video_id: pa.Array  # null where the shard has no video_id column
@@ -93,14 +93,10 @@ def shard_embeddings(paths: Sequence[str | os.PathLike]) -> Iterator[Embeddings]
         table, vectors = table.filter(pa.array(finite.numpy())), vectors[finite]
         columns = {c: pc.cast(table.column(c), pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False)
                    for c in RANKING if c in table.column_names}
-        video_id = table.column("video_id") if "video_id" in names else pa.nulls(len(table), pa.string())
-        yield Embeddings(_strings(table.column("clip_id")), _strings(video_id), columns,
+        video_id = table.column("video_id") if "video_id" in names else pa.chunked_array([pa.nulls(len(table))])
+        clip_id, video_id = (pc.cast(c, pa.string()).combine_chunks() for c in (table.column("clip_id"), video_id))
+        yield Embeddings(clip_id, video_id, columns,
                          torch.nn.functional.normalize(vectors.float(), dim=-1), int((~finite).sum()))
-
-
-def _strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return pc.cast(column, pa.string()).combine_chunks() if isinstance(column, pa.ChunkedArray) \
-        else pc.cast(column, pa.string())
 
 
 def load_embeddings(paths: Sequence[str | os.PathLike]) -> Embeddings:
