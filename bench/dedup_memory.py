@@ -18,25 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-
-def write_shards(root: Path, rows: int, shard_rows: int, dim: int) -> None:
-    from viclip.embeddings import embeddings_schema
-
-    root.mkdir(parents=True, exist_ok=True)  # a leftover partial directory is overwritten file by file
-    rng = np.random.default_rng(0)
-    for s, ids in enumerate(np.array_split(np.arange(rows), max(1, rows // shard_rows))):
-        vectors = rng.standard_normal((len(ids), dim)).astype(np.float32)
-        table = pa.table({
-            "clip_id": [f"yt{i:09d}_{i % 7:05d}" for i in ids], "video_id": [f"yt{i // 30:09d}" for i in ids],
-            "aesthetic": pa.array(rng.uniform(3, 7, len(ids)).astype(np.float32)),
-            "video_embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
-            "text_embedding": pa.nulls(len(ids), pa.list_(pa.float32(), dim)),
-            "similarity": pa.nulls(len(ids), pa.float32()), "error": pa.nulls(len(ids), pa.string())})
-        pq.write_table(table.cast(embeddings_schema(dim)), root / f"{s:05d}.parquet")
-        (root / f"{s:05d}.stats.json").write_text("{}")
+from viclip.testing.embeddings import write_embedding_shards
 
 
 def measure(mode: str, root: Path) -> None:
@@ -72,7 +55,9 @@ def main() -> None:
         root = Path(args.workdir) / f"{rows}x{args.dim}"
         if not root.exists():  # written aside and renamed: an interrupted run leaves no half corpus here
             partial = root.with_name(root.name + ".partial")
-            write_shards(partial, rows, args.shard_rows, args.dim)
+            rng = np.random.default_rng(0)
+            write_embedding_shards(partial, rng.standard_normal((rows, args.dim), dtype=np.float32),
+                                   args.shard_rows, aesthetic=rng.uniform(3, 7, rows))
             partial.rename(root)
         for mode in ("flags", "whole") if args.whole else ("flags",):
             subprocess.run([sys.executable, __file__, "--measure", mode, str(root)], check=True)

@@ -28,14 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from viclip.curation.dedup import similar_pairs
 from viclip.curation.semdedup import auto_clusters, semantic_pairs
 from viclip.curation.stage_configs import SemDedupConfig
-from viclip.testing.embeddings import clustered_embeddings
+from viclip.testing.embeddings import clustered_embeddings, write_embedding_shards
 
 
 def best_of(repeats: int, search, device: str) -> tuple[float, set[tuple[int, int]]]:
@@ -77,17 +75,6 @@ def exact_rate(args: argparse.Namespace, vectors: torch.Tensor, planted: np.ndar
               f"whole corpus extrapolated (N/2 row-equivalents) {args.num / 2 / rates[name] / 3600:.2f} h; "
               f"found the {len(expected)} planted pairs of these rows")
     return rates["exact blocked matmul (similar_pairs)"]
-
-
-def write_shards(root: Path, vectors: torch.Tensor, rows_per_shard: int) -> None:
-    """Embedding shards as embed_clips writes them (the columns dedup reads)."""
-    for s, start in enumerate(range(0, len(vectors), rows_per_shard)):
-        chunk = vectors[start:start + rows_per_shard].numpy()
-        flat = pa.array(chunk.reshape(-1))
-        pq.write_table(pa.table({
-            "clip_id": [f"c{i}" for i in range(start, start + len(chunk))],
-            "video_embedding": pa.FixedSizeListArray.from_arrays(flat, chunk.shape[1])}), root / f"{s:05d}.parquet")
-        (root / f"{s:05d}.stats.json").write_text("{}")
 
 
 def projection(report: dict, num: int, target: int, spill: int, workers: int) -> str:
@@ -142,7 +129,7 @@ def main() -> None:
     truth = {tuple(p) for p in planted.tolist()}
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "emb").mkdir()
-        write_shards(Path(tmp, "emb"), vectors, args.rows_per_shard)
+        write_embedding_shards(Path(tmp, "emb"), vectors.numpy(), args.rows_per_shard)
         for spill in args.spill:
             cfg = SemDedupConfig(clusters=args.clusters, spill=spill, workers=args.workers)
             start = time.perf_counter()

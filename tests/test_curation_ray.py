@@ -1,6 +1,6 @@
 """The Ray engine: the local engine's tables and clips, Ray's retry of a killed shard, failed rows for hung and
-crashed sources, and one model per actor (table stages and embed-clips). One small local Ray (2 CPUs) serves the
-module."""
+crashed sources, one model per actor (table stages and embed-clips), and SemDeDup's clusters as Ray tasks.
+One small local Ray (2 CPUs) serves the module."""
 
 import dataclasses
 import functools
@@ -15,16 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 from stage_outputs import tar_keys
 
-from viclip.commands import embed_clips
+from viclip.commands import dedup_clips, embed_clips
+from viclip.curation.dedup import find_duplicates_and_leaks
 from viclip.curation.engine import LocalEngine, make_engine
 from viclip.curation.pool import TimeBudget
+from viclip.curation.semdedup import semantic_pairs
 from viclip.curation.sources import Source, list_folder
-from viclip.curation.stage_configs import EmbedConfig
+from viclip.curation.stage_configs import DedupConfig, EmbedConfig, SemDedupConfig
 from viclip.curation.stages import run_stage, run_table_stage
 from viclip.curation.table import read_tables
 from viclip.embeddings import run_embedding
 from viclip.model import create_model, export_safetensors
 from viclip.testing import videos as tv
+from viclip.testing.embeddings import clustered_embeddings, write_embedding_shards
 
 ray = pytest.importorskip("ray")
 ray_workers = pytest.importorskip("ray_workers")
@@ -194,3 +197,22 @@ def test_embed_clips_on_ray_actors_gives_the_local_shards_and_loads_one_model_pe
     ray_out, local_out = embedding_outputs(tmp_path / "ray"), embedding_outputs(local)
     assert ray_out == local_out and len(ray_out["tables"]) == 3
     assert not list((tmp_path / "ray").glob(".*tmp*"))
+
+
+def test_semdedup_clusters_as_ray_tasks_give_the_local_flags(cluster, tmp_path, monkeypatch, capsys):
+    """dedup-clips --method semdedup --engine ray: each cluster is a Ray task; the flags are the local search's."""
+    vectors, planted = clustered_embeddings(3000, 32, concepts=30, planted=30, low=0.9, seed=2)
+    root = write_embedding_shards(tmp_path / "emb", vectors.numpy(), 1000)
+    pairs, _ = semantic_pairs([root], 0.9, SemDedupConfig(clusters=12), tmp_path / "local.semdedup")
+    assert {tuple(p) for p in planted.tolist()} <= set(map(tuple, pairs.tolist()))
+    find_duplicates_and_leaks([root], tmp_path / "local.parquet", DedupConfig(threshold=0.9), pairs)
+    argv = ["dedup-clips", "--input", str(root), "--out", str(tmp_path / "ray.parquet"), "--threshold", "0.9",
+            "--method", "semdedup", "--clusters", "12", "--engine", "ray"]
+    monkeypatch.setattr("sys.argv", argv)
+    dedup_clips.main()
+    assert "semdedup: 3000 clips in 12 clusters" in capsys.readouterr().out
+    assert len(list((tmp_path / "ray.parquet.semdedup" / "pairs").glob("*.npy"))) == 12  # every cluster searched
+    assert pq.read_table(tmp_path / "ray.parquet").equals(pq.read_table(tmp_path / "local.parquet"))
+    monkeypatch.setattr("sys.argv", [a for a in argv if a not in ("--method", "semdedup")])
+    with pytest.raises(SystemExit, match="--engine ray runs the clusters of --method semdedup"):
+        dedup_clips.main()

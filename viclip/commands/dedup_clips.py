@@ -10,7 +10,8 @@ Flags per clip: duplicate_group, duplicate_of (the kept clip), eval_source (the 
 YouTube id), eval_video and eval_similarity (the nearest evaluation video within --eval-threshold), exclude.
 Cosines are exact (blocked matrix products; --device cuda for a GPU). A report is written as OUT.json.
 --method semdedup searches inside k-means clusters instead (viclip/curation/semdedup.py: for millions of clips;
-resumable from --work-dir, clusters over --workers processes and torchrun ranks); the flags table is the same.
+resumable from --work-dir, clusters over --workers processes and torchrun ranks, or as Ray tasks with
+--engine ray); the flags table is the same.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from __future__ import annotations
 import os
 
 from viclip.commands import StageParser, one_line_errors
-from viclip.curation.cli import add_options, from_args
+from viclip.curation.cli import add_engine_args, add_options, engine_from_args, from_args
 from viclip.curation.stage_configs import KEEP_BY, DedupConfig, SemDedupConfig
+from viclip.errors import ConfigError
 
 
 @one_line_errors
@@ -31,8 +33,13 @@ def main() -> None:
                         help="exact: every pair; semdedup: pairs inside k-means clusters (default %(default)s)")
     add_options(parser, DedupConfig, "deduplication and leakage", choices={"keep_by": KEEP_BY})
     add_options(parser, SemDedupConfig, "--method semdedup")
+    add_engine_args(parser)
     args = parser.parse_args()
     cfg, pairs = from_args(DedupConfig, args), None
+    engine = engine_from_args(args) if args.engine != "local" else None  # local: this process and --workers
+    if engine is not None and args.method != "semdedup":
+        raise ConfigError(f"--engine {args.engine} runs the clusters of --method semdedup; the exact method "
+                          "runs in this process (on --device)")
     # after parsing: torch and the search load slowly (--help is fast)
     from viclip.curation.dedup import find_duplicates_and_leaks
 
@@ -48,7 +55,8 @@ def main() -> None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         sem = from_args(SemDedupConfig, args)
         work_dir = sem.work_dir or f"{args.out}.semdedup"
-        pairs, sem_report = semantic_pairs(args.input, cfg.threshold, sem, work_dir, cfg.block_size, str(device))
+        pairs, sem_report = semantic_pairs(args.input, cfg.threshold, sem, work_dir, cfg.block_size, str(device),
+                                           engine)
         if world()[0] != 0:
             return
         print(f"semdedup: {sem_report['rows']} clips in {sem_report['clusters']} clusters (largest "

@@ -43,6 +43,7 @@ import torch
 
 from viclip.atomic import atomic_path, atomic_write
 from viclip.curation.dedup import _blocks, embedding_files, shard_embeddings, similar_pairs
+from viclip.curation.engine import Advance, Engine, ShardJob, ShardRunner
 from viclip.curation.kmeans import FaissProcess
 from viclip.curation.stage_configs import SemDedupConfig
 from viclip.curation.stage_dir import StageDir, record_or_check_settings
@@ -151,25 +152,35 @@ class ClusterSearch:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(rows), np.concatenate(vectors)
 
+    def cluster(self, c: int, _input: None = None, _advance: Advance | None = None) -> dict:
+        """Search cluster ``c`` unless done: its pairs (global rows, i < j) go to ``pairs/{c:06d}.npy``. A
+        :data:`~viclip.curation.engine.ShardRunner`, so an engine (Ray) can run clusters as its shards."""
+        path = self.work / "pairs" / f"{c:06d}.npy"
+        if path.exists():
+            return {"pairs": None}
+        member_rows, members = self.gather("members", c)
+        query_rows, queries = self.gather("queries", c)
+        found = [np.zeros((0, 2), dtype=np.int64)]
+        if len(member_rows) > 1:
+            found.append(member_rows[similar_pairs(torch.from_numpy(members), self.threshold,
+                                                   self.block_size, self.device)])
+        if len(member_rows) and len(query_rows):
+            hit = cross_pairs(torch.from_numpy(queries), torch.from_numpy(members), self.threshold,
+                              self.block_size, self.device)
+            found.append(np.stack([query_rows[hit[:, 0]], member_rows[hit[:, 1]]], axis=1))
+        pairs = np.sort(np.concatenate(found), axis=1)
+        with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as f:  # cheap to redo: no fsync
+            np.save(f, pairs)
+        return {"pairs": len(pairs)}
+
+    def runner(self) -> ShardRunner:
+        """The job's ``make_runner``: this search (it pickles: a Ray task gets a copy)."""
+        return self.cluster
+
     def __call__(self, clusters: Sequence[int]) -> int:
-        """Search ``clusters`` not yet done; each one's pairs (global rows, i < j) go to ``pairs/{c:06d}.npy``."""
+        """Search ``clusters`` (a worker process's share)."""
         for c in clusters:
-            path = self.work / "pairs" / f"{c:06d}.npy"
-            if path.exists():
-                continue
-            member_rows, members = self.gather("members", c)
-            query_rows, queries = self.gather("queries", c)
-            found = [np.zeros((0, 2), dtype=np.int64)]
-            if len(member_rows) > 1:
-                found.append(member_rows[similar_pairs(torch.from_numpy(members), self.threshold,
-                                                       self.block_size, self.device)])
-            if len(member_rows) and len(query_rows):
-                hit = cross_pairs(torch.from_numpy(queries), torch.from_numpy(members), self.threshold,
-                                  self.block_size, self.device)
-                found.append(np.stack([query_rows[hit[:, 0]], member_rows[hit[:, 1]]], axis=1))
-            pairs = np.sort(np.concatenate(found), axis=1)
-            with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as f:  # cheap to redo: no fsync
-                np.save(f, pairs)
+            self.cluster(c)
         return len(clusters)
 
 
@@ -178,11 +189,13 @@ def _worker_init(threads: int) -> None:
 
 
 def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: SemDedupConfig,
-                   work_dir: str | os.PathLike, block_size: int = 8192, device: str = "cpu") -> tuple[np.ndarray, dict]:
+                   work_dir: str | os.PathLike, block_size: int = 8192, device: str = "cpu",
+                   engine: Engine | None = None) -> tuple[np.ndarray, dict]:
     """Near-duplicate pairs (rows in :func:`load_embeddings`' order, i < j, unique) and a report of the run.
 
     Under torchrun every rank calls it: rank r does the shards and clusters ``i % world == r``; all return
-    the pairs. Each phase resumes from the files of ``work_dir``."""
+    the pairs. The search, most of the work, runs on ``cfg.workers`` local processes, or with an
+    ``engine`` (Ray) each cluster is one of its shards. Each phase resumes from the files of ``work_dir``."""
     rank, size = world()
     work, seconds = Path(work_dir), {"read": 0.0}
 
@@ -226,7 +239,11 @@ def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: S
     sizes, queries = (sum(np.diff(np.load(work / "assign" / f"{s:05d}.index.npz")[f"{kind}_offsets"])
                           for s in range(len(files))) for kind in ("members", "queries"))
     mine = [int(c) for c in np.argsort(-sizes, kind="stable")[rank::size]]  # largest first: balanced workers
-    if cfg.workers == 1:
+    if engine is not None:
+        todo = {c: None for c in mine if not (work / "pairs" / f"{c:06d}.npy").exists()}
+        for _ in engine.run(ShardJob(search.runner, todo, unit="cluster"), lambda shard, n: None):
+            pass
+    elif cfg.workers == 1:
         search(mine)
     else:
         threads = max(1, torch.get_num_threads() // cfg.workers)

@@ -1,4 +1,5 @@
-"""Generated clip embeddings shaped like real CLIP ones, with planted near duplicates (tests and benchmarks).
+"""Generated clip embeddings shaped like real CLIP ones, with planted near duplicates, and embed-clips shards of
+them (tests and benchmarks).
 
 Real video embeddings are not uniform on the sphere: clips of one concept crowd round a centre, and all of
 them share a common direction. Here each row is ``normalize(shared + centre_c + spread_c * noise)``, which gives
@@ -9,6 +10,9 @@ every planted pair; an unplanted pair above 0.9 is vanishingly rare at these spr
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,3 +42,31 @@ def clustered_embeddings(num: int, dim: int = 768, concepts: int = 1000, planted
         turn = torch.nn.functional.normalize(turn - (turn @ x) * x, dim=0)
         vectors[copy] = (cos * x + (1 - cos**2) ** 0.5 * turn).float()
     return vectors, np.sort(rows.numpy(), axis=1).astype(np.int64)
+
+
+def write_embedding_shards(root: str | os.PathLike, vectors: np.ndarray, rows_per_shard: int,
+                           aesthetic: np.ndarray | None = None) -> Path:
+    """``vectors [N, D]`` as embed-clips writes them: parquet shards of ``rows_per_shard`` rows in its schema,
+    each with its done mark. Clip ``i`` is ``v{i // 30:010d}_{i % 30:05d}`` of video ``v{i // 30:010d}``
+    (the lengths of InternVid's YouTube ids and clip numbers); text embeddings and similarities are null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from viclip.embeddings import embeddings_schema
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    dim = vectors.shape[1]
+    for s, start in enumerate(range(0, len(vectors), rows_per_shard)):
+        rows = np.arange(start, min(start + rows_per_shard, len(vectors)))
+        table = pa.table({
+            "clip_id": [f"v{i // 30:010d}_{i % 30:05d}" for i in rows],
+            "video_id": [f"v{i // 30:010d}" for i in rows],
+            "aesthetic": pa.nulls(len(rows), pa.float32()) if aesthetic is None
+            else pa.array(aesthetic[rows], pa.float32()),
+            "video_embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel(), pa.float32()), dim),
+            "text_embedding": pa.nulls(len(rows), pa.list_(pa.float32(), dim)),
+            "similarity": pa.nulls(len(rows), pa.float32()), "error": pa.nulls(len(rows), pa.string())})
+        pq.write_table(table.cast(embeddings_schema(dim)), root / f"{s:05d}.parquet")
+        (root / f"{s:05d}.stats.json").write_text("{}")
+    return root
