@@ -3,17 +3,19 @@
     python bench/dedup_memory.py --rows 800000 1600000        # synthetic 768-d shards of 25K rows
     python bench/dedup_memory.py --rows 400000 --whole         # also load every vector (the exact method's need)
 
-Each measurement runs in a fresh process and prints its peak RSS above the imports; the difference
-between two row counts is the per-row cost (the vectors of one shard at a time are a constant). The
-shards are written once under --workdir and reused.
+Each measurement runs in a fresh process and prints its peak resident memory above what it held after
+the imports, sampled every 10 ms from /proc (Linux; ``ru_maxrss`` would carry over the parent's peak
+through fork and exec); the difference between two row counts is the per-row cost (the vectors of one
+shard at a time are a constant). The shards are written once under --workdir and reused.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,16 +29,32 @@ def measure(mode: str, root: Path) -> None:
     from viclip.curation.dedup import find_duplicates_and_leaks, load_embeddings
     from viclip.curation.stage_configs import DedupConfig
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak = resident_mib()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.01):
+            peak = max(peak, resident_mib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
     if mode == "flags":
         find_duplicates_and_leaks([str(root)], root.with_suffix(".flags.parquet"), DedupConfig(keep_by="aesthetic"),
                                   np.zeros((0, 2), dtype=np.int64))
     else:
         load_embeddings([str(root)])
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # KiB on Linux
-    print(f"{mode:5s} {root.name}: peak RSS above imports {peak:,.0f} MiB, {time.perf_counter() - started:.1f} s",
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    print(f"{mode:5s} {root.name}: peak RSS above imports {max(peak, resident_mib()) - base:,.0f} MiB, {seconds:.1f} s",
           flush=True)
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20  # resident pages
 
 
 def main() -> None:
