@@ -36,6 +36,7 @@ from viclip.model.viclip import with_overrides
 from viclip.model.weights import load_weights, read_config
 from viclip.train.config import Phase, check_run_fields, missing_fields, phases_of
 from viclip.train.engine import export_phase_weights
+from viclip.train.loader import loader_workers, train_transform
 from viclip.train.trainer import Trainer
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -143,16 +144,12 @@ class FinetuneTrainer(Trainer):
         return None
 
     def build_loader(self, model: torch.nn.Module) -> FinetuneLoader:
-        from viclip.data.transforms import VideoTransform
-
         cfg, info = self.cfg, self.info
-        aug = cfg.data.augment
-        # uint8 batches, normalised on the device (the Trainer calls loader.normalize)
-        transform = VideoTransform(True, self.model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale),
-                                   hflip=aug.hflip, normalize=False)
+        transform = train_transform(cfg.data.augment, self.model_cfg.image_size)
         augment, repeats = self.loader_augment()
         config = LoaderConfig(self.batch_size, self.model_cfg.num_frames, seed=int(cfg.seed),
-                              num_workers=int(cfg.data.num_workers), backend=cfg.data.backend, repeats=repeats,
+                              num_workers=loader_workers(cfg.data, torch.cuda.is_available()),
+                              backend=cfg.data.backend, repeats=repeats,
                               max_seconds=cfg.finetune.train.get("max_seconds"))
         return FinetuneLoader(self.train_samples(), config, transform, self.tokenizer(model), info.rank,
                               info.world_size, pin_memory=torch.cuda.is_available(), augment=augment)

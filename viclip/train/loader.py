@@ -39,6 +39,13 @@ def loader_workers(data: DictConfig, cuda: bool) -> int:
     return fit_workers(int(data.num_workers), cuda)
 
 
+def train_transform(aug: DictConfig, image_size: int) -> VideoTransform:
+    """``data.augment``'s crop and flip, to uint8: batches are normalised on the device by ``loader.normalize``
+    (a quarter of the bytes to move). Pre-training and fine-tuning share it."""
+    return VideoTransform(True, image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip, normalize=False,
+                          antialias=bool(aug.antialias))
+
+
 def build_loader(cfg: DictConfig, model_cfg: ViCLIPConfig, batch_size: int, rank: int,
                  world_size: int) -> VideoTextLoader:
     """This rank's loader of ``batch_size`` clips per batch (the phase's): a fixed number of batches per
@@ -46,9 +53,7 @@ def build_loader(cfg: DictConfig, model_cfg: ViCLIPConfig, batch_size: int, rank
     aug = cfg.data.augment
     tokenizer = functools.partial(tokenize, context_length=model_cfg.context_length)
     tokenizer(["warm-up"])  # builds the BPE tables (seconds) once here, not in every epoch's forked workers
-    # uint8 batches, normalised on the device by loader.normalize: a quarter of the bytes to move
-    transform = VideoTransform(True, model_cfg.image_size, mean=aug.mean, scale=tuple(aug.scale), hflip=aug.hflip,
-                               normalize=False, antialias=bool(aug.antialias))
+    transform = train_transform(aug, model_cfg.image_size)
     cuda = torch.cuda.is_available()
     backend, num_workers, pin_memory = decode_plan(cfg.data.backend, loader_workers(cfg.data, cuda), cuda)
     config = StreamConfig(
