@@ -30,7 +30,7 @@ import torch
 
 from viclip.curation.engine import Engine
 from viclip.curation.frames import ClipFrames, StoredClip, decoded_batches, kept_clips, with_result_columns
-from viclip.curation.own_captions import join_caption_file, read_caption_file
+from viclip.curation.own_captions import CaptionFile
 from viclip.curation.stage_configs import DTYPES, CaptionConfig, ModelSpec
 from viclip.curation.stages import StageSummary, TableShard, run_table_stage
 from viclip.data.video import read_video
@@ -243,11 +243,11 @@ def add_caption_columns(table: pa.Table, results: dict[int, tuple], errors: dict
 class FileCaptions:
     """The caption stage from a file of one's own captions (:mod:`viclip.curation.own_captions`), no models."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, captions: CaptionFile) -> None:
+        self.captions = captions
 
     def __call__(self, shard: TableShard) -> tuple[pa.Table, dict]:
-        table, matched = join_caption_file(shard.table, self.path)
+        table, matched = self.captions.join(shard.table)
         kept = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "kept"]
         captions = table.column("caption").to_pylist()
         shard.advance(len(kept))
@@ -261,10 +261,10 @@ def run_captioning(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: C
     which loads the models only when a shard needs them, after :func:`check_models` found them all).
     ``captions``: a file of captions of one's own joined instead (no models run)."""
     if captions is not None:
-        read_caption_file(captions)  # a bad file fails here, before config.json is written
+        joined = CaptionFile(captions)  # read once; a bad file fails here, before config.json is written
         record = {"stage": "caption", "captions_file": str(Path(captions).resolve()),
                   "captions_sha256": hashlib.sha256(Path(captions).read_bytes()).hexdigest()}
-        return run_table_stage(in_dir, out_dir, lambda: FileCaptions(str(captions)), record, task=task,
+        return run_table_stage(in_dir, out_dir, lambda: FileCaptions(joined), record, task=task,
                                num_tasks=num_tasks, progress=progress, engine=engine)
     if captioner is None:
         check_models(cfg)

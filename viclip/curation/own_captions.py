@@ -64,17 +64,23 @@ def _keys(table: pa.Table, by_clip: bool) -> list:
     return list(zip(table.column("video_id").to_pylist(), starts, ends))
 
 
-def join_caption_file(table: pa.Table, path: str | os.PathLike) -> tuple[pa.Table, int]:
-    """``table`` with the file's captions set on the clips it names; returns it and how many it matched."""
-    captions = read_caption_file(path)
-    by_clip = "clip_id" in captions.column_names
-    lookup = dict(zip(_keys(captions, by_clip), captions.column("caption").to_pylist()))
-    if by_clip and "clip_id" not in table.column_names:
-        raise DataError(f"{path}: captions keyed by clip_id, but the clip table has no clip_id column")
-    old = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * table.num_rows
-    keys = _keys(table, by_clip)
-    new = [lookup.get(k, o) for k, o in zip(keys, old)]
-    matched = sum(k in lookup for k in keys)
-    column = pa.array(new, pa.string())
-    i = table.column_names.index("caption") if "caption" in table.column_names else -1
-    return (table.set_column(i, "caption", column) if i >= 0 else table.append_column("caption", column)), matched
+class CaptionFile:
+    """A caption file read once (a stage joins it onto every shard's table)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = path
+        captions = read_caption_file(path)
+        self.by_clip = "clip_id" in captions.column_names
+        self.lookup = dict(zip(_keys(captions, self.by_clip), captions.column("caption").to_pylist()))
+
+    def join(self, table: pa.Table) -> tuple[pa.Table, int]:
+        """``table`` with the file's captions set on the clips it names; returns it and how many it matched."""
+        if self.by_clip and "clip_id" not in table.column_names:
+            raise DataError(f"{self.path}: captions keyed by clip_id, but the clip table has no clip_id column")
+        old = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * table.num_rows
+        keys = _keys(table, self.by_clip)
+        new = [self.lookup.get(k, o) for k, o in zip(keys, old)]
+        matched = sum(k in self.lookup for k in keys)
+        column = pa.array(new, pa.string())
+        i = table.column_names.index("caption") if "caption" in table.column_names else -1
+        return (table.set_column(i, "caption", column) if i >= 0 else table.append_column("caption", column)), matched

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from viclip.atomic import filesystem, join
-from viclip.curation.own_captions import join_caption_file
+from viclip.curation.own_captions import CaptionFile
 from viclip.curation.stage_dir import clips_dir_of
 from viclip.curation.table import read_tables, refuse_output_over_inputs, require_text_columns
 from viclip.data.tars import ShardWriter, member_key, read_member
@@ -108,7 +108,7 @@ def make_shards(tables: Sequence[str | os.PathLike] | pa.Table, clips_dir: str |
     if missing:
         raise DataError(f"{source}: clip table lacks column(s) {missing}: is it a split_scenes/fetch_clips table?")
     if captions is not None:
-        table, _ = join_caption_file(table, captions)
+        table, _ = CaptionFile(captions).join(table)
     require_text_columns(table.schema, ("status", "clip_tar", "clip_key", caption_column), source)
     if caption_column not in table.column_names and not allow_empty_captions:
         raise DataError(f"{source}: no caption column {caption_column!r}: {NO_CAPTIONS}")
