@@ -12,18 +12,17 @@ rates plan the model stages). A stage without a rate prints "not measured".
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from viclip.atomic import atomic_write
-from viclip.commands import one_line_errors
+from viclip.commands import StageParser, one_line_errors
 from viclip.curation.plan import calibrate, format_plan, plan, read_rates
 from viclip.errors import ConfigError
 
 
 @one_line_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(__doc__)
     parser.add_argument("--videos", type=int, required=True, help="source videos of the whole job")
     parser.add_argument("--hours", type=float, required=True, help="hours of source video of the whole job")
     parser.add_argument("--clips", type=float, default=None,

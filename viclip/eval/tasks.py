@@ -90,7 +90,7 @@ def label_task(task: dict) -> dict:
         raise ConfigError(f"annotation is not set for a {task.get('kind')} task of your own videos: give annotation="
                           f"FILE ({FORMATS['video_text' if task.get('kind') == 'retrieval' else 'classification']})")
     stem = Path(os.path.expanduser(str(task["annotation"]))).stem
-    return {"name": task.get("name") or stem, "dataset": task.get("dataset") or stem}
+    return {"name": stem, "dataset": task.get("dataset") or stem}
 
 
 def load_task(task: dict, cache_dir: str | None = None) -> dict[str, EvalSplit]:
