@@ -182,11 +182,12 @@ def broadcast_object(obj, src: int = 0):
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto``: this rank's GPU (``LOCAL_RANK``) when there is one, else the CPU; any other name as given."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    """``auto``: this rank's GPU when there is one, else the CPU; ``cuda``: this rank's GPU (``LOCAL_RANK``, so
+    torchrun's ranks do not share one); any other name as given."""
+    if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
+    if name in ("auto", "cuda"):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 

@@ -16,8 +16,6 @@ resumable from --work-dir, clusters over --workers processes and torchrun ranks,
 
 from __future__ import annotations
 
-import os
-
 from viclip.commands import StageParser, one_line_errors
 from viclip.curation.cli import add_engine_args, add_options, engine_from_args, from_args
 from viclip.curation.stage_configs import KEEP_BY, DedupConfig, SemDedupConfig
@@ -44,15 +42,11 @@ def main() -> None:
     from viclip.curation.dedup import find_duplicates_and_leaks
 
     if args.method == "semdedup":
-        import torch
-
         from viclip.curation.semdedup import semantic_pairs
         from viclip.distributed import init_from_env, pick_device, world
 
-        device = pick_device(cfg.device)
+        device = pick_device(cfg.device)  # each torchrun rank on its own GPU
         init_from_env(device)
-        if device.type == "cuda" and device.index is None:  # each torchrun rank on its own GPU
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         sem = from_args(SemDedupConfig, args)
         work_dir = sem.work_dir or f"{args.out}.semdedup"
         pairs, sem_report = semantic_pairs(args.input, cfg.threshold, sem, work_dir, cfg.block_size, str(device),
