@@ -41,7 +41,6 @@ class ClipRandAugment:
 
     def __init__(self, config: str = "rand-m7-n4-mstd0.5-inc1", input_size: int = 224) -> None:
         hparams = {"translate_const": int(input_size * 0.45), "interpolation": Image.BICUBIC}
-        self.config = config
         self.transform = rand_augment_transform(config, hparams)
 
     def __call__(self, frames: torch.Tensor, seed: int) -> torch.Tensor:
@@ -58,12 +57,12 @@ class ClipRandAugment:
 class ClipErasing:
     """timm's RandomErasing on normalised clips ``[B, T, 3, H, W]`` (in place), per clip as VideoMAE."""
 
-    def __init__(self, probability: float = 0.25, mode: str = "pixel", max_count: int = 1) -> None:
-        self.probability, self.mode, self.max_count = probability, mode, max_count
+    def __init__(self, probability: float = 0.25) -> None:
+        self.probability = probability
 
     def __call__(self, video: torch.Tensor) -> torch.Tensor:
-        erase = RandomErasing(self.probability, mode=self.mode, max_count=self.max_count, num_splits=self.max_count,
-                              device=str(video.device))
+        # UMT's --remode pixel --recount 1; a clip's frames are timm's batch, each with its own box (no split kept)
+        erase = RandomErasing(self.probability, mode="pixel", max_count=1, num_splits=1, device=str(video.device))
         for clip in video:
             erase(clip)
         return video
