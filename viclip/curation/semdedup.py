@@ -236,8 +236,11 @@ def semantic_pairs(inputs: Sequence[str | os.PathLike], threshold: float, cfg: S
     seconds["assign"] = time.perf_counter() - started - seconds["kmeans"]
     seconds["assign_read"] = seconds.pop("read") - seconds["kmeans_read"]
     search = ClusterSearch(work, np.cumsum([0, *counts[:-1]]).tolist(), threshold, block_size, device)
-    sizes, queries = (sum(np.diff(np.load(work / "assign" / f"{s:05d}.index.npz")[f"{kind}_offsets"])
-                          for s in range(len(files))) for kind in ("members", "queries"))
+    sizes, queries = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)  # per cluster, over every shard
+    for s in range(len(files)):
+        with np.load(work / "assign" / f"{s:05d}.index.npz") as index:  # each shard's index read once
+            sizes += np.diff(index["members_offsets"])
+            queries += np.diff(index["queries_offsets"])
     mine = [int(c) for c in np.argsort(-sizes, kind="stable")[rank::size]]  # largest first: balanced workers
     if engine is not None:
         todo = {c: None for c in mine if not (work / "pairs" / f"{c:06d}.npy").exists()}

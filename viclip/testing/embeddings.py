@@ -52,6 +52,7 @@ def write_embedding_shards(root: str | os.PathLike, vectors: np.ndarray, rows_pe
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from viclip.curation.stage_dir import shard_name, stats_name
     from viclip.embeddings import embeddings_schema
 
     root = Path(root)
@@ -67,6 +68,6 @@ def write_embedding_shards(root: str | os.PathLike, vectors: np.ndarray, rows_pe
             "video_embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel(), pa.float32()), dim),
             "text_embedding": pa.nulls(len(rows), pa.list_(pa.float32(), dim)),
             "similarity": pa.nulls(len(rows), pa.float32()), "error": pa.nulls(len(rows), pa.string())})
-        pq.write_table(table.cast(embeddings_schema(dim)), root / f"{s:05d}.parquet")
-        (root / f"{s:05d}.stats.json").write_text("{}")
+        pq.write_table(table.cast(embeddings_schema(dim)), root / f"{shard_name(s)}.parquet")
+        (root / stats_name(s)).write_text("{}")
     return root
