@@ -41,7 +41,7 @@ from viclip.finetune.data import Sample
 from viclip.finetune.k710 import k710_name, read_label_map
 from viclip.model import export_official
 from viclip.model.classifier import POOLS, ViCLIPClassifier, classifier_from_checkpoint
-from viclip.model.viclip import forward_flops, with_overrides
+from viclip.model.viclip import forward_flops
 from viclip.model.weights import model_name_of, read_config
 from viclip.train.config import ConfigError, Phase, _walk
 from viclip.train.engine import fp32_state_dict
@@ -157,9 +157,9 @@ class RecognitionTrainer(FinetuneTrainer):
                     f"at label {first}: give make_k710 the label file in the split's order (sorted labels by default)")
         overrides = OmegaConf.to_container(cfg.model.overrides)
         path = str(cfg.checkpoint)
-        self.model_cfg = with_overrides(read_config(path), **overrides)
         model = classifier_from_checkpoint(path, self.num_classes, head_rows=head_rows, pool=str(cfg.finetune.pool),
                                            **overrides)
+        self.model_cfg = model.cfg  # the checkpoint's config with the overrides (read once, by the classifier)
         self.pool = model.pool  # a fine-tuned classifier keeps its own
         if self.info.is_main:
             rows = f", head rows of {cfg.finetune.head_map.source}" if head_rows is not None else ""

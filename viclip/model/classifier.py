@@ -20,7 +20,6 @@ BEiT, VideoMAE and UMT.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from viclip.model.viclip import ViCLIPConfig
+from viclip.model.viclip import ViCLIPConfig, with_overrides
 from viclip.model.vision import VisionTransformer
 from viclip.model.weights import (
     _TEMPORAL_KEY,
@@ -108,7 +107,7 @@ def classifier_from_checkpoint(
     from a fine-tuned classifier (its head and pooling; ``head_rows`` keeps those rows in that order, e.g.
     the K400 classes of a K710 head). ``overrides`` replace config fields (``num_frames``, ``drop_path_rate``);
     the temporal embedding is resampled to the frame count, as :func:`viclip.model.load_weights` does."""
-    cfg = dataclasses.replace(read_config(path), **overrides)
+    cfg = with_overrides(read_config(path), **overrides)
     sd = {k: v for k, v in load_checkpoint_file(path).items()
           if k.startswith(("vision_encoder.", "head.", "fc_norm."))}
     if "head.weight" in sd:
